@@ -1,0 +1,25 @@
+# ctxaware: context-dependency indicators for instruction fine-tuning (Wang et al., 2024), end to end.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/tag.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.table4.output,
+        rules.table3.output,
+        nih_heatmaps(),
+        rules.threshold_ablation.output,
+    default_target: True

@@ -1,0 +1,125 @@
+"""Run one evaluation task on one model: prompts -> batched generation -> metric -> json + generations jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ctxaware.chat import append_indicator
+from ctxaware.generation import Generator
+from ctxaware.metrics import containment, containment_raw_regex, first_sentence, keyword_recall
+from ctxaware.modeling import load_model
+from ctxaware.tasks import nih, qa
+
+TASKS = ("nih", "squad", "quac", "drop", "mtbench")
+
+
+def user_message(content: str, with_indicator: bool) -> dict:
+    """The query as the user's message; indicator models get ` [IND]` appended to every query."""
+    return {"role": "user", "content": append_indicator(content) if with_indicator else content}
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+    cases = nih.build_cases(generator.tokenizer, settings, settings["max_context"])
+    messages = [[user_message(c["prompt"], with_indicator)] for c in cases]
+    prompts = [
+        generator.encode_chat(m, settings["use_chat_template"], settings["response_prefix"]) for m in messages
+    ]
+    outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
+    records = []
+    for case, prompt, output in zip(cases, prompts, outputs, strict=True):
+        score = keyword_recall(output, settings["keywords"], settings["metric"])
+        records.append({**case, "prompt_tokens": len(prompt), "response": output, "score": score})
+    return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
+
+
+def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+    items = qa.load_items(task, settings)
+    prompts = [
+        generator.encode_chat(
+            [user_message(settings["prompt_template"].format(context=i["context"], question=i["question"]), with_indicator)]
+        )
+        for i in items
+    ]
+    outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
+    metric = containment_raw_regex if settings["metric"] == "raw_regex" else containment
+    records = []
+    for item, output in zip(items, outputs, strict=True):
+        answer = first_sentence(output)
+        records.append({"id": item["id"], "golds": item["golds"], "response": output, "answer": answer,
+                        "score": metric(answer, item["golds"])})
+    return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
+
+
+def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+    from ctxaware.judge import grade, summarize
+    from ctxaware.local_judge import make_judge
+    from ctxaware.tasks.mtbench import load_questions
+
+    questions = load_questions(settings["questions"], settings.get("limit"))
+    conversations = [[] for _ in questions]
+    answers = [[] for _ in questions]
+    for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
+        for conversation, question in zip(conversations, questions, strict=True):
+            conversation.append(user_message(question["turns"][turn], with_indicator))
+        outputs = generator.generate_ids(
+            [generator.encode_chat(c) for c in conversations], settings["max_new_tokens"]
+        )
+        for conversation, answer_list, output in zip(conversations, answers, outputs, strict=True):
+            conversation.append({"role": "assistant", "content": output})
+            answer_list.append(output)
+    judge = make_judge(settings["judge"])
+    records = []
+    for question, answer_list in zip(questions, answers, strict=True):
+        for record in grade(judge, question, answer_list):
+            records.append({**record, "answer": answer_list[record["turn"] - 1]})
+    summary = summarize(records)
+    return {**summary, "n": len(questions)}, records
+
+
+def evaluate(
+    task: str,
+    model_dir: str,
+    settings: dict,
+    with_indicator: bool,
+    out_json: str,
+    out_generations: str,
+    cache_path: str | None = None,
+) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"unknown evaluation task {task!r}; expected one of {TASKS}")
+    model, tokenizer = load_model(model_dir)
+    generator = Generator(model, tokenizer, settings["batch_tokens"], cache_path)
+    if task == "nih":
+        summary, records = run_nih(generator, settings, with_indicator)
+    elif task == "mtbench":
+        summary, records = run_mtbench(generator, settings, with_indicator)
+    else:
+        summary, records = run_qa(task, generator, settings, with_indicator)
+    result = {
+        "task": task,
+        **summary,
+        "model_dir": model_dir,
+        "with_indicator": with_indicator,
+        "n_generated": generator.n_generated,
+        "settings": {k: v for k, v in settings.items() if k != "judge"} | {"judge": _public(settings.get("judge"))},
+    }
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out_generations, records)
+    Path(out_json).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _public(judge: dict | None) -> dict | None:
+    """Judge settings without anything secret (keys are only ever read from the environment)."""
+    return None if judge is None else {k: v for k, v in judge.items() if "key" not in k.lower() or k.endswith("_env")}

@@ -1,0 +1,265 @@
+"""Context-dependency score (paper Eq. 2) of every assistant turn, computed with a seed model.
+
+s(Y_m) = mean over response tokens y of max over heads h of sum over user tokens x of Att_h(y, x), on one layer.
+Fast path: the forward stops at the scored layer (layers below it run the fast attention kernel), and that
+layer's attention probabilities are formed only for response rows. `reference_scores` is the brute-force
+`output_attentions=True` computation the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ctxaware.chat import encode_with_spans
+
+SCORE_COLUMNS = ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]
+
+
+@dataclass
+class Turn:
+    index: int  # 0-based index among the conversation's assistant turns
+    rows: list[int]  # token positions whose attention is averaged
+    truncated: bool
+
+
+@dataclass
+class Plan:
+    conversation_id: str
+    input_ids: list[int]
+    user_mask: list[bool]  # columns that count as user context (causality limits each row to turns 1..m)
+    turns: list[Turn]
+
+
+def _separator_ids(tokenizer, ids: list[int]) -> set[int]:
+    """Newline, BOS and EOS token ids: the original excluded them from the user set."""
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    newline = {i for i in set(ids) if "\n" in tokenizer.decode([i]) and not tokenizer.decode([i]).strip()}
+    return (special | newline) - {None}
+
+
+def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: str = "none") -> Plan:
+    """Token ids, user columns and response rows of one conversation.
+
+    compat="none": user = user-message content tokens; response = assistant content tokens.
+    compat="original": user = system and user segments (headers included) minus newline/BOS/EOS tokens;
+    response = assistant content plus its trailing EOS, as the original implementation counted them.
+    """
+    encoded = encode_with_spans(tokenizer, conversation["messages"], max_length=max_length)
+    n = len(encoded.input_ids)
+    user_mask = [False] * n
+    excluded = _separator_ids(tokenizer, encoded.input_ids) if compat == "original" else set()
+    turns: list[Turn] = []
+    for span in encoded.spans:
+        if span.role == "user" or (compat == "original" and span.role == "system"):
+            lo, hi = (span.segment_start, span.segment_end) if compat == "original" else (span.start, span.end)
+            for position in range(lo, min(hi, n)):
+                if encoded.input_ids[position] not in excluded:
+                    user_mask[position] = True
+        elif span.role == "assistant":
+            end = span.end + 1 if compat == "original" else span.end
+            truncated = end > n
+            rows = [] if truncated else list(range(span.start, end))
+            turns.append(Turn(len(turns), rows, truncated))
+    return Plan(str(conversation["id"]), encoded.input_ids, user_mask, turns)
+
+
+def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that (longest sequence x batch size) stays within the budget, over length-sorted input."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for index in order:
+        longest_if_added = max(longest, lengths[index])
+        if current and longest_if_added * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest_if_added = [], lengths[index]
+        current.append(index)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    return batches
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _capture_layer_inputs(model, input_ids, attention_mask, layers: list[int]) -> dict:
+    """Run the decoder only up to the deepest requested layer; return each layer's input hidden states."""
+    decoder = model.get_decoder()
+    captured = {}
+    deepest = max(layers)
+
+    def hook_for(layer_index):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[layer_index] = (hidden, kwargs["position_embeddings"])
+            if layer_index == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [
+        decoder.layers[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in sorted(set(layers))
+    ]
+    try:
+        decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _queries_and_keys(layer, hidden, position_embeddings):
+    """Post-RoPE queries (B, H, T, D) and keys repeated to H heads (grouped-query attention)."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    batch, length, _ = normed.shape
+    head_dim = attention.head_dim
+    queries = attention.q_proj(normed).view(batch, length, -1, head_dim)
+    keys = attention.k_proj(normed).view(batch, length, -1, head_dim)
+    if hasattr(attention, "q_norm"):  # Qwen3-style per-head norms come before RoPE
+        queries, keys = attention.q_norm(queries), attention.k_norm(keys)
+    queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
+    apply_rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+    cos, sin = position_embeddings
+    queries, keys = apply_rotary(queries, keys, cos, sin)
+    repeat = queries.shape[1] // keys.shape[1]
+    return queries, keys.repeat_interleave(repeat, dim=1), attention.scaling
+
+
+def user_mass_per_row(queries, keys, scaling, rows, user_mask) -> torch.Tensor:
+    """max over heads of the attention mass on user columns, for the given query rows of one sequence."""
+    length = user_mask.shape[0]
+    logits = torch.einsum("hrd,hkd->hrk", queries[:, rows].float(), keys[:, :length].float()) * scaling
+    causal = torch.arange(length, device=rows.device)[None, :] > rows[:, None]
+    logits = logits.masked_fill(causal[None], float("-inf"))
+    probabilities = torch.softmax(logits, dim=-1)
+    return (probabilities * user_mask[None, None].float()).sum(-1).amax(dim=0)
+
+
+@torch.inference_mode()
+def score_plans(model, plans: list[Plan], layers: list[int], batch_tokens: int, pad_token_id: int) -> list[dict]:
+    """Scores of every assistant turn for each layer: records with a `layer` field."""
+    device = next(model.parameters()).device
+    records = []
+    for batch in token_budget_batches([len(p.input_ids) for p in plans], batch_tokens):
+        members = [plans[i] for i in batch]
+        longest = max(len(p.input_ids) for p in members)
+        input_ids = torch.full((len(members), longest), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(members), longest), dtype=torch.long)
+        for row, plan in enumerate(members):  # right padding keeps positions 0..n-1 for every sequence
+            input_ids[row, : len(plan.input_ids)] = torch.tensor(plan.input_ids)
+            attention_mask[row, : len(plan.input_ids)] = 1
+        captured = _capture_layer_inputs(model, input_ids.to(device), attention_mask.to(device), layers)
+        decoder = model.get_decoder()
+        for layer_index in layers:
+            hidden, position_embeddings = captured[layer_index]
+            queries, keys, scaling = _queries_and_keys(decoder.layers[layer_index], hidden, position_embeddings)
+            for row, plan in enumerate(members):
+                user_mask = torch.tensor(plan.user_mask, device=device)
+                all_rows = [q for turn in plan.turns for q in turn.rows]
+                masses = (
+                    user_mass_per_row(
+                        queries[row], keys[row], scaling, torch.tensor(all_rows, device=device), user_mask
+                    ).tolist()
+                    if all_rows
+                    else []
+                )
+                offset = 0
+                for turn in plan.turns:
+                    values = masses[offset : offset + len(turn.rows)]
+                    offset += len(turn.rows)
+                    records.append(_record(plan, turn, layer_index, values))
+    return records
+
+
+def _record(plan: Plan, turn: Turn, layer: int, values: list[float]) -> dict:
+    return {
+        "conversation_id": plan.conversation_id,
+        "turn": turn.index,
+        "layer": layer,
+        "score": float(sum(values) / len(values)) if values else math.nan,
+        "n_response_tokens": len(turn.rows),
+        "truncated": turn.truncated,
+    }
+
+
+def score_conversations(
+    model,
+    tokenizer,
+    conversations: list[dict],
+    layers: list[int],
+    max_length: int = 2047,
+    compat: str = "none",
+    batch_tokens: int = 16384,
+) -> pd.DataFrame:
+    """Long table: one row per (assistant turn, layer), in the conversations' order."""
+    n_layers = len(model.get_decoder().layers)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"scoring layer(s) {bad} out of range: the seed model has {n_layers} layers")
+    plans = [plan_conversation(tokenizer, c, max_length, compat) for c in conversations]
+    records = score_plans(model, plans, layers, batch_tokens, tokenizer.pad_token_id)
+    order = {plan.conversation_id: i for i, plan in enumerate(plans)}
+    frame = pd.DataFrame.from_records(records, columns=[*SCORE_COLUMNS, "layer"])
+    frame["_order"] = frame["conversation_id"].map(order)
+    return frame.sort_values(["_order", "turn", "layer"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def wide_scores(long: pd.DataFrame, layer: int) -> pd.DataFrame:
+    """The contract table (one row per assistant turn) for `layer`, plus score_layer_{l} for other layers."""
+    main = long[long["layer"] == layer][SCORE_COLUMNS].reset_index(drop=True)
+    for other in sorted(set(long["layer"]) - {layer}):
+        main[f"score_layer_{other}"] = long[long["layer"] == other]["score"].to_numpy()
+    return main
+
+
+@torch.inference_mode()
+def reference_scores(model, tokenizer, conversations, layer, max_length=2047, compat="none") -> list[float]:
+    """Brute force: full forward with output_attentions (eager model), one conversation at a time."""
+    device = next(model.parameters()).device
+    scores = []
+    for conversation in conversations:
+        plan = plan_conversation(tokenizer, conversation, max_length, compat)
+        output = model(torch.tensor([plan.input_ids], device=device), output_attentions=True)
+        attention = output.attentions[layer][0].float()  # (heads, T, T)
+        user = torch.tensor(plan.user_mask, device=device)
+        for turn in plan.turns:
+            if not turn.rows:
+                scores.append(math.nan)
+                continue
+            mass = attention[:, turn.rows][:, :, user].sum(-1).amax(dim=0)
+            scores.append(float(mass.mean()))
+    return scores
+
+
+def score_file(
+    seed_model: str,
+    data_parquet: str,
+    out_parquet: str,
+    layer: int,
+    max_length: int = 2047,
+    compat: str = "none",
+    batch_tokens: int = 16384,
+    extra_layers: tuple[int, ...] = (),
+) -> pd.DataFrame:
+    """Score a prepared dataset with the seed model and write the contract table."""
+    from ctxaware.data import read_conversations
+    from ctxaware.modeling import load_model
+
+    model, tokenizer = load_model(seed_model, attn_implementation="sdpa")
+    conversations = read_conversations(data_parquet)
+    layers = [layer, *[x for x in extra_layers if x != layer]]
+    long = score_conversations(model, tokenizer, conversations, layers, max_length, compat, batch_tokens)
+    table = wide_scores(long, layer)
+    table.to_parquet(out_parquet, index=False)
+    print(f"scored {len(table)} assistant turns of {len(conversations)} conversations; "
+          f"{int(table['truncated'].sum())} truncated; mean score {table['score'].mean():.4f}")
+    return table

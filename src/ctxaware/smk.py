@@ -1,0 +1,30 @@
+"""What every workflow script does first: send Python's logging, warnings and prints to the rule's log file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+
+@contextlib.contextmanager
+def job(snakemake):
+    """Run a job body with output going to snakemake.log[0] and torch limited to the job's threads."""
+    log_path = snakemake.log[0] if len(snakemake.log) else os.devnull
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(log_path, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle), \
+            contextlib.redirect_stderr(handle):
+        logging.basicConfig(stream=handle, level=logging.INFO, force=True)
+        logging.captureWarnings(True)
+        import torch
+
+        torch.set_num_threads(max(1, int(getattr(snakemake, "threads", 1))))
+        try:
+            yield
+        except Exception:
+            logging.exception("job failed")
+            raise
+        finally:
+            sys.stdout.flush()

@@ -1,0 +1,75 @@
+"""Tagging: append [IND] to the user instruction of every turn whose response scored above beta."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ctxaware.chat import append_indicator
+
+
+def method_beta(method: str) -> float | None:
+    """`indicator-0.6` -> 0.6 (also `qk-lora-indicator-0.6`); methods without an indicator -> None."""
+    if "indicator-" not in method:
+        return None
+    return float(method.rsplit("indicator-", 1)[1])
+
+
+def is_tagged(score: float, beta: float) -> bool:
+    """Strictly above beta; a missing or NaN score (truncated response) is never tagged."""
+    return score is not None and not math.isnan(score) and score > beta
+
+
+def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: float) -> tuple[list[dict], dict]:
+    score_of = {
+        (str(row.conversation_id), int(row.turn)): float(row.score)
+        for row in scores[["conversation_id", "turn", "score"]].itertuples(index=False)
+    }
+    tagged_conversations, n_turns, n_tagged, n_missing = [], 0, 0, 0
+    for conversation in conversations:
+        messages = [dict(m) for m in conversation["messages"]]
+        turn, last_user = 0, None
+        for index, message in enumerate(messages):
+            if message["role"] == "user":
+                last_user = index
+            elif message["role"] == "assistant":
+                score = score_of.get((str(conversation["id"]), turn))
+                n_missing += score is None
+                n_turns += 1
+                if last_user is not None and is_tagged(score, beta):
+                    messages[last_user]["content"] = append_indicator(messages[last_user]["content"])
+                    n_tagged += 1
+                    last_user = None  # one [IND] per instruction
+                turn += 1
+        tagged_conversations.append({"id": conversation["id"], "messages": messages})
+    stats = {
+        "beta": beta,
+        "n_conversations": len(conversations),
+        "n_assistant_turns": n_turns,
+        "n_tagged": n_tagged,
+        "ratio": n_tagged / n_turns if n_turns else 0.0,
+        "n_turns_without_score": n_missing,
+    }
+    return tagged_conversations, stats
+
+
+def tagged_ratio(scores: pd.DataFrame, beta: float) -> float:
+    """Share of assistant turns tagged at beta (Table 3); unscored turns count as untagged."""
+    if len(scores) == 0:
+        return 0.0
+    return float((scores["score"].fillna(-math.inf) > beta).mean())
+
+
+def tag_file(data_parquet: str, scores_parquet: str, beta: float, out_parquet: str, out_stats: str) -> dict:
+    import json
+
+    from ctxaware.data import read_conversations
+
+    conversations, stats = tag_conversations(
+        read_conversations(data_parquet), pd.read_parquet(scores_parquet), beta
+    )
+    pd.DataFrame(conversations).to_parquet(out_parquet, index=False)
+    with open(out_stats, "w", encoding="utf-8") as handle:
+        json.dump(stats, handle, indent=2)
+    return stats

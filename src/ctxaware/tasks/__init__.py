@@ -1,0 +1,1 @@
+"""Evaluation tasks: each builds chat prompts and scores the generations."""

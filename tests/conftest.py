@@ -1,0 +1,31 @@
+import pytest
+
+from ctxaware.tiny import build_tiny_model
+
+CORPUS = """The quick brown fox jumps over the lazy dog. A river runs through the old town.
+Read the passage and answer the question. What is the capital of France? Paris is the capital.
+Explain why the sky is blue. Sunlight scatters in the atmosphere, and blue light scatters most.
+The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.
+"""
+
+
+def _build(path, **overrides):
+    corpus = path / "corpus.txt"
+    corpus.write_text(CORPUS * 5)
+    settings = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
+                    num_kv_heads=2, max_position_embeddings=512)
+    settings.update(overrides)
+    build_tiny_model(str(path / "model"), [str(corpus)], **settings)
+    return str(path / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny grouped-query-attention Llama (4 query heads, 2 KV heads) with a BPE tokenizer."""
+    return _build(tmp_path_factory.mktemp("tiny-gqa"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mha_model_dir(tmp_path_factory):
+    """The same with multi-head attention (as many KV heads as query heads)."""
+    return _build(tmp_path_factory.mktemp("tiny-mha"), num_kv_heads=4)

@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+
+from ctxaware.chat import encode_with_spans, with_system
+from ctxaware.modeling import load_model
+from ctxaware.scoring import plan_conversation, reference_scores, score_conversations, token_budget_batches
+
+SINGLE = {
+    "id": "single",
+    "messages": [
+        {"role": "user", "content": "Read the passage: the fox jumps over the dog. What jumps?"},
+        {"role": "assistant", "content": "The fox jumps."},
+    ],
+}
+MULTI = {
+    "id": "multi",
+    "messages": [
+        {"role": "user", "content": "Explain why the sky is blue."},
+        {"role": "assistant", "content": "Sunlight scatters in the atmosphere, and blue light scatters most."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital."},
+    ],
+}
+
+
+def test_spans_cover_exactly_each_message_content(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir)
+    encoded = encode_with_spans(tokenizer, MULTI["messages"])
+    for span, message in zip(encoded.spans, with_system(MULTI["messages"]), strict=True):
+        assert span.role == message["role"]
+        assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"]
+
+
+def test_uniform_attention_gives_hand_computed_score(tiny_model_dir):
+    """With zero query weights every head attends uniformly to the causal prefix, so for a response row q
+    the user mass is (# user tokens at positions <= q) / (q + 1)."""
+    model, tokenizer = load_model(tiny_model_dir)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.zero_()
+    plan = plan_conversation(tokenizer, MULTI, max_length=512)
+    expected = []
+    for turn in plan.turns:
+        values = [sum(plan.user_mask[: q + 1]) / (q + 1) for q in turn.rows]
+        expected.append(sum(values) / len(values))
+    # the second response also sees the first user turn, the first one sees only its own instruction
+    assert expected[0] != expected[1]
+    scores = score_conversations(model, tokenizer, [MULTI], layers=[1], max_length=512)
+    assert scores["score"].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_mha_model_dir"])
+@pytest.mark.parametrize("compat", ["none", "original"])
+@pytest.mark.parametrize("max_length", [512, 40])
+def test_fast_path_equals_brute_force(request, fixture, compat, max_length):
+    path = request.getfixturevalue(fixture)
+    fast_model, tokenizer = load_model(path, attn_implementation="sdpa")
+    eager_model, _ = load_model(path, attn_implementation="eager")
+    conversations = [SINGLE, MULTI]
+    for layer in range(len(fast_model.model.layers)):
+        fast = score_conversations(
+            fast_model, tokenizer, conversations, [layer], max_length, compat, batch_tokens=64
+        )
+        reference = reference_scores(eager_model, tokenizer, conversations, layer, max_length, compat)
+        assert len(fast) == len(reference) == 3
+        for got, want in zip(fast["score"], reference, strict=True):
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-4)
+    if max_length == 40:
+        assert fast["truncated"].any() and fast.loc[fast["truncated"], "score"].isna().all()
+    else:
+        assert not fast["truncated"].any() and fast["score"].between(0, 1).all()
+
+
+def test_several_layers_in_one_pass_match_single_layer_runs(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir)
+    together = score_conversations(model, tokenizer, [SINGLE, MULTI], [0, 2])
+    for layer in (0, 2):
+        alone = score_conversations(model, tokenizer, [SINGLE, MULTI], [layer])
+        got = together[together["layer"] == layer]["score"].to_numpy()
+        assert got == pytest.approx(alone["score"].to_numpy(), abs=1e-6)
+
+
+def test_original_compat_counts_trailing_eos_and_system_segment(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir)
+    ours = plan_conversation(tokenizer, SINGLE, 512, "none")
+    original = plan_conversation(tokenizer, SINGLE, 512, "original")
+    assert len(original.turns[0].rows) == len(ours.turns[0].rows) + 1
+    eos_position = original.turns[0].rows[-1]
+    assert original.input_ids[eos_position] == tokenizer.eos_token_id
+    # the user header tokens count in the original, never newline/BOS/EOS
+    assert sum(original.user_mask) > sum(ours.user_mask)
+    for position, is_user in enumerate(original.user_mask):
+        if is_user:
+            assert original.input_ids[position] not in (tokenizer.bos_token_id, tokenizer.eos_token_id)
+
+
+def test_layer_out_of_range_is_a_clear_error(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir)
+    with pytest.raises(ValueError, match="layer.*out of range.*3 layers"):
+        score_conversations(model, tokenizer, [SINGLE], [15])
+
+
+def test_token_budget_batches_sorts_by_length_and_respects_budget():
+    lengths = [50, 10, 40, 12, 100]
+    batches = token_budget_batches(lengths, batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(5))
+    for batch in batches:
+        assert max(lengths[i] for i in batch) * len(batch) <= 100 or len(batch) == 1
+    assert batches[0] == [1, 3]  # the two shortest first

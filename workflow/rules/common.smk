@@ -1,0 +1,125 @@
+# Config is read and validated here, once; every other rule file uses these names and helpers.
+import itertools
+import re
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+DATASETS = config["datasets"]
+MODELS = config["models"]
+RECIPES = config["recipes"]
+METHODS = config["methods"]
+SCORING = config["scoring"]
+EVALUATION = config["evaluation"]
+TASKS = EVALUATION["tasks"]
+RESOURCES = config["resources"]
+SEED = SCORING["seed_model"]
+SEED_NAME = SEED["name"]
+TINY_DIR = "results/models/base/tiny"
+ENV = "../../envs/ctxaware.yaml"
+
+
+def _check_references():
+    """Cross-references the schema cannot express; each message names the config key."""
+    for name, model in MODELS.items():
+        if model["recipe"] not in RECIPES:
+            raise ValueError(
+                f"config key models.{name}.recipe: unknown recipe {model['recipe']!r} "
+                f"(recipes: {sorted(RECIPES)})"
+            )
+    if "path" in SEED:
+        return
+    for key, table in (("model", MODELS), ("dataset", DATASETS)):
+        if SEED.get(key) not in table:
+            raise ValueError(
+                f"config key scoring.seed_model.{key}: {SEED.get(key)!r} is not in {key}s "
+                f"({sorted(table)}); give a {key} of the grid, or scoring.seed_model.path"
+            )
+
+
+_check_references()
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)),
+    model="|".join(map(re.escape, MODELS)),
+    method="vanilla|indicator-[0-9.]+",
+    beta="[0-9.]+",
+    task="|".join(["nih", "squad", "quac", "drop", "mtbench"]),
+    seed=re.escape(SEED_NAME),
+
+
+def base_source(model):
+    """Where a base model's weights come from: the tiny model the workflow builds, a local path or a hub id."""
+    source = MODELS[model]["source"]
+    return TINY_DIR if source == "tiny" else source
+
+
+def base_input(wildcards):
+    """Base model directories that are workflow artifacts become inputs; hub ids are fetched by the job."""
+    source = base_source(wildcards.model)
+    return [source] if source == TINY_DIR else []
+
+
+def model_dir(model, dataset, method):
+    return f"results/models/{model}/{dataset}/{method}"
+
+
+def seed_model_path():
+    if "path" in SEED:
+        return SEED["path"]
+    return model_dir(SEED["model"], SEED["dataset"], "vanilla")
+
+
+def seed_input(wildcards):
+    path = seed_model_path()
+    return [path] if path.startswith("results/") or Path(path).exists() else []
+
+
+def recipe_for(wildcards):
+    """The model's recipe with the dataset's epoch override (the paper: 2 epochs on WizardLM)."""
+    recipe = dict(RECIPES[MODELS[wildcards.model]["recipe"]])
+    epochs = DATASETS[wildcards.dataset]["epochs"]
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    return recipe
+
+
+def task_settings(wildcards):
+    """Everything one evaluation job needs, as plain builtins so --rerun-triggers params sees changes."""
+    task = wildcards.task
+    settings = dict(EVALUATION[task]) if task in EVALUATION else {}
+    settings["batch_tokens"] = EVALUATION["batch_tokens"]
+    dataset = DATASETS[wildcards.dataset]
+    if task == "nih":
+        caps = [MODELS[wildcards.model]["nih_max_context"], dataset["nih_max_context"]]
+        settings["max_context"] = min(c for c in caps if c is not None)
+    elif task in ("squad", "quac", "drop"):
+        settings["prompt_template"] = EVALUATION["qa_prompts"][dataset["qa_prompt_style"]][task]
+    return settings
+
+
+def local_file_inputs(wildcards):
+    """Local files an evaluation reads (so editing them reruns it); hub ids are not files."""
+    settings = task_settings(wildcards)
+    paths = []
+    if wildcards.task == "nih":
+        paths.append(settings["haystack_dir"])
+    elif wildcards.task == "mtbench":
+        paths.append(settings["questions"])
+        if settings["judge"]["backend"] == "local":
+            paths.append(settings["judge"]["model"])
+    else:
+        paths.append(settings["source"])
+    return [p for p in paths if p.startswith("results/") or Path(p).exists()]
+
+
+def grid():
+    return list(itertools.product(DATASETS, MODELS, METHODS))
+
+
+def res(stage, key):
+    return RESOURCES[stage][key]
