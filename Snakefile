@@ -4,7 +4,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless --configfile names another (which then replaces it instead of merging into it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -17,9 +20,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.table4.output,
         rules.table3.output,
         nih_heatmaps(),
         rules.threshold_ablation.output,
-    default_target: True

@@ -12,8 +12,15 @@ The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park 
 def _build(path, **overrides):
     corpus = path / "corpus.txt"
     corpus.write_text(CORPUS * 5)
-    settings = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
-                    num_kv_heads=2, max_position_embeddings=512)
+    settings = dict(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        max_position_embeddings=512,
+    )
     settings.update(overrides)
     build_tiny_model(str(path / "model"), [str(corpus)], **settings)
     return str(path / "model")

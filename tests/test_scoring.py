@@ -60,9 +60,7 @@ def test_fast_path_equals_brute_force(request, fixture, compat, max_length):
     eager_model, _ = load_model(path, attn_implementation="eager")
     conversations = [SINGLE, MULTI]
     for layer in range(len(fast_model.model.layers)):
-        fast = score_conversations(
-            fast_model, tokenizer, conversations, [layer], max_length, compat, batch_tokens=64
-        )
+        fast = score_conversations(fast_model, tokenizer, conversations, [layer], max_length, compat, batch_tokens=64)
         reference = reference_scores(eager_model, tokenizer, conversations, layer, max_length, compat)
         assert len(fast) == len(reference) == 3
         for got, want in zip(fast["score"], reference, strict=True):

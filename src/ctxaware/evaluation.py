@@ -32,9 +32,7 @@ def _mean(values: list[float]) -> float:
 def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
     cases = nih.build_cases(generator.tokenizer, settings, settings["max_context"])
     messages = [[user_message(c["prompt"], with_indicator)] for c in cases]
-    prompts = [
-        generator.encode_chat(m, settings["use_chat_template"], settings["response_prefix"]) for m in messages
-    ]
+    prompts = [generator.encode_chat(m, settings["use_chat_template"], settings["response_prefix"]) for m in messages]
     outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
     records = []
     for case, prompt, output in zip(cases, prompts, outputs, strict=True):
@@ -47,7 +45,11 @@ def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool
     items = qa.load_items(task, settings)
     prompts = [
         generator.encode_chat(
-            [user_message(settings["prompt_template"].format(context=i["context"], question=i["question"]), with_indicator)]
+            [
+                user_message(
+                    settings["prompt_template"].format(context=i["context"], question=i["question"]), with_indicator
+                )
+            ]
         )
         for i in items
     ]
@@ -56,8 +58,15 @@ def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool
     records = []
     for item, output in zip(items, outputs, strict=True):
         answer = first_sentence(output)
-        records.append({"id": item["id"], "golds": item["golds"], "response": output, "answer": answer,
-                        "score": metric(answer, item["golds"])})
+        records.append(
+            {
+                "id": item["id"],
+                "golds": item["golds"],
+                "response": output,
+                "answer": answer,
+                "score": metric(answer, item["golds"]),
+            }
+        )
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
 
 
@@ -72,9 +81,7 @@ def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> t
     for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
         for conversation, question in zip(conversations, questions, strict=True):
             conversation.append(user_message(question["turns"][turn], with_indicator))
-        outputs = generator.generate_ids(
-            [generator.encode_chat(c) for c in conversations], settings["max_new_tokens"]
-        )
+        outputs = generator.generate_ids([generator.encode_chat(c) for c in conversations], settings["max_new_tokens"])
         for conversation, answer_list, output in zip(conversations, answers, outputs, strict=True):
             conversation.append({"role": "assistant", "content": output})
             answer_list.append(output)

@@ -31,6 +31,8 @@ class GenerationCache:
         self.entries: dict[str, str] = {}
         if self.path and self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a kill: that prompt is simply regenerated
@@ -47,6 +49,11 @@ class GenerationCache:
             self.entries[key] = output
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a+b") as tail:  # a line cut by a kill must not swallow the next record
+                if tail.seek(0, os.SEEK_END) > 0:
+                    tail.seek(-1, os.SEEK_END)
+                    if tail.read(1) != b"\n":
+                        tail.write(b"\n")
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.writelines(json.dumps({"key": k, "output": o}) + "\n" for k, o in items)
                 handle.flush()

@@ -103,9 +103,7 @@ def _capture_layer_inputs(model, input_ids, attention_mask, layers: list[int]) -
 
         return hook
 
-    handles = [
-        decoder.layers[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in sorted(set(layers))
-    ]
+    handles = [decoder.layers[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in sorted(set(layers))]
     try:
         decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
@@ -260,6 +258,8 @@ def score_file(
     long = score_conversations(model, tokenizer, conversations, layers, max_length, compat, batch_tokens)
     table = wide_scores(long, layer)
     table.to_parquet(out_parquet, index=False)
-    print(f"scored {len(table)} assistant turns of {len(conversations)} conversations; "
-          f"{int(table['truncated'].sum())} truncated; mean score {table['score'].mean():.4f}")
+    print(
+        f"scored {len(table)} assistant turns of {len(conversations)} conversations; "
+        f"{int(table['truncated'].sum())} truncated; mean score {table['score'].mean():.4f}"
+    )
     return table

@@ -14,8 +14,11 @@ def job(snakemake):
     log_path = snakemake.log[0] if len(snakemake.log) else os.devnull
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with open(log_path, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle), \
-            contextlib.redirect_stderr(handle):
+    with (
+        open(log_path, "w", encoding="utf-8") as handle,
+        contextlib.redirect_stdout(handle),
+        contextlib.redirect_stderr(handle),
+    ):
         logging.basicConfig(stream=handle, level=logging.INFO, force=True)
         logging.captureWarnings(True)
         import torch

@@ -66,9 +66,7 @@ def tag_file(data_parquet: str, scores_parquet: str, beta: float, out_parquet: s
 
     from ctxaware.data import read_conversations
 
-    conversations, stats = tag_conversations(
-        read_conversations(data_parquet), pd.read_parquet(scores_parquet), beta
-    )
+    conversations, stats = tag_conversations(read_conversations(data_parquet), pd.read_parquet(scores_parquet), beta)
     pd.DataFrame(conversations).to_parquet(out_parquet, index=False)
     with open(out_stats, "w", encoding="utf-8") as handle:
         json.dump(stats, handle, indent=2)

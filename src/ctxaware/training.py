@@ -47,9 +47,7 @@ def _peft_model(model, recipe: dict, indicator_id: int | None):
 
     lora = recipe["lora"]
     if recipe["method"] == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=recipe["gradient_checkpointing"]
-        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe["gradient_checkpointing"])
     config = LoraConfig(
         r=lora["r"],
         lora_alpha=lora["alpha"],
@@ -130,7 +128,12 @@ def finetune(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(out)
+    if adapter:
+        # the [IND] row is saved by its trainable-token adapter (or is the mean row, rebuilt at load time),
+        # so the adapter need not carry whole embedding matrices
+        trainer.model.save_pretrained(out, save_embedding_layers=False)
+    else:
+        trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     info = {
         "base": base,

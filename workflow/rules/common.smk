@@ -5,7 +5,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DATASETS = config["datasets"]
@@ -64,6 +63,12 @@ def base_input(wildcards):
     return [source] if source == TINY_DIR else []
 
 
+def dataset_source_input(wildcards):
+    """A local raw file is an input (editing it reruns preparation); a hub id is fetched by the job."""
+    source = DATASETS[wildcards.dataset]["source"]
+    return [source] if Path(source).exists() else []
+
+
 def model_dir(model, dataset, method):
     return f"results/models/{model}/{dataset}/{method}"
 
@@ -98,7 +103,9 @@ def task_settings(wildcards):
         caps = [MODELS[wildcards.model]["nih_max_context"], dataset["nih_max_context"]]
         settings["max_context"] = min(c for c in caps if c is not None)
     elif task in ("squad", "quac", "drop"):
-        settings["prompt_template"] = EVALUATION["qa_prompts"][dataset["qa_prompt_style"]][task]
+        settings["prompt_template"] = EVALUATION["qa_prompts"][
+            dataset["qa_prompt_style"]
+        ][task]
     return settings
 
 
@@ -123,3 +130,27 @@ def grid():
 
 def res(stage, key):
     return RESOURCES[stage][key]
+
+
+# Functions below refer to rules defined in the other rule files; they run only after all are included.
+def sft_input(wildcards):
+    """The branch's training data: the vanilla copy or the tagged set of its beta."""
+    if wildcards.method == "vanilla":
+        return rules.vanilla_sft.output.sft.format(dataset=wildcards.dataset)
+    beta = wildcards.method.removeprefix("indicator-")
+    return rules.tag_indicator.output.sft.format(dataset=wildcards.dataset, beta=beta)
+
+
+def eval_results(task_filter=None):
+    return [
+        rules.evaluate.output.result.format(model=m, dataset=d, method=x, task=t)
+        for d, m, x in grid()
+        for t in TASKS
+        if task_filter is None or t == task_filter
+    ]
+
+
+def nih_heatmaps():
+    if "nih" not in TASKS:
+        return []
+    return [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in grid()]

@@ -1,34 +1,23 @@
-def eval_results(task_filter=None):
-    return [
-        rules.evaluate.output.result.format(model=m, dataset=d, method=x, task=t)
-        for d, m, x in grid()
-        for t in TASKS
-        if task_filter is None or t == task_filter
-    ]
-
-
-def nih_heatmaps():
-    if "nih" not in TASKS:
-        return []
-    return [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in grid()]
-
-
 rule table4:
     """The paper's Table 4: one row per (SFT dataset, model, method)."""
     input:
         results=eval_results(),
         paper=config["report"]["paper_table4"] or [],
     output:
-        csv=report("results/tables/table4.csv", caption="../report/table4.rst", category="Table 4"),
+        csv=report(
+            "results/tables/table4.csv",
+            caption="../report/table4.rst",
+            category="Table 4",
+        ),
         md="results/tables/table4.md",
         tex="results/tables/table4.tex",
-    params:
-        rows=[{"sft_dataset": d, "model": m, "method": x} for d, m, x in grid()],
-        tasks=TASKS,
     log:
         "results/logs/table4.log",
     conda:
         ENV
+    params:
+        rows=[{"sft_dataset": d, "model": m, "method": x} for d, m, x in grid()],
+        tasks=TASKS,
     script:
         "../scripts/table4.py"
 
@@ -38,14 +27,18 @@ rule table3:
     input:
         scores=expand(rules.score_turns.output.scores, dataset=DATASETS, seed=SEED_NAME),
     output:
-        csv=report("results/tables/table3.csv", caption="../report/table3.rst", category="Table 3"),
-    params:
-        datasets=list(DATASETS),
-        betas=config["report"]["table3_betas"],
+        csv=report(
+            "results/tables/table3.csv",
+            caption="../report/table3.rst",
+            category="Table 3",
+        ),
     log:
         "results/logs/table3.log",
     conda:
         ENV
+    params:
+        datasets=list(DATASETS),
+        betas=config["report"]["table3_betas"],
     script:
         "../scripts/table3.py"
 
@@ -53,7 +46,9 @@ rule table3:
 rule nih_heatmap:
     """Recall heatmap over the NIH grid (context length x needle depth), like the original repository's."""
     input:
-        generations=expand(rules.evaluate.output.generations, task="nih", allow_missing=True),
+        generations=expand(
+            rules.evaluate.output.generations, task="nih", allow_missing=True
+        ),
     output:
         png=report(
             "results/figures/nih/{model}/{dataset}/{method}.png",

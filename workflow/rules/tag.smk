@@ -16,16 +16,18 @@ rule tag_indicator:
     """[IND] appended to each user turn whose response scored strictly above beta."""
     input:
         data=rules.prepare_dataset.output.parquet,
-        scores=expand(rules.score_turns.output.scores, seed=SEED_NAME, allow_missing=True),
+        scores=expand(
+            rules.score_turns.output.scores, seed=SEED_NAME, allow_missing=True
+        ),
     output:
         sft="results/sft/{dataset}/indicator-{beta}.parquet",
         stats="results/sft/{dataset}/indicator-{beta}.stats.json",
     log:
         "results/logs/sft/{dataset}/indicator-{beta}.log",
+    conda:
+        ENV
     resources:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
-    conda:
-        ENV
     script:
         "../scripts/tag_indicator.py"

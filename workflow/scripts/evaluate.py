@@ -1,14 +1,14 @@
 from ctxaware.evaluation import evaluate
 from ctxaware.smk import job
 
-with job(snakemake):  # noqa: F821
-    p = snakemake.params  # noqa: F821
+with job(snakemake):
+    p = snakemake.params
     evaluate(
-        snakemake.wildcards.task,  # noqa: F821
-        snakemake.input.model,  # noqa: F821
+        snakemake.wildcards.task,
+        snakemake.input.model,
         p.settings,
         p.with_indicator,
-        snakemake.output.result,  # noqa: F821
-        snakemake.output.generations,  # noqa: F821
+        snakemake.output.result,
+        snakemake.output.generations,
         cache_path=p.cache,
     )

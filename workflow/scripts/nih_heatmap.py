@@ -1,6 +1,6 @@
 from ctxaware.figures import nih_heatmap
 from ctxaware.smk import job
 
-with job(snakemake):  # noqa: F821
-    w = snakemake.wildcards  # noqa: F821
-    nih_heatmap(snakemake.input.generations[0], snakemake.output.png, f"{w.model} / {w.dataset} / {w.method}")  # noqa: F821
+with job(snakemake):
+    w = snakemake.wildcards
+    nih_heatmap(snakemake.input.generations[0], snakemake.output.png, f"{w.model} / {w.dataset} / {w.method}")

@@ -1,9 +1,9 @@
 from ctxaware.smk import job
 from ctxaware.tables import write_table3
 
-with job(snakemake):  # noqa: F821
+with job(snakemake):
     write_table3(
-        dict(zip(snakemake.params.datasets, snakemake.input.scores, strict=True)),  # noqa: F821
-        snakemake.params.betas,  # noqa: F821
-        snakemake.output.csv,  # noqa: F821
+        dict(zip(snakemake.params.datasets, snakemake.input.scores, strict=True)),
+        snakemake.params.betas,
+        snakemake.output.csv,
     )

@@ -1,0 +1,337 @@
+"""SFT data adapters: ShareGPT, UltraChat and WizardLM rows -> one chat schema, with the paper's filters.
+
+Output conversations are {"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}]}:
+an optional leading system message, then strictly alternating user/assistant messages ending with an assistant.
+
+Cleaning steps, in order (paper Section 4.1.2; every step is counted in the stats, in raw messages):
+  1. drop whitespace-only messages;
+  2. keep system messages only before the first user message; drop assistant messages found there
+     (chunks of a longer conversation that lack the user input) and system messages later on;
+  3. drop user messages at the end that have no response;
+  4. merge consecutive messages of the same role with a blank line;
+  5. (ShareGPT, WizardLM) cut the conversation before the user turn that led to the first refusal;
+  6. drop conversations left without a (user, assistant) pair.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FORMATS = ("sharegpt", "ultrachat", "wizardlm")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+MAX_EXAMPLES = 20
+
+# Lower-case; matched as substrings after folding typographic apostrophes. Kept short and specific: longer
+# lists start to catch ordinary answers ("I am unable to find a bug in your code, it works").
+REFUSAL_PHRASES = (
+    "as an ai language model",
+    "as a language model",
+    "as an ai assistant, i cannot",
+    "i'm sorry, but i cannot",
+    "i'm sorry, but i can't",
+    "i'm sorry, but as an ai",
+    "i cannot fulfill",
+    "i can't fulfill",
+    "i am not able to",
+    "i'm not able to",
+    "i'm unable to",
+    "i am unable to",
+)
+# Per the paper, UltraChat is not refusal-filtered (its responses come from a different pipeline).
+REFUSAL_FILTERED = {"sharegpt", "wizardlm"}
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+ULTRACHAT_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+COUNTERS = (
+    "malformed_rows_dropped",
+    "empty_messages_dropped",
+    "leading_assistant_turns_dropped",
+    "inner_system_messages_dropped",
+    "trailing_user_turns_dropped",
+    "merged_messages",
+    "refusal_turns_dropped",
+    "refusal_conversations_truncated",
+    "empty_conversations_dropped",
+    "duplicate_ids_renamed",
+)
+
+
+class DataError(ValueError):
+    """Unusable input; the message names the file and the row (index and id) or key at fault."""
+
+
+class _Malformed(Exception):
+    """A row that cannot be read in the declared format (reason only; the caller adds file and row)."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_raw(source: str, split: str = "train", hub_config: str | None = None) -> list[dict]:
+    """Rows of a raw dataset: a local .json (list), .jsonl or .parquet file, a directory of them, or a hub id.
+
+    Local files are read without `datasets`, which would unify the schema and turn missing fields into None,
+    hiding exactly the malformed rows `adapt` must report.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_SUFFIXES)
+        if not files:
+            raise DataError(f"{source}: directory has no {'/'.join(LOCAL_SUFFIXES)} files")
+        return [row for f in files for row in _read_file(f)]
+    if path.is_file():
+        return _read_file(path)
+    if path.suffix in LOCAL_SUFFIXES or source.startswith((".", "/", "~")):
+        raise DataError(f"{source}: no such file or directory")
+    import datasets  # heavy import, only needed on the hub path
+
+    return datasets.load_dataset(source, hub_config, split=split).to_list()
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()  # plain python lists, not numpy arrays as pandas would give
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # "Extra data": a JSON-lines file named .json, as the hub often has
+                raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+        else:
+            if not isinstance(rows, list):
+                raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+            return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON on line {lineno}: {e.msg}") from e
+    return rows
+
+
+# ---------------------------------------------------------------- parsing, one function per schema
+
+
+def _parse_sharegpt(row: dict) -> tuple[object, list[tuple[str, str]]]:
+    return row.get("id"), _parse_messages(row, "conversations", "from", "value", SHAREGPT_ROLES)
+
+
+def _parse_ultrachat(row: dict) -> tuple[object, list[tuple[str, str]]]:
+    return row.get("prompt_id"), _parse_messages(row, "messages", "role", "content", ULTRACHAT_ROLES)
+
+
+def _parse_wizardlm(row: dict) -> tuple[object, list[tuple[str, str]]]:
+    for key in ("instruction", "output"):
+        if key not in row:
+            raise _Malformed(f"missing '{key}'")
+        if not isinstance(row[key], str):
+            raise _Malformed(f"'{key}' is {type(row[key]).__name__}, expected str")
+    instruction = row["instruction"]
+    if isinstance(row.get("input"), str) and row["input"].strip():  # Alpaca-style rows carry a separate input
+        instruction = f"{instruction}\n\n{row['input']}"
+    return _row_id(row, "idx", "id"), [("user", instruction), ("assistant", row["output"])]
+
+
+def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: dict) -> list[tuple[str, str]]:
+    if field not in row:
+        raise _Malformed(f"missing '{field}'")
+    if not isinstance(row[field], list):
+        raise _Malformed(f"'{field}' is {type(row[field]).__name__}, expected a list")
+    messages = []
+    for j, msg in enumerate(row[field]):
+        if not isinstance(msg, dict):
+            raise _Malformed(f"message {j} is {type(msg).__name__}, expected an object")
+        for key in (role_key, text_key):
+            if msg.get(key) is None:
+                raise _Malformed(f"message {j} has no '{key}'")
+        role, text = msg[role_key], msg[text_key]
+        if not isinstance(text, str):
+            raise _Malformed(f"message {j} '{text_key}' is {type(text).__name__}, expected str")
+        if not isinstance(role, str) or role.lower() not in roles:
+            raise _Malformed(f"message {j} has unknown {role_key} {role!r}")
+        messages.append((roles[role.lower()], text))
+    return messages
+
+
+def _row_id(row: dict, *keys: str) -> object:
+    return next((row[k] for k in keys if row.get(k) not in (None, "")), None)
+
+
+PARSERS = {"sharegpt": _parse_sharegpt, "ultrachat": _parse_ultrachat, "wizardlm": _parse_wizardlm}
+ID_KEYS = {"sharegpt": ("id",), "ultrachat": ("prompt_id",), "wizardlm": ("idx", "id")}
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def is_refusal(text: str) -> bool:
+    text = text.lower().replace("\u2019", "'")
+    return any(phrase in text for phrase in REFUSAL_PHRASES)
+
+
+def _clean(messages: list[tuple[str, str]], refusals: bool, counts: dict) -> list[tuple[str, str]]:
+    """Steps 1-5 of the module docstring on one conversation; updates `counts`."""
+    kept = [m for m in messages if m[1].strip()]
+    counts["empty_messages_dropped"] += len(messages) - len(kept)
+
+    first_user = next((i for i, (role, _) in enumerate(kept) if role == "user"), len(kept))
+    head, body = kept[:first_user], kept[first_user:]
+    counts["leading_assistant_turns_dropped"] += sum(role == "assistant" for role, _ in head)
+    counts["inner_system_messages_dropped"] += sum(role == "system" for role, _ in body)
+    kept = [m for m in head if m[0] == "system"] + [m for m in body if m[0] != "system"]
+
+    while kept and kept[-1][0] == "user":
+        kept.pop()
+        counts["trailing_user_turns_dropped"] += 1
+
+    merged: list[tuple[str, str]] = []
+    for role, text in kept:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, f"{merged[-1][1]}\n\n{text}")
+            counts["merged_messages"] += 1
+        else:
+            merged.append((role, text))
+
+    # Now [system], user, assistant, ..., assistant: the refusal's user turn sits right before it.
+    if refusals:
+        hit = next((i for i, (role, text) in enumerate(merged) if role == "assistant" and is_refusal(text)), None)
+        if hit is not None:
+            counts["refusal_turns_dropped"] += len(merged) - (hit - 1)
+            counts["refusal_conversations_truncated"] += 1
+            merged = merged[: hit - 1]
+    return merged
+
+
+def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False) -> tuple[list[dict], dict]:
+    """Rows of `fmt` ("sharegpt", "ultrachat", "wizardlm") -> (conversations, stats).
+
+    Malformed rows are dropped and counted (strict=False) or raise DataError (strict=True); more than half
+    of them malformed raises DataError either way, as that means the declared format is wrong.
+    """
+    if fmt not in PARSERS:
+        raise DataError(f"{source}: unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
+    parse, refusals = PARSERS[fmt], fmt in REFUSAL_FILTERED
+    counts = dict.fromkeys(COUNTERS, 0)
+    examples: list[str] = []
+    conversations: list[dict] = []
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict):
+                raise _Malformed(f"row is {type(row).__name__}, expected an object")
+            row_id, messages = parse(row)
+        except _Malformed as e:
+            raw_id = _row_id(row, *ID_KEYS[fmt]) if isinstance(row, dict) else None
+            where = f"{source} row {i}" + (f" (id {raw_id})" if raw_id is not None else "")
+            if strict:
+                raise DataError(f"{where}: {e}") from None
+            counts["malformed_rows_dropped"] += 1
+            if len(examples) < MAX_EXAMPLES:
+                examples.append(f"{where}: {e}")
+            continue
+        messages = _clean(messages, refusals, counts)
+        if not any(role == "assistant" for role, _ in messages):
+            counts["empty_conversations_dropped"] += 1
+            continue
+        conversations.append({
+            "id": str(row_id) if row_id not in (None, "") else f"{fmt}-{i}",
+            "messages": [{"role": role, "content": text} for role, text in messages],
+        })
+
+    bad = counts["malformed_rows_dropped"]
+    if rows and bad > len(rows) / 2:
+        raise DataError(
+            f"{source}: {bad} of {len(rows)} rows are malformed for format '{fmt}' (is the format right?); "
+            f"first: {examples[0]}"
+        )
+    counts["duplicate_ids_renamed"] = _dedupe_ids(conversations)
+    stats = {"source": str(source), "format": fmt, "n_raw_rows": len(rows), **_output_stats(conversations)}
+    return conversations, {**stats, **counts, "malformed_examples": examples}
+
+
+def _dedupe_ids(conversations: list[dict]) -> int:
+    """Suffix repeated ids with -1, -2, ... (skipping suffixes already taken); returns how many were renamed."""
+    seen: set[str] = set()
+    renamed = 0
+    for conv in conversations:
+        new_id, k = conv["id"], 0
+        while new_id in seen:
+            k += 1
+            new_id = f"{conv['id']}-{k}"
+        renamed += new_id != conv["id"]
+        conv["id"] = new_id
+        seen.add(new_id)
+    return renamed
+
+
+def _output_stats(conversations: list[dict]) -> dict:
+    roles = [m["role"] for conv in conversations for m in conv["messages"]]
+    return {
+        "n_conversations": len(conversations),
+        "n_user_turns": roles.count("user"),
+        "n_assistant_turns": roles.count("assistant"),
+        "mean_messages_per_conversation": round(len(roles) / len(conversations), 4) if conversations else 0.0,
+    }
+
+
+# ---------------------------------------------------------------- parquet in / out
+
+
+def _schema():
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema([("id", pa.string()), ("messages", pa.list_(message))])
+
+
+def prepare(
+    source: str,
+    fmt: str,
+    out_parquet: str,
+    out_stats: str,
+    split: str = "train",
+    hub_config: str | None = None,
+    max_conversations: int | None = None,
+    strict: bool = False,
+) -> dict:
+    """load_raw + adapt (+ keep the first `max_conversations`) -> parquet and stats json; returns the stats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    conversations, stats = adapt(load_raw(source, split, hub_config), fmt, source=source, strict=strict)
+    if not conversations:
+        dropped = {k: v for k, v in stats.items() if k in COUNTERS and v}
+        raise DataError(f"{source}: no conversation left for format '{fmt}' after filtering; dropped: {dropped}")
+    if max_conversations is not None:
+        stats["n_conversations_before_limit"] = len(conversations)
+        conversations = conversations[:max_conversations]
+        stats.update(_output_stats(conversations))
+    stats["max_conversations"] = max_conversations
+
+    for out in (out_parquet, out_stats):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(conversations, schema=_schema()), out_parquet)
+    Path(out_stats).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return stats
+
+
+def read_conversations(parquet_path: str) -> list[dict]:
+    """Conversations written by `prepare`, as plain python lists and dicts."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(parquet_path, columns=["id", "messages"]).to_pylist()

@@ -1,0 +1,168 @@
+"""MT-Bench judges (design.md §3): an OpenAI-compatible HTTP judge with an on-disk cache, grading and summary."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import json
+import math
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Protocol
+
+from ctxaware.metrics import parse_rating
+from ctxaware.tasks.mtbench import judge_messages
+
+
+class Judge(Protocol):
+    def judge(self, messages: list[dict]) -> str:
+        """The judge's raw text for OpenAI-style chat messages."""
+        ...
+
+
+class JudgeError(RuntimeError):
+    """A judgment that could not be obtained; grade() records it as failed, never as a number."""
+
+
+class JudgmentCache:
+    """One JSON file per judgment, named by the sha256 of the model and messages; safe against killed runs."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(model: str, messages: list[dict]) -> str:
+        return hashlib.sha256(json.dumps({"model": model, "messages": messages}, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):  # a foreign half-written file is just a miss
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        # Write a temporary file in the same directory, then rename: the final file is whole or absent.
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(value, handle, ensure_ascii=False)
+            os.replace(tmp, self.directory / f"{key}.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OpenAIJudge:
+    """A judge behind an OpenAI-compatible /chat/completions endpoint, greedy decoding, retried and cached."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_tokens: int = 2048,
+        cache_dir: str | None = None,
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        self.timeout_s, self.max_retries, self.backoff_s, self.max_tokens = timeout_s, max_retries, backoff_s, max_tokens
+        self.cache = JudgmentCache(cache_dir) if cache_dir else None
+        self.calls = 0  # real HTTP requests, retries included
+
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)  # read per call: keys never live in settings or on disk
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        elif not _is_loopback(self.base_url):
+            # A configuration error, not a per-judgment failure: plain RuntimeError so grade() does not absorb it.
+            raise RuntimeError(
+                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url}"
+            )
+        return headers
+
+    def judge(self, messages: list[dict]) -> str:
+        key = JudgmentCache.key(self.model, messages)
+        if self.cache and (hit := self.cache.get(key)) is not None:
+            return hit["judgment"]
+        text = self._request(messages)
+        if self.cache:
+            self.cache.put(key, {"messages": messages, "judgment": text, "model": self.model})
+        return text
+
+    def _request(self, messages: list[dict]) -> str:
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        ).encode()
+        last_error = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+            self.calls += 1
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    payload = response.read()
+            except urllib.error.HTTPError as error:
+                excerpt = error.read(500).decode("utf-8", "replace")
+                if error.code != 429 and error.code < 500:  # the request itself is wrong: retrying cannot help
+                    raise JudgeError(f"judge {self.url} answered HTTP {error.code}: {excerpt}") from None
+                last_error = f"HTTP {error.code}: {excerpt}"
+                continue
+            except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, dropped connections
+                last_error = f"{type(error).__name__}: {error}"
+                continue
+            try:
+                content = json.loads(payload)["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                raise JudgeError(f"judge {self.url} sent an unexpected response ({error!r}): {payload[:500]!r}") from None
+            if not isinstance(content, str):
+                raise JudgeError(f"judge {self.url} sent no text content: {payload[:500]!r}")
+            return content
+        raise JudgeError(f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}")
+
+
+def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
+    """Ratings of both turns' answers; an unparsable judgment or a JudgeError is recorded as failed."""
+    records = []
+    for turn in (1, 2):
+        error = None
+        try:
+            text = judge.judge(judge_messages(question, answers, turn))
+        except JudgeError as exc:
+            text, error = "", str(exc)
+        rating = None if error else parse_rating(text)
+        records.append({"question_id": question["question_id"], "turn": turn, "category": question["category"],
+                        "rating": rating, "judgment": text, "failed": rating is None, "error": error})
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Mean rating over non-failed judgments, overall and per turn (NaN where there are none)."""
+
+    def mean(turns: tuple[int, ...]) -> float:
+        ratings = [r["rating"] for r in records if r["turn"] in turns and not r["failed"]]
+        return sum(ratings) / len(ratings) if ratings else math.nan
+
+    return {"score": mean((1, 2)), "score_turn1": mean((1,)), "score_turn2": mean((2,)),
+            "n_judgments": len(records), "n_failed": sum(r["failed"] for r in records)}

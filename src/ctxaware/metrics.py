@@ -1,0 +1,72 @@
+"""Scoring functions for the context-awareness tasks (design.md §3): containment, NIH keyword recall, MT-Bench ratings."""
+
+from __future__ import annotations
+
+import re
+import string
+
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# A sentence ends at . ! or ? followed by whitespace or the end of text, so "3.5" and "e.g" mid-token never cut.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+KEYWORD_METHODS = ("exact", "prefix", "membership")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation, drop articles, collapse whitespace."""
+    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def first_sentence(text: str) -> str:
+    """Text up to and including the first sentence terminator; the whole (stripped) text if there is none."""
+    text = text.lstrip()
+    match = _SENTENCE_END.search(text)
+    return text[: match.end()] if match else text.strip()
+
+
+def containment(response: str, golds: list[str]) -> float:
+    """1.0 if a normalized non-empty gold is a substring of the normalized response (plain substring: "3" is
+    found inside "13", as in the paper's containment metric)."""
+    normalized = normalize_answer(response)
+    return max((1.0 for g in map(normalize_answer, golds) if g and g in normalized), default=0.0)
+
+
+def containment_raw_regex(response: str, golds: list[str]) -> float:
+    """The lm-eval variant: case-sensitive search of the escaped raw gold in the raw response. Empty golds are
+    skipped because an empty pattern would match any response."""
+    return max((1.0 for g in golds if g and re.search(re.escape(g), response)), default=0.0)
+
+
+def keyword_recall(response: str, keywords: list[str], method: str = "exact") -> float:
+    """NIH score: the fraction of keywords found in the response.
+
+    exact: the keyword equals a word (lowercased, punctuation replaced by spaces); prefix: some word starts with
+    the keyword ("sandwiches" counts for "sandwich"); membership: substring of the lowercased response.
+    """
+    if method not in KEYWORD_METHODS:
+        raise ValueError(f"unknown keyword_recall method {method!r}; expected one of {KEYWORD_METHODS}")
+    if not keywords:
+        raise ValueError("keyword_recall needs at least one keyword")
+    lowered = response.lower()
+    words = lowered.translate(_PUNCT_TO_SPACE).split()
+    if method == "exact":
+        vocabulary = set(words)
+        found = [k.lower() in vocabulary for k in keywords]
+    elif method == "prefix":
+        found = [any(w.startswith(k.lower()) for w in words) for k in keywords]
+    else:
+        found = [k.lower() in lowered for k in keywords]
+    return sum(found) / len(keywords)
+
+
+def parse_rating(judgment: str) -> float | None:
+    """MT-Bench rating: "[[n]]" first, then FastChat's fallback "[n]"; None if absent or outside 1..10."""
+    match = _RATING.search(judgment) or _RATING_BACKUP.search(judgment)
+    if match is None:
+        return None
+    rating = float(match.group(1))
+    return rating if 1 <= rating <= 10 else None

@@ -1,0 +1,143 @@
+"""MT-Bench single-answer grading (design.md §3): questions and the judge prompts of FastChat's judge_prompts.jsonl."""
+
+from __future__ import annotations
+
+import json
+
+NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
+
+_RATING_INSTRUCTION = (
+    "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following "
+    'this format: "[[rating]]", for example: "Rating: [[5]]".'
+)
+
+# Verbatim from FastChat fastchat/llm_judge/data/judge_prompts.jsonl (typos such as "You evaluation" included).
+PROMPTS = {
+    "single-v1": {
+        "system_prompt": "You are a helpful assistant.",
+        "prompt_template": (
+            "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by "
+            "an AI assistant to the user question displayed below. Your evaluation should consider factors such as "
+            "the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin "
+            "your evaluation by providing a short explanation. Be as objective as possible. "
+            + _RATING_INSTRUCTION
+            + "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
+            "[The End of Assistant's Answer]"
+        ),
+    },
+    "single-math-v1": {
+        "system_prompt": "You are a helpful assistant.",
+        "prompt_template": (
+            "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by "
+            "an AI assistant to the user question displayed below. Your evaluation should consider correctness and "
+            "helpfulness. You will be given a reference answer and the assistant's answer. Begin your evaluation by "
+            "comparing the assistant's answer with the reference answer. Identify and correct any mistakes. Be as "
+            "objective as possible. "
+            + _RATING_INSTRUCTION
+            + "\n\n[Question]\n{question}\n\n[The Start of Reference Answer]\n{ref_answer_1}\n"
+            "[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
+            "[The End of Assistant's Answer]"
+        ),
+    },
+    "single-v1-multi-turn": {
+        "system_prompt": (
+            "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
+            "to the user question displayed below. Your evaluation should consider factors such as the helpfulness, "
+            "relevance, accuracy, depth, creativity, and level of detail of the response. You evaluation should "
+            "focus on the assistant's answer to the second user question. Begin your evaluation by providing a "
+            "short explanation. Be as objective as possible. " + _RATING_INSTRUCTION + "\n\n"
+        ),
+        "prompt_template": (
+            "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
+            "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+            "<|The End of Assistant A's Conversation with User|>"
+        ),
+    },
+    "single-math-v1-multi-turn": {
+        "system_prompt": (
+            "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
+            "to the user question. Your evaluation should consider correctness and helpfulness. You will be given a "
+            "reference answer and the assistant's answer. You evaluation should focus on the assistant's answer to "
+            "the second question. Begin your evaluation by comparing the assistant's answer with the reference "
+            "answer. Identify and correct any mistakes. Be as objective as possible. " + _RATING_INSTRUCTION + "\n\n"
+        ),
+        "prompt_template": (
+            "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n{ref_answer_1}"
+            "\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
+            "<|The End of Reference Answer|>\n\n\n"
+            "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
+            "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+            "<|The End of Assistant A's Conversation with User|>"
+        ),
+    },
+}
+
+
+def _is_str_list(value, length: int | None = None) -> bool:
+    return (
+        isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+        and (length is None or len(value) == length)
+    )
+
+
+def _check_row(row) -> str | None:
+    """What is wrong with a question.jsonl row, or None."""
+    if not isinstance(row, dict):
+        return "expected a JSON object"
+    if not isinstance(row.get("question_id"), int | str) or isinstance(row.get("question_id"), bool):
+        return "missing or invalid 'question_id'"
+    if not isinstance(row.get("category"), str):
+        return "missing or invalid 'category'"
+    if not _is_str_list(row.get("turns"), 2):
+        return "'turns' must be a list of 2 strings"
+    if "reference" in row and not _is_str_list(row["reference"]):
+        return "'reference' must be a list of strings"
+    return None
+
+
+def load_questions(path: str, limit: int | None = None) -> list[dict]:
+    """The first `limit` (all if None) questions of an MT-Bench question.jsonl file, validated."""
+    questions = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if limit is not None and len(questions) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {lineno}: invalid JSON ({error})") from None
+            problem = _check_row(row)
+            if problem:
+                raise ValueError(f"{path}, line {lineno}: {problem}")
+            questions.append(row)
+    return questions
+
+
+def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
+    """System + user messages asking for a 1-10 rating of the answer to `turn` (1 or 2), as FastChat builds them.
+
+    Categories in NEED_REF_CATEGORIES use the math prompts when the question carries reference answers for every
+    turn the prompt shows; otherwise the general prompts.
+    """
+    if turn not in (1, 2):
+        raise ValueError(f"turn must be 1 or 2, got {turn!r}")
+    if len(answers) < turn:
+        raise ValueError(f"question {question['question_id']}: turn {turn} needs {turn} answers, got {len(answers)}")
+    references = question.get("reference") or []
+    use_ref = question["category"] in NEED_REF_CATEGORIES and len(references) >= turn
+    name = ("single-math-v1" if use_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
+    if turn == 1:
+        fields = {"question": question["turns"][0], "answer": answers[0]}
+    else:
+        fields = {"question_1": question["turns"][0], "question_2": question["turns"][1],
+                  "answer_1": answers[0], "answer_2": answers[1]}
+    if use_ref:
+        fields |= {f"ref_answer_{i + 1}": references[i] for i in range(turn)}
+    prompt = PROMPTS[name]
+    return [
+        {"role": "system", "content": prompt["system_prompt"]},
+        {"role": "user", "content": prompt["prompt_template"].format(**fields)},
+    ]

@@ -1,0 +1,256 @@
+"""Dataset adapters: each schema's filters and counters on hand-written rows, parquet round trip, shipped data."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ctxaware.data import DataError, adapt, is_refusal, load_raw, prepare, read_conversations
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sg(*turns):
+    """ShareGPT conversation from (from, value) pairs."""
+    return [{"from": f, "value": v} for f, v in turns]
+
+
+def uc(*turns):
+    """UltraChat messages from (role, content) pairs."""
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+def msgs(*turns):
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+SHAREGPT_ROWS = [
+    {"id": "sg-0", "conversations": sg(("human", "Hi"), ("gpt", "Hello"), ("human", "2+2?"), ("gpt", "4"))},
+    # chunk of a longer conversation: starts with the assistant
+    {"id": "sg-1", "conversations": sg(("gpt", "...continued"), ("human", "Q"), ("gpt", "A"))},
+    {"id": "sg-2", "conversations": sg(("human", "Q1"), ("gpt", "A1"), ("human", "unanswered"))},
+    # refusal (typographic apostrophe) in turn 2: turn 1 is kept, the rest goes
+    {"id": "sg-3", "conversations": sg(
+        ("human", "Q1"), ("gpt", "A1"), ("human", "Bad"), ("gpt", "I\u2019m sorry, but I cannot do that."),
+        ("human", "ok"), ("gpt", "fine"),
+    )},
+    {"id": "sg-4", "conversations": sg(
+        ("system", "Be brief."), ("human", "Part one"), ("user", "Part two"), ("gpt", "Ans"), ("bing", "More"),
+    )},
+    {"id": "sg-5"},
+    {"id": "sg-6", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]},
+    # refusal in the first turn: nothing is left
+    {"id": "sg-7", "conversations": sg(("human", "x"), ("gpt", "As an AI language model, I won't."))},
+    {"id": "sg-0", "conversations": sg(("human", "again"), ("chatgpt", "yes"))},
+    {"id": "sg-9", "conversations": sg(("robot", "beep"), ("gpt", "x"))},
+]
+
+ULTRACHAT_ROWS = [
+    {"prompt": "P0", "prompt_id": "u0", "messages": uc(("user", "P0"), ("assistant", "A0"), ("user", "Q"),
+                                                        ("assistant", "B"))},
+    {"prompt": "Q", "prompt_id": "u1", "messages": uc(("assistant", "orphan"), ("user", "Q"), ("assistant", "A"))},
+    {"prompt": "Q", "prompt_id": "u2", "messages": uc(("user", "Q"), ("assistant", "A"), ("user", "dangling"))},
+    # UltraChat is not refusal-filtered (paper): this row stays whole
+    {"prompt": "Q1", "prompt_id": "u3", "messages": uc(
+        ("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "As an AI language model, I cannot."),
+    )},
+    {"prompt": "a", "prompt_id": "u4", "messages": uc(("user", "a"), ("user", "b"), ("assistant", "c"))},
+    {"prompt": "p", "prompt_id": "u5"},
+    {"prompt": "p", "prompt_id": "u6", "messages": [{"role": "user", "content": ["not", "text"]}]},
+]
+
+WIZARDLM_ROWS = [
+    {"instruction": "Write a haiku", "output": "Leaves fall"},
+    {"idx": 17, "instruction": "Q", "output": "A"},
+    {"instruction": "Do X", "output": "I'm unable to do that."},  # refusal in its only turn
+    {"instruction": "orphan"},
+    {"instruction": "Q", "output": None},
+    {"instruction": "  ", "output": "an answer to nothing"},  # leading assistant once the blank is gone
+    {"id": "w-6", "instruction": "Q6", "output": "A6"},
+    {"instruction": "Q7", "output": ""},  # trailing user once the blank is gone
+]
+
+
+def counters(stats, **nonzero):
+    """The counter part of `stats`, compared with `nonzero` (every other counter must be 0)."""
+    names = [k for k, v in stats.items() if isinstance(v, int) and k.endswith(("_dropped", "_merged", "messages",
+                                                                              "_renamed", "_truncated"))]
+    return {k: stats[k] for k in names} == {k: nonzero.get(k, 0) for k in names}
+
+
+def test_sharegpt_rows():
+    convs, stats = adapt(SHAREGPT_ROWS, "sharegpt", source="resources/x.json")
+    assert [c["id"] for c in convs] == ["sg-0", "sg-1", "sg-2", "sg-3", "sg-4", "sg-0-1"]
+    by_id = {c["id"]: c["messages"] for c in convs}
+    assert by_id["sg-0"] == msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"), ("assistant", "4"))
+    assert by_id["sg-1"] == msgs(("user", "Q"), ("assistant", "A"))
+    assert by_id["sg-2"] == msgs(("user", "Q1"), ("assistant", "A1"))
+    assert by_id["sg-3"] == msgs(("user", "Q1"), ("assistant", "A1"))
+    assert by_id["sg-4"] == msgs(("system", "Be brief."), ("user", "Part one\n\nPart two"), ("assistant", "Ans\n\nMore"))
+    assert by_id["sg-0-1"] == msgs(("user", "again"), ("assistant", "yes"))
+
+    assert stats["source"] == "resources/x.json" and stats["format"] == "sharegpt"
+    assert (stats["n_raw_rows"], stats["n_conversations"]) == (10, 6)
+    assert (stats["n_user_turns"], stats["n_assistant_turns"]) == (7, 7)
+    assert stats["mean_messages_per_conversation"] == 15 / 6 == 2.5
+    assert counters(
+        stats, malformed_rows_dropped=3, leading_assistant_turns_dropped=1, trailing_user_turns_dropped=1,
+        merged_messages=2, refusal_turns_dropped=4 + 2, refusal_conversations_truncated=2,
+        empty_conversations_dropped=1, duplicate_ids_renamed=1,
+    )
+    assert stats["malformed_examples"] == [
+        "resources/x.json row 5 (id sg-5): missing 'conversations'",
+        "resources/x.json row 6 (id sg-6): message 0 'value' is int, expected str",
+        "resources/x.json row 9 (id sg-9): message 0 has unknown from 'robot'",
+    ]
+
+
+def test_system_and_blank_messages():
+    row = {"id": 5, "conversations": sg(
+        ("system", "S"), ("gpt", "lead"), ("human", "Q"), ("system", "mid"), ("gpt", "  "), ("gpt", "A"),
+    )}
+    convs, stats = adapt([row], "sharegpt")
+    assert convs == [{"id": "5", "messages": msgs(("system", "S"), ("user", "Q"), ("assistant", "A"))}]
+    assert counters(stats, empty_messages_dropped=1, leading_assistant_turns_dropped=1,
+                    inner_system_messages_dropped=1)
+
+
+def test_ultrachat_rows():
+    convs, stats = adapt(ULTRACHAT_ROWS, "ultrachat", source="u.jsonl")
+    by_id = {c["id"]: c["messages"] for c in convs}
+    assert list(by_id) == ["u0", "u1", "u2", "u3", "u4"]
+    assert by_id["u0"] == msgs(("user", "P0"), ("assistant", "A0"), ("user", "Q"), ("assistant", "B"))
+    assert by_id["u1"] == msgs(("user", "Q"), ("assistant", "A"))
+    assert by_id["u2"] == msgs(("user", "Q"), ("assistant", "A"))
+    assert len(by_id["u3"]) == 4 and by_id["u3"][-1]["content"].startswith("As an AI")
+    assert by_id["u4"] == msgs(("user", "a\n\nb"), ("assistant", "c"))
+    assert (stats["n_raw_rows"], stats["n_conversations"], stats["n_user_turns"], stats["n_assistant_turns"]) == (
+        7, 5, 7, 7)
+    assert stats["mean_messages_per_conversation"] == 2.8
+    assert counters(stats, malformed_rows_dropped=2, leading_assistant_turns_dropped=1,
+                    trailing_user_turns_dropped=1, merged_messages=1)
+    assert stats["malformed_examples"] == [
+        "u.jsonl row 5 (id u5): missing 'messages'",
+        "u.jsonl row 6 (id u6): message 0 'content' is list, expected str",
+    ]
+
+
+def test_wizardlm_rows():
+    convs, stats = adapt(WIZARDLM_ROWS, "wizardlm", source="w.json")
+    assert convs == [
+        {"id": "wizardlm-0", "messages": msgs(("user", "Write a haiku"), ("assistant", "Leaves fall"))},
+        {"id": "17", "messages": msgs(("user", "Q"), ("assistant", "A"))},
+        {"id": "w-6", "messages": msgs(("user", "Q6"), ("assistant", "A6"))},
+    ]
+    assert (stats["n_raw_rows"], stats["n_conversations"], stats["n_user_turns"]) == (8, 3, 3)
+    assert counters(stats, malformed_rows_dropped=2, empty_messages_dropped=2, leading_assistant_turns_dropped=1,
+                    trailing_user_turns_dropped=1, refusal_turns_dropped=2, refusal_conversations_truncated=1,
+                    empty_conversations_dropped=3)
+    assert stats["malformed_examples"] == [
+        "w.json row 3: missing 'output'",
+        "w.json row 4: 'output' is NoneType, expected str",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rows", "fmt", "match"),
+    [
+        (SHAREGPT_ROWS, "sharegpt", r"^s\.json row 5 \(id sg-5\): missing 'conversations'$"),
+        (ULTRACHAT_ROWS, "ultrachat", r"^s\.json row 5 \(id u5\): missing 'messages'$"),
+        (WIZARDLM_ROWS, "wizardlm", r"^s\.json row 3: missing 'output'$"),
+    ],
+)
+def test_strict_raises_on_first_bad_row(rows, fmt, match):
+    with pytest.raises(DataError, match=match):
+        adapt(rows, fmt, source="s.json", strict=True)
+
+
+def test_majority_malformed_means_wrong_format():
+    with pytest.raises(DataError, match=r"^c\.jsonl: 7 of 7 rows are malformed for format 'sharegpt'.*"
+                                        r"first: c\.jsonl row 0: missing 'conversations'"):
+        adapt(ULTRACHAT_ROWS, "sharegpt", source="c.jsonl")
+    good, bad = WIZARDLM_ROWS[0], WIZARDLM_ROWS[3]
+    with pytest.raises(DataError, match="2 of 3 rows"):
+        adapt([good, bad, bad], "wizardlm")
+    assert adapt([good, bad], "wizardlm")[1]["malformed_rows_dropped"] == 1  # exactly half is tolerated
+    with pytest.raises(DataError, match="unknown format 'alpaca'"):
+        adapt([good], "alpaca")
+
+
+def test_is_refusal():
+    assert is_refusal("Sorry. AS AN AI LANGUAGE MODEL I have no opinions")
+    assert not is_refusal("I can help with that: here is the code.")
+
+
+def test_prepare_round_trip(tmp_path):
+    src = tmp_path / "sharegpt.json"
+    src.write_text(json.dumps(SHAREGPT_ROWS))
+    out, out_stats = tmp_path / "out" / "train.parquet", tmp_path / "out" / "stats.json"
+    stats = prepare(str(src), "sharegpt", str(out), str(out_stats))
+    expected, expected_stats = adapt(SHAREGPT_ROWS, "sharegpt", source=str(src))
+
+    assert read_conversations(str(out)) == expected
+    assert json.loads(out_stats.read_text()) == stats
+    assert stats == {**expected_stats, "max_conversations": None}
+    schema = pq.read_schema(out)
+    assert schema.field("id").type == pa.string()
+    assert schema.field("messages").type == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+    stats = prepare(str(src), "sharegpt", str(out), str(out_stats), max_conversations=2)
+    assert [c["id"] for c in read_conversations(str(out))] == ["sg-0", "sg-1"]
+    assert (stats["n_conversations"], stats["n_conversations_before_limit"], stats["n_user_turns"]) == (2, 6, 3)
+    assert stats["mean_messages_per_conversation"] == 3.0
+
+    with pytest.raises(DataError, match="missing 'conversations'"):
+        prepare(str(src), "sharegpt", str(out), str(out_stats), strict=True)
+
+
+def test_load_raw_local_formats(tmp_path):
+    jsonl = tmp_path / "u.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in ULTRACHAT_ROWS) + "\n\n")
+    assert load_raw(str(jsonl)) == ULTRACHAT_ROWS
+    lines_named_json = tmp_path / "u.json"  # the hub often ships JSON lines as .json
+    lines_named_json.write_text(jsonl.read_text())
+    assert load_raw(str(lines_named_json)) == ULTRACHAT_ROWS
+
+    rows = [r for r in WIZARDLM_ROWS if isinstance(r.get("output"), str)]
+    rows = [{"instruction": r["instruction"], "output": r["output"]} for r in rows]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "w.parquet")
+    assert load_raw(str(tmp_path / "w.parquet")) == rows
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "b.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    (folder / "a.json").write_text(json.dumps([rows[0]]))
+    assert load_raw(str(folder)) == rows[:2]
+
+    (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(DataError, match=r"broken\.jsonl: invalid JSON on line 2"):
+        load_raw(str(tmp_path / "broken.jsonl"))
+    (tmp_path / "obj.json").write_text('{"data": []}')
+    with pytest.raises(DataError, match="expected a JSON list"):
+        load_raw(str(tmp_path / "obj.json"))
+    with pytest.raises(DataError, match="no such file"):
+        load_raw(str(tmp_path / "missing.json"))
+
+
+SHIPPED = {"sharegpt": "sharegpt.json", "ultrachat": "ultrachat.jsonl", "wizardlm": "wizardlm.json"}
+
+
+@pytest.mark.parametrize("fmt", sorted(SHIPPED))
+def test_shipped_resources(fmt):
+    path = ROOT / "resources" / "sft" / SHIPPED[fmt]
+    if not path.exists():
+        pytest.skip(f"{path} not shipped")
+    convs, stats = adapt(load_raw(str(path)), fmt, source=str(path))
+    assert stats["n_conversations"] == len(convs) >= 40
+    assert len({c["id"] for c in convs}) == len(convs)
+    for conv in convs:
+        roles = [m["role"] for m in conv["messages"]]
+        if roles[0] == "system":
+            roles = roles[1:]
+        assert roles and len(roles) % 2 == 0, conv["id"]
+        assert roles == ["user", "assistant"] * (len(roles) // 2), conv["id"]
+        assert all(isinstance(m["content"], str) and m["content"].strip() for m in conv["messages"])
