@@ -1,4 +1,4 @@
-"""Dataset adapters: each schema's filters and counters on hand-written rows, parquet round trip, shipped data."""
+"""Dataset adapters: filters and counters per schema on hand-written rows, parquet round trip, real files."""
 
 import json
 from pathlib import Path
@@ -32,13 +32,27 @@ SHAREGPT_ROWS = [
     {"id": "sg-1", "conversations": sg(("gpt", "...continued"), ("human", "Q"), ("gpt", "A"))},
     {"id": "sg-2", "conversations": sg(("human", "Q1"), ("gpt", "A1"), ("human", "unanswered"))},
     # refusal (typographic apostrophe) in turn 2: turn 1 is kept, the rest goes
-    {"id": "sg-3", "conversations": sg(
-        ("human", "Q1"), ("gpt", "A1"), ("human", "Bad"), ("gpt", "I\u2019m sorry, but I cannot do that."),
-        ("human", "ok"), ("gpt", "fine"),
-    )},
-    {"id": "sg-4", "conversations": sg(
-        ("system", "Be brief."), ("human", "Part one"), ("user", "Part two"), ("gpt", "Ans"), ("bing", "More"),
-    )},
+    {
+        "id": "sg-3",
+        "conversations": sg(
+            ("human", "Q1"),
+            ("gpt", "A1"),
+            ("human", "Bad"),
+            ("gpt", "I\u2019m sorry, but I cannot do that."),
+            ("human", "ok"),
+            ("gpt", "fine"),
+        ),
+    },
+    {
+        "id": "sg-4",
+        "conversations": sg(
+            ("system", "Be brief."),
+            ("human", "Part one"),
+            ("user", "Part two"),
+            ("gpt", "Ans"),
+            ("bing", "More"),
+        ),
+    },
     {"id": "sg-5"},
     {"id": "sg-6", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]},
     # refusal in the first turn: nothing is left
@@ -48,14 +62,32 @@ SHAREGPT_ROWS = [
 ]
 
 ULTRACHAT_ROWS = [
-    {"prompt": "P0", "prompt_id": "u0", "messages": uc(("user", "P0"), ("assistant", "A0"), ("user", "Q"),
-                                                        ("assistant", "B"))},
-    {"prompt": "Q", "prompt_id": "u1", "messages": uc(("assistant", "orphan"), ("user", "Q"), ("assistant", "A"))},
-    {"prompt": "Q", "prompt_id": "u2", "messages": uc(("user", "Q"), ("assistant", "A"), ("user", "dangling"))},
+    {
+        "prompt": "P0",
+        "prompt_id": "u0",
+        "messages": uc(("user", "P0"), ("assistant", "A0"), ("user", "Q"), ("assistant", "B")),
+    },
+    {
+        "prompt": "Q",
+        "prompt_id": "u1",
+        "messages": uc(("assistant", "orphan"), ("user", "Q"), ("assistant", "A")),
+    },
+    {
+        "prompt": "Q",
+        "prompt_id": "u2",
+        "messages": uc(("user", "Q"), ("assistant", "A"), ("user", "dangling")),
+    },
     # UltraChat is not refusal-filtered (paper): this row stays whole
-    {"prompt": "Q1", "prompt_id": "u3", "messages": uc(
-        ("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "As an AI language model, I cannot."),
-    )},
+    {
+        "prompt": "Q1",
+        "prompt_id": "u3",
+        "messages": uc(
+            ("user", "Q1"),
+            ("assistant", "A1"),
+            ("user", "Q2"),
+            ("assistant", "As an AI language model, I cannot."),
+        ),
+    },
     {"prompt": "a", "prompt_id": "u4", "messages": uc(("user", "a"), ("user", "b"), ("assistant", "c"))},
     {"prompt": "p", "prompt_id": "u5"},
     {"prompt": "p", "prompt_id": "u6", "messages": [{"role": "user", "content": ["not", "text"]}]},
@@ -75,8 +107,11 @@ WIZARDLM_ROWS = [
 
 def counters(stats, **nonzero):
     """The counter part of `stats`, compared with `nonzero` (every other counter must be 0)."""
-    names = [k for k, v in stats.items() if isinstance(v, int) and k.endswith(("_dropped", "_merged", "messages",
-                                                                              "_renamed", "_truncated"))]
+    names = [
+        k
+        for k, v in stats.items()
+        if isinstance(v, int) and k.endswith(("_dropped", "_merged", "messages", "_renamed", "_truncated"))
+    ]
     return {k: stats[k] for k in names} == {k: nonzero.get(k, 0) for k in names}
 
 
@@ -88,7 +123,9 @@ def test_sharegpt_rows():
     assert by_id["sg-1"] == msgs(("user", "Q"), ("assistant", "A"))
     assert by_id["sg-2"] == msgs(("user", "Q1"), ("assistant", "A1"))
     assert by_id["sg-3"] == msgs(("user", "Q1"), ("assistant", "A1"))
-    assert by_id["sg-4"] == msgs(("system", "Be brief."), ("user", "Part one\n\nPart two"), ("assistant", "Ans\n\nMore"))
+    assert by_id["sg-4"] == msgs(
+        ("system", "Be brief."), ("user", "Part one\n\nPart two"), ("assistant", "Ans\n\nMore")
+    )
     assert by_id["sg-0-1"] == msgs(("user", "again"), ("assistant", "yes"))
 
     assert stats["source"] == "resources/x.json" and stats["format"] == "sharegpt"
@@ -96,9 +133,15 @@ def test_sharegpt_rows():
     assert (stats["n_user_turns"], stats["n_assistant_turns"]) == (7, 7)
     assert stats["mean_messages_per_conversation"] == 15 / 6 == 2.5
     assert counters(
-        stats, malformed_rows_dropped=3, leading_assistant_turns_dropped=1, trailing_user_turns_dropped=1,
-        merged_messages=2, refusal_turns_dropped=4 + 2, refusal_conversations_truncated=2,
-        empty_conversations_dropped=1, duplicate_ids_renamed=1,
+        stats,
+        malformed_rows_dropped=3,
+        leading_assistant_turns_dropped=1,
+        trailing_user_turns_dropped=1,
+        merged_messages=2,
+        refusal_turns_dropped=4 + 2,
+        refusal_conversations_truncated=2,
+        empty_conversations_dropped=1,
+        duplicate_ids_renamed=1,
     )
     assert stats["malformed_examples"] == [
         "resources/x.json row 5 (id sg-5): missing 'conversations'",
@@ -108,13 +151,22 @@ def test_sharegpt_rows():
 
 
 def test_system_and_blank_messages():
-    row = {"id": 5, "conversations": sg(
-        ("system", "S"), ("gpt", "lead"), ("human", "Q"), ("system", "mid"), ("gpt", "  "), ("gpt", "A"),
-    )}
+    row = {
+        "id": 5,
+        "conversations": sg(
+            ("system", "S"),
+            ("gpt", "lead"),
+            ("human", "Q"),
+            ("system", "mid"),
+            ("gpt", "  "),
+            ("gpt", "A"),
+        ),
+    }
     convs, stats = adapt([row], "sharegpt")
     assert convs == [{"id": "5", "messages": msgs(("system", "S"), ("user", "Q"), ("assistant", "A"))}]
-    assert counters(stats, empty_messages_dropped=1, leading_assistant_turns_dropped=1,
-                    inner_system_messages_dropped=1)
+    assert counters(
+        stats, empty_messages_dropped=1, leading_assistant_turns_dropped=1, inner_system_messages_dropped=1
+    )
 
 
 def test_ultrachat_rows():
@@ -126,11 +178,25 @@ def test_ultrachat_rows():
     assert by_id["u2"] == msgs(("user", "Q"), ("assistant", "A"))
     assert len(by_id["u3"]) == 4 and by_id["u3"][-1]["content"].startswith("As an AI")
     assert by_id["u4"] == msgs(("user", "a\n\nb"), ("assistant", "c"))
-    assert (stats["n_raw_rows"], stats["n_conversations"], stats["n_user_turns"], stats["n_assistant_turns"]) == (
-        7, 5, 7, 7)
+    assert (
+        stats["n_raw_rows"],
+        stats["n_conversations"],
+        stats["n_user_turns"],
+        stats["n_assistant_turns"],
+    ) == (
+        7,
+        5,
+        7,
+        7,
+    )
     assert stats["mean_messages_per_conversation"] == 2.8
-    assert counters(stats, malformed_rows_dropped=2, leading_assistant_turns_dropped=1,
-                    trailing_user_turns_dropped=1, merged_messages=1)
+    assert counters(
+        stats,
+        malformed_rows_dropped=2,
+        leading_assistant_turns_dropped=1,
+        trailing_user_turns_dropped=1,
+        merged_messages=1,
+    )
     assert stats["malformed_examples"] == [
         "u.jsonl row 5 (id u5): missing 'messages'",
         "u.jsonl row 6 (id u6): message 0 'content' is list, expected str",
@@ -145,9 +211,16 @@ def test_wizardlm_rows():
         {"id": "w-6", "messages": msgs(("user", "Q6"), ("assistant", "A6"))},
     ]
     assert (stats["n_raw_rows"], stats["n_conversations"], stats["n_user_turns"]) == (8, 3, 3)
-    assert counters(stats, malformed_rows_dropped=2, empty_messages_dropped=2, leading_assistant_turns_dropped=1,
-                    trailing_user_turns_dropped=1, refusal_turns_dropped=2, refusal_conversations_truncated=1,
-                    empty_conversations_dropped=3)
+    assert counters(
+        stats,
+        malformed_rows_dropped=2,
+        empty_messages_dropped=2,
+        leading_assistant_turns_dropped=1,
+        trailing_user_turns_dropped=1,
+        refusal_turns_dropped=2,
+        refusal_conversations_truncated=1,
+        empty_conversations_dropped=3,
+    )
     assert stats["malformed_examples"] == [
         "w.json row 3: missing 'output'",
         "w.json row 4: 'output' is NoneType, expected str",
@@ -168,8 +241,11 @@ def test_strict_raises_on_first_bad_row(rows, fmt, match):
 
 
 def test_majority_malformed_means_wrong_format():
-    with pytest.raises(DataError, match=r"^c\.jsonl: 7 of 7 rows are malformed for format 'sharegpt'.*"
-                                        r"first: c\.jsonl row 0: missing 'conversations'"):
+    with pytest.raises(
+        DataError,
+        match=r"^c\.jsonl: 7 of 7 rows are malformed for format 'sharegpt'.*"
+        r"first: c\.jsonl row 0: missing 'conversations'",
+    ):
         adapt(ULTRACHAT_ROWS, "sharegpt", source="c.jsonl")
     good, bad = WIZARDLM_ROWS[0], WIZARDLM_ROWS[3]
     with pytest.raises(DataError, match="2 of 3 rows"):
@@ -196,11 +272,17 @@ def test_prepare_round_trip(tmp_path):
     assert stats == {**expected_stats, "max_conversations": None}
     schema = pq.read_schema(out)
     assert schema.field("id").type == pa.string()
-    assert schema.field("messages").type == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    assert schema.field("messages").type == pa.list_(
+        pa.struct([("role", pa.string()), ("content", pa.string())])
+    )
 
     stats = prepare(str(src), "sharegpt", str(out), str(out_stats), max_conversations=2)
     assert [c["id"] for c in read_conversations(str(out))] == ["sg-0", "sg-1"]
-    assert (stats["n_conversations"], stats["n_conversations_before_limit"], stats["n_user_turns"]) == (2, 6, 3)
+    assert (stats["n_conversations"], stats["n_conversations_before_limit"], stats["n_user_turns"]) == (
+        2,
+        6,
+        3,
+    )
     assert stats["mean_messages_per_conversation"] == 3.0
 
     with pytest.raises(DataError, match="missing 'conversations'"):

@@ -91,7 +91,7 @@ def test_keyword_recall_inflections():
 
 def test_keyword_recall_substrings_inside_words():
     response = "Visit the park today."
-    # exact: park = 1; prefix: park = 1 (visit/today do not start with sit/day); membership: sit, park, day = 3
+    # exact: park = 1; prefix: park = 1 (visit/today don't start with sit/day); membership: sit, park, day = 3
     assert keyword_recall(response, KEYWORDS, "exact") == pytest.approx(1 / 7)
     assert keyword_recall(response, KEYWORDS, "prefix") == pytest.approx(1 / 7)
     assert keyword_recall(response, KEYWORDS, "membership") == pytest.approx(3 / 7)

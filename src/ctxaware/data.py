@@ -1,7 +1,7 @@
 """SFT data adapters: ShareGPT, UltraChat and WizardLM rows -> one chat schema, with the paper's filters.
 
 Output conversations are {"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}]}:
-an optional leading system message, then strictly alternating user/assistant messages ending with an assistant.
+an optional leading system message, then alternating user/assistant messages ending with an assistant.
 
 Cleaning steps, in order (paper Section 4.1.2; every step is counted in the stats, in raw messages):
   1. drop whitespace-only messages;
@@ -148,7 +148,9 @@ def _parse_wizardlm(row: dict) -> tuple[object, list[tuple[str, str]]]:
     return _row_id(row, "idx", "id"), [("user", instruction), ("assistant", row["output"])]
 
 
-def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: dict) -> list[tuple[str, str]]:
+def _parse_messages(
+    row: dict, field: str, role_key: str, text_key: str, roles: dict
+) -> list[tuple[str, str]]:
     if field not in row:
         raise _Malformed(f"missing '{field}'")
     if not isinstance(row[field], list):
@@ -210,7 +212,9 @@ def _clean(messages: list[tuple[str, str]], refusals: bool, counts: dict) -> lis
 
     # Now [system], user, assistant, ..., assistant: the refusal's user turn sits right before it.
     if refusals:
-        hit = next((i for i, (role, text) in enumerate(merged) if role == "assistant" and is_refusal(text)), None)
+        hit = next(
+            (i for i, (role, text) in enumerate(merged) if role == "assistant" and is_refusal(text)), None
+        )
         if hit is not None:
             counts["refusal_turns_dropped"] += len(merged) - (hit - 1)
             counts["refusal_conversations_truncated"] += 1
@@ -218,7 +222,9 @@ def _clean(messages: list[tuple[str, str]], refusals: bool, counts: dict) -> lis
     return merged
 
 
-def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False) -> tuple[list[dict], dict]:
+def adapt(
+    rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False
+) -> tuple[list[dict], dict]:
     """Rows of `fmt` ("sharegpt", "ultrachat", "wizardlm") -> (conversations, stats).
 
     Malformed rows are dropped and counted (strict=False) or raise DataError (strict=True); more than half
@@ -248,10 +254,12 @@ def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = F
         if not any(role == "assistant" for role, _ in messages):
             counts["empty_conversations_dropped"] += 1
             continue
-        conversations.append({
-            "id": str(row_id) if row_id not in (None, "") else f"{fmt}-{i}",
-            "messages": [{"role": role, "content": text} for role, text in messages],
-        })
+        conversations.append(
+            {
+                "id": str(row_id) if row_id not in (None, "") else f"{fmt}-{i}",
+                "messages": [{"role": role, "content": text} for role, text in messages],
+            }
+        )
 
     bad = counts["malformed_rows_dropped"]
     if rows and bad > len(rows) / 2:
@@ -265,7 +273,7 @@ def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = F
 
 
 def _dedupe_ids(conversations: list[dict]) -> int:
-    """Suffix repeated ids with -1, -2, ... (skipping suffixes already taken); returns how many were renamed."""
+    """Suffix repeated ids with -1, -2, ... (skipping ids already taken); returns how many were renamed."""
     seen: set[str] = set()
     renamed = 0
     for conv in conversations:
@@ -309,14 +317,16 @@ def prepare(
     max_conversations: int | None = None,
     strict: bool = False,
 ) -> dict:
-    """load_raw + adapt (+ keep the first `max_conversations`) -> parquet and stats json; returns the stats."""
+    """load_raw + adapt (+ keep the first `max_conversations`) -> parquet and stats json; returns stats."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     conversations, stats = adapt(load_raw(source, split, hub_config), fmt, source=source, strict=strict)
     if not conversations:
         dropped = {k: v for k, v in stats.items() if k in COUNTERS and v}
-        raise DataError(f"{source}: no conversation left for format '{fmt}' after filtering; dropped: {dropped}")
+        raise DataError(
+            f"{source}: no conversation left for format '{fmt}' after filtering; dropped: {dropped}"
+        )
     if max_conversations is not None:
         stats["n_conversations_before_limit"] = len(conversations)
         conversations = conversations[:max_conversations]

@@ -73,9 +73,9 @@ def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool
 def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
     from ctxaware.judge import grade, summarize
     from ctxaware.local_judge import make_judge
-    from ctxaware.tasks.mtbench import load_questions
+    from ctxaware.tasks.mtbench import load_question_source
 
-    questions = load_questions(settings["questions"], settings.get("limit"))
+    questions = load_question_source(settings["questions"], settings.get("limit"))
     conversations = [[] for _ in questions]
     answers = [[] for _ in questions]
     for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
@@ -94,37 +94,47 @@ def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> t
     return {**summary, "n": len(questions)}, records
 
 
-def evaluate(
-    task: str,
+def evaluate_all(
     model_dir: str,
-    settings: dict,
+    settings_by_task: dict[str, dict],
     with_indicator: bool,
-    out_json: str,
-    out_generations: str,
-    cache_path: str | None = None,
-) -> dict:
-    if task not in TASKS:
-        raise ValueError(f"unknown evaluation task {task!r}; expected one of {TASKS}")
+    out_json: dict[str, str],
+    out_generations: dict[str, str],
+    cache_dir: str | None = None,
+) -> dict[str, dict]:
+    """Run every task of settings_by_task on one model (loaded once); one json + jsonl per task."""
+    unknown = set(settings_by_task) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown evaluation task(s) {sorted(unknown)}; expected some of {TASKS}")
     model, tokenizer = load_model(model_dir)
-    generator = Generator(model, tokenizer, settings["batch_tokens"], cache_path)
+    results = {}
+    for task, settings in settings_by_task.items():
+        cache_path = str(Path(cache_dir) / f"{task}.jsonl") if cache_dir else None
+        generator = Generator(model, tokenizer, settings["batch_tokens"], cache_path)
+        summary, records = evaluate_task(task, generator, settings, with_indicator)
+        results[task] = {
+            "task": task,
+            **summary,
+            "model_dir": model_dir,
+            "with_indicator": with_indicator,
+            "n_generated": generator.n_generated,
+            "settings": {k: v for k, v in settings.items() if k != "judge"} | {"judge": _public(settings.get("judge"))},
+        }
+        Path(out_json[task]).parent.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(out_generations[task], records)
+        Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
+    return results
+
+
+def evaluate_task(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+    """(summary with `score` and `n`, one record per prompt) of one task."""
     if task == "nih":
         summary, records = run_nih(generator, settings, with_indicator)
     elif task == "mtbench":
         summary, records = run_mtbench(generator, settings, with_indicator)
     else:
         summary, records = run_qa(task, generator, settings, with_indicator)
-    result = {
-        "task": task,
-        **summary,
-        "model_dir": model_dir,
-        "with_indicator": with_indicator,
-        "n_generated": generator.n_generated,
-        "settings": {k: v for k, v in settings.items() if k != "judge"} | {"judge": _public(settings.get("judge"))},
-    }
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out_generations, records)
-    Path(out_json).write_text(json.dumps(result, indent=2, default=str))
-    return result
+    return summary, records
 
 
 def _public(judge: dict | None) -> dict | None:

@@ -1,4 +1,4 @@
-"""MT-Bench judges (design.md §3): an OpenAI-compatible HTTP judge with an on-disk cache, grading and summary."""
+"""MT-Bench judges (design.md §3): an OpenAI-compatible HTTP judge with a disk cache; grading, summary."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ class JudgmentCache:
 
     @staticmethod
     def key(model: str, messages: list[dict]) -> str:
-        return hashlib.sha256(json.dumps({"model": model, "messages": messages}, sort_keys=True).encode()).hexdigest()
+        blob = json.dumps({"model": model, "messages": messages}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
         try:
@@ -85,7 +86,8 @@ class OpenAIJudge:
     ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
-        self.timeout_s, self.max_retries, self.backoff_s, self.max_tokens = timeout_s, max_retries, backoff_s, max_tokens
+        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.max_tokens = max_tokens
         self.cache = JudgmentCache(cache_dir) if cache_dir else None
         self.calls = 0  # real HTTP requests, retries included
 
@@ -95,9 +97,10 @@ class OpenAIJudge:
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
         elif not _is_loopback(self.base_url):
-            # A configuration error, not a per-judgment failure: plain RuntimeError so grade() does not absorb it.
+            # A configuration error, not a per-judgment failure: a RuntimeError that grade() lets through.
             raise RuntimeError(
-                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url}"
+                f"environment variable {self.api_key_env} is not set; it must hold the API key for "
+                f"{self.base_url}"
             )
         return headers
 
@@ -124,8 +127,11 @@ class OpenAIJudge:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     payload = response.read()
             except urllib.error.HTTPError as error:
-                excerpt = error.read(500).decode("utf-8", "replace")
-                if error.code != 429 and error.code < 500:  # the request itself is wrong: retrying cannot help
+                try:
+                    excerpt = error.read(500).decode("utf-8", "replace")
+                except OSError:  # the body may be cut off; the status alone decides what to do
+                    excerpt = ""
+                if error.code != 429 and error.code < 500:  # the request itself is wrong: retrying won't help
                     raise JudgeError(f"judge {self.url} answered HTTP {error.code}: {excerpt}") from None
                 last_error = f"HTTP {error.code}: {excerpt}"
                 continue
@@ -135,11 +141,14 @@ class OpenAIJudge:
             try:
                 content = json.loads(payload)["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError) as error:
-                raise JudgeError(f"judge {self.url} sent an unexpected response ({error!r}): {payload[:500]!r}") from None
-            if not isinstance(content, str):
-                raise JudgeError(f"judge {self.url} sent no text content: {payload[:500]!r}")
+                content = error
+            if not isinstance(content, str):  # malformed reply: a server bug that a retry would repeat
+                excerpt = payload[:500].decode("utf-8", "replace")
+                raise JudgeError(f"judge {self.url} sent no text content ({content!r}): {excerpt}")
             return content
-        raise JudgeError(f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}")
+        raise JudgeError(
+            f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}"
+        )
 
 
 def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
@@ -152,8 +161,10 @@ def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
         except JudgeError as exc:
             text, error = "", str(exc)
         rating = None if error else parse_rating(text)
-        records.append({"question_id": question["question_id"], "turn": turn, "category": question["category"],
-                        "rating": rating, "judgment": text, "failed": rating is None, "error": error})
+        records.append({
+            "question_id": question["question_id"], "turn": turn, "category": question["category"],
+            "rating": rating, "judgment": text, "failed": rating is None, "error": error,
+        })
     return records
 
 

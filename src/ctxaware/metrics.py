@@ -1,4 +1,4 @@
-"""Scoring functions for the context-awareness tasks (design.md §3): containment, NIH keyword recall, MT-Bench ratings."""
+"""Scores for the evaluation tasks (design.md §3): QA containment, NIH keyword recall, MT-Bench ratings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import string
 
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-# A sentence ends at . ! or ? followed by whitespace or the end of text, so "3.5" and "e.g" mid-token never cut.
+# A sentence ends at . ! or ? followed by whitespace or the end of text, so "3.5" mid-token never cuts.
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -44,8 +44,8 @@ def containment_raw_regex(response: str, golds: list[str]) -> float:
 def keyword_recall(response: str, keywords: list[str], method: str = "exact") -> float:
     """NIH score: the fraction of keywords found in the response.
 
-    exact: the keyword equals a word (lowercased, punctuation replaced by spaces); prefix: some word starts with
-    the keyword ("sandwiches" counts for "sandwich"); membership: substring of the lowercased response.
+    exact: the keyword equals a word (lowercased, punctuation replaced by spaces); prefix: some word starts
+    with the keyword ("sandwiches" counts for "sandwich"); membership: substring of the lowercased response.
     """
     if method not in KEYWORD_METHODS:
         raise ValueError(f"unknown keyword_recall method {method!r}; expected one of {KEYWORD_METHODS}")

@@ -18,6 +18,8 @@ RESOURCES = config["resources"]
 SEED = SCORING["seed_model"]
 SEED_NAME = SEED["name"]
 TINY_DIR = "results/models/base/tiny"
+EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
+EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
 ENV = "../../envs/ctxaware.yaml"
 
 
@@ -93,34 +95,35 @@ def recipe_for(wildcards):
     return recipe
 
 
-def task_settings(wildcards):
-    """Everything one evaluation job needs, as plain builtins so --rerun-triggers params sees changes."""
-    task = wildcards.task
+def task_settings(task, model, dataset):
+    """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes."""
     settings = dict(EVALUATION[task]) if task in EVALUATION else {}
     settings["batch_tokens"] = EVALUATION["batch_tokens"]
-    dataset = DATASETS[wildcards.dataset]
     if task == "nih":
-        caps = [MODELS[wildcards.model]["nih_max_context"], dataset["nih_max_context"]]
+        caps = [MODELS[model]["nih_max_context"], DATASETS[dataset]["nih_max_context"]]
         settings["max_context"] = min(c for c in caps if c is not None)
     elif task in ("squad", "quac", "drop"):
-        settings["prompt_template"] = EVALUATION["qa_prompts"][
-            dataset["qa_prompt_style"]
-        ][task]
+        style = DATASETS[dataset]["qa_prompt_style"]
+        settings["prompt_template"] = EVALUATION["qa_prompts"][style][task]
     return settings
 
 
-def local_file_inputs(wildcards):
-    """Local files an evaluation reads (so editing them reruns it); hub ids are not files."""
-    settings = task_settings(wildcards)
+def evaluation_settings(wildcards):
+    return {t: task_settings(t, wildcards.model, wildcards.dataset) for t in TASKS}
+
+
+def evaluation_files(wildcards):
+    """Local files the evaluations read (editing one reruns them); hub ids are not files."""
     paths = []
-    if wildcards.task == "nih":
-        paths.append(settings["haystack_dir"])
-    elif wildcards.task == "mtbench":
-        paths.append(settings["questions"])
-        if settings["judge"]["backend"] == "local":
-            paths.append(settings["judge"]["model"])
-    else:
-        paths.append(settings["source"])
+    for task, settings in evaluation_settings(wildcards).items():
+        if task == "nih":
+            paths.append(settings["haystack_dir"])
+        elif task == "mtbench":
+            paths.append(settings["questions"])
+            if settings["judge"]["backend"] == "local":
+                paths.append(settings["judge"]["model"])
+        else:
+            paths.append(settings["source"])
     return [p for p in paths if p.startswith("results/") or Path(p).exists()]
 
 
@@ -143,7 +146,7 @@ def sft_input(wildcards):
 
 def eval_results(task_filter=None):
     return [
-        rules.evaluate.output.result.format(model=m, dataset=d, method=x, task=t)
+        EVAL_RESULT.format(model=m, dataset=d, method=x, task=t)
         for d, m, x in grid()
         for t in TASKS
         if task_filter is None or t == task_filter

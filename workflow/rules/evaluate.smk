@@ -1,15 +1,17 @@
 rule evaluate:
-    """One benchmark on one fine-tuned model; indicator models get [IND] appended to every query."""
+    """Every benchmark of the config on one fine-tuned model, loaded once; indicator models get [IND]
+    appended to every query. One output pair per task keeps the per-task artifact paths.
+    """
     input:
         model=rules.finetune.output.model,
-        files=local_file_inputs,
+        files=evaluation_files,
     output:
-        result="results/eval/{model}/{dataset}/{method}/{task}.json",
-        generations="results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl",
+        results=expand(EVAL_RESULT, task=TASKS, allow_missing=True),
+        generations=expand(EVAL_GENERATIONS, task=TASKS, allow_missing=True),
     log:
-        "results/logs/evaluate/{model}/{dataset}/{method}/{task}.log",
+        "results/logs/evaluate/{model}/{dataset}/{method}.log",
     benchmark:
-        "results/benchmarks/evaluate/{model}/{dataset}/{method}/{task}.tsv"
+        "results/benchmarks/evaluate/{model}/{dataset}/{method}.tsv"
     conda:
         ENV
     threads: res("evaluate", "cpus_per_task")
@@ -18,9 +20,9 @@ rule evaluate:
         runtime=res("evaluate", "runtime"),
         gpu=res("evaluate", "gpu"),
     params:
-        settings=task_settings,
+        settings=evaluation_settings,
         with_indicator=lambda wc: wc.method.startswith("indicator-"),
-        # generation cache outside the outputs: a killed evaluation resumes at the missing prompts
-        cache="results/cache/generations/{model}/{dataset}/{method}/{task}.jsonl",
+        # generation caches outside the outputs: a killed evaluation resumes at the missing prompts
+        cache_dir="results/cache/generations/{model}/{dataset}/{method}",
     script:
         "../scripts/evaluate.py"

@@ -46,9 +46,7 @@ rule table3:
 rule nih_heatmap:
     """Recall heatmap over the NIH grid (context length x needle depth), like the original repository's."""
     input:
-        generations=expand(
-            rules.evaluate.output.generations, task="nih", allow_missing=True
-        ),
+        generations=expand(EVAL_GENERATIONS, task="nih", allow_missing=True),
     output:
         png=report(
             "results/figures/nih/{model}/{dataset}/{method}.png",

@@ -1,14 +1,12 @@
-from ctxaware.evaluation import evaluate
+from ctxaware.evaluation import evaluate_all
 from ctxaware.smk import job
 
 with job(snakemake):
-    p = snakemake.params
-    evaluate(
-        snakemake.wildcards.task,
+    evaluate_all(
         snakemake.input.model,
-        p.settings,
-        p.with_indicator,
-        snakemake.output.result,
-        snakemake.output.generations,
-        cache_path=p.cache,
+        snakemake.params.settings,
+        snakemake.params.with_indicator,
+        dict(zip(snakemake.params.settings, snakemake.output.results, strict=True)),
+        dict(zip(snakemake.params.settings, snakemake.output.generations, strict=True)),
+        cache_dir=snakemake.params.cache_dir,
     )

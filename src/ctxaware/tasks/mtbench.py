@@ -1,74 +1,65 @@
-"""MT-Bench single-answer grading (design.md §3): questions and the judge prompts of FastChat's judge_prompts.jsonl."""
+"""MT-Bench single-answer grading (design.md §3): questions and FastChat's judge prompts."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
 
 _RATING_INSTRUCTION = (
-    "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following "
-    'this format: "[[rating]]", for example: "Rating: [[5]]".'
+    "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly "
+    'following this format: "[[rating]]", for example: "Rating: [[5]]".'
 )
+_JUDGE_INTRO = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
+    "to the user question"
+)
+_GENERAL_FACTORS = (
+    "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, "
+    "creativity, and level of detail of the response."
+)
+_MATH_CRITERIA = (
+    "Your evaluation should consider correctness and helpfulness. You will be given a reference answer and "
+    "the assistant's answer."
+)
+_COMPARE = (
+    "Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and "
+    "correct any mistakes. Be as objective as possible. "
+)
+_CONVERSATION = (
+    "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
+    "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+    "<|The End of Assistant A's Conversation with User|>"
+)
+_ANSWER = "[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
 
-# Verbatim from FastChat fastchat/llm_judge/data/judge_prompts.jsonl (typos such as "You evaluation" included).
+# Verbatim from FastChat's fastchat/llm_judge/data/judge_prompts.jsonl (typos like "You evaluation" kept).
 PROMPTS = {
     "single-v1": {
         "system_prompt": "You are a helpful assistant.",
-        "prompt_template": (
-            "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by "
-            "an AI assistant to the user question displayed below. Your evaluation should consider factors such as "
-            "the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin "
-            "your evaluation by providing a short explanation. Be as objective as possible. "
-            + _RATING_INSTRUCTION
-            + "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
-            "[The End of Assistant's Answer]"
-        ),
+        "prompt_template": f"[Instruction]\n{_JUDGE_INTRO} displayed below. {_GENERAL_FACTORS} Begin your "
+        f"evaluation by providing a short explanation. Be as objective as possible. {_RATING_INSTRUCTION}"
+        f"\n\n[Question]\n{{question}}\n\n{_ANSWER}",
     },
     "single-math-v1": {
         "system_prompt": "You are a helpful assistant.",
-        "prompt_template": (
-            "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by "
-            "an AI assistant to the user question displayed below. Your evaluation should consider correctness and "
-            "helpfulness. You will be given a reference answer and the assistant's answer. Begin your evaluation by "
-            "comparing the assistant's answer with the reference answer. Identify and correct any mistakes. Be as "
-            "objective as possible. "
-            + _RATING_INSTRUCTION
-            + "\n\n[Question]\n{question}\n\n[The Start of Reference Answer]\n{ref_answer_1}\n"
-            "[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
-            "[The End of Assistant's Answer]"
-        ),
+        "prompt_template": f"[Instruction]\n{_JUDGE_INTRO} displayed below. {_MATH_CRITERIA} {_COMPARE}"
+        f"{_RATING_INSTRUCTION}\n\n[Question]\n{{question}}\n\n[The Start of Reference Answer]\n"
+        f"{{ref_answer_1}}\n[The End of Reference Answer]\n\n{_ANSWER}",
     },
     "single-v1-multi-turn": {
-        "system_prompt": (
-            "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
-            "to the user question displayed below. Your evaluation should consider factors such as the helpfulness, "
-            "relevance, accuracy, depth, creativity, and level of detail of the response. You evaluation should "
-            "focus on the assistant's answer to the second user question. Begin your evaluation by providing a "
-            "short explanation. Be as objective as possible. " + _RATING_INSTRUCTION + "\n\n"
-        ),
-        "prompt_template": (
-            "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
-            "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
-            "<|The End of Assistant A's Conversation with User|>"
-        ),
+        "system_prompt": f"{_JUDGE_INTRO} displayed below. {_GENERAL_FACTORS} You evaluation should focus on "
+        "the assistant's answer to the second user question. Begin your evaluation by providing a short "
+        f"explanation. Be as objective as possible. {_RATING_INSTRUCTION}\n\n",
+        "prompt_template": _CONVERSATION,
     },
     "single-math-v1-multi-turn": {
-        "system_prompt": (
-            "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
-            "to the user question. Your evaluation should consider correctness and helpfulness. You will be given a "
-            "reference answer and the assistant's answer. You evaluation should focus on the assistant's answer to "
-            "the second question. Begin your evaluation by comparing the assistant's answer with the reference "
-            "answer. Identify and correct any mistakes. Be as objective as possible. " + _RATING_INSTRUCTION + "\n\n"
-        ),
-        "prompt_template": (
-            "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n{ref_answer_1}"
-            "\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
-            "<|The End of Reference Answer|>\n\n\n"
-            "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
-            "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
-            "<|The End of Assistant A's Conversation with User|>"
-        ),
+        "system_prompt": f"{_JUDGE_INTRO}. {_MATH_CRITERIA} You evaluation should focus on the assistant's "
+        f"answer to the second question. {_COMPARE}{_RATING_INSTRUCTION}\n\n",
+        "prompt_template": "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n"
+        "### Reference answer:\n{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n"
+        "{ref_answer_2}\n\n<|The End of Reference Answer|>\n\n\n" + _CONVERSATION,
     },
 }
 
@@ -117,15 +108,16 @@ def load_questions(path: str, limit: int | None = None) -> list[dict]:
 
 
 def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
-    """System + user messages asking for a 1-10 rating of the answer to `turn` (1 or 2), as FastChat builds them.
+    """System + user messages asking for a 1-10 rating of the answer to `turn` (1 or 2), as FastChat does.
 
-    Categories in NEED_REF_CATEGORIES use the math prompts when the question carries reference answers for every
-    turn the prompt shows; otherwise the general prompts.
+    Categories in NEED_REF_CATEGORIES use the math prompts when the question carries reference answers for
+    every turn the prompt shows; otherwise the general prompts.
     """
     if turn not in (1, 2):
         raise ValueError(f"turn must be 1 or 2, got {turn!r}")
     if len(answers) < turn:
-        raise ValueError(f"question {question['question_id']}: turn {turn} needs {turn} answers, got {len(answers)}")
+        qid = question["question_id"]
+        raise ValueError(f"question {qid}: turn {turn} needs {turn} answers, got {len(answers)}")
     references = question.get("reference") or []
     use_ref = question["category"] in NEED_REF_CATEGORIES and len(references) >= turn
     name = ("single-math-v1" if use_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
@@ -141,3 +133,27 @@ def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
         {"role": "system", "content": prompt["system_prompt"]},
         {"role": "user", "content": prompt["prompt_template"].format(**fields)},
     ]
+
+
+def from_prompts_row(row: dict) -> dict:
+    """A row of the hub's HuggingFaceH4/mt_bench_prompts (prompt, prompt_id, category, reference) in the
+    question.jsonl schema; empty references become absent, as in question.jsonl."""
+    question = {"question_id": row["prompt_id"], "category": row["category"], "turns": list(row["prompt"])}
+    reference = [r for r in (row.get("reference") or []) if r]
+    if reference:
+        question["reference"] = reference
+    return question
+
+
+def load_question_source(source: str, limit: int | None = None) -> list[dict]:
+    """Questions from a question.jsonl file, or from the hub's mt_bench_prompts (clusters)."""
+    if Path(source).exists():
+        return load_questions(source, limit)
+    from datasets import load_dataset
+
+    rows = [from_prompts_row(row) for row in load_dataset(source, split="train")]
+    for index, row in enumerate(rows):
+        problem = _check_row(row)
+        if problem:
+            raise ValueError(f"{source} row {index}: {problem}")
+    return rows[:limit] if limit else rows

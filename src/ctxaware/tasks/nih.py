@@ -39,9 +39,8 @@ def insert_needle(
     context = haystack_ids[: max(0, length - len(needle_ids))]
     if len(context) < length - len(needle_ids):
         raise ValueError(f"haystack has {len(haystack_ids)} tokens, fewer than the {length} the NIH grid needs")
-    if depth_percent >= 100:
-        return context + needle_ids
-    point = int(len(context) * depth_percent / 100)
+    # unlike the original (which appended the needle mid-sentence at 100%), every depth backs up to a boundary
+    point = int(len(context) * min(depth_percent, 100) / 100)
     while point > 0 and context[point - 1] not in period_ids:  # back up to a sentence boundary
         point -= 1
     return context[:point] + needle_ids + context[point:]

@@ -1,0 +1,275 @@
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ctxaware.judge import JudgeError, JudgmentCache, OpenAIJudge, grade, summarize
+from ctxaware.tasks.mtbench import PROMPTS, judge_messages, load_questions
+
+WRITING = {"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Make it a limerick."]}
+MATH = {
+    "question_id": 111,
+    "category": "math",
+    "turns": ["What is 2+2?", "And 3+3?"],
+    "reference": ["2+2 = 4", "3+3 = 6"],
+}
+ANSWERS = ["First answer.", "Second answer."]
+
+
+def ok(text):
+    return ("ok", text)
+
+
+class ScriptedServer:
+    """A local chat-completions endpoint; each request pops the next scripted action."""
+
+    def __init__(self):
+        self.script, self.requests = [], []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                action = server.script.pop(0) if server.script else ("status", 500, "script exhausted")
+                try:
+                    if action[0] == "sleep":
+                        time.sleep(action[1])
+                        action = ok("too late [[1]]")
+                    if action[0] == "ok":
+                        message = {"role": "assistant", "content": action[1]}
+                        self._send(200, json.dumps({"choices": [{"message": message}]}))
+                    else:
+                        self._send(action[1], action[2])
+                except OSError:  # the client gave up (timeout) and closed the connection
+                    pass
+
+            def _send(self, code, text):
+                data = text.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    scripted = ScriptedServer()
+    yield scripted
+    scripted.close()
+
+
+def make_judge(server, **kwargs):
+    return OpenAIJudge(server.url, "judge-model", **{"backoff_s": 0.01, "timeout_s": 5, **kwargs})
+
+
+def test_valid_ratings_and_request_shape(server):
+    server.script = [ok("Fine. Rating: [[7]]"), ok("Rating: [[8.5]]")]
+    judge = make_judge(server, max_tokens=64)
+    records = grade(judge, WRITING, ANSWERS)
+    assert [(r["turn"], r["rating"], r["failed"]) for r in records] == [(1, 7.0, False), (2, 8.5, False)]
+    assert records[0]["judgment"] == "Fine. Rating: [[7]]" and records[0]["question_id"] == 81
+    assert judge.calls == 2
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["body"] == {"model": "judge-model", "messages": judge_messages(WRITING, ANSWERS, 1),
+                               "temperature": 0, "max_tokens": 64}
+    assert "Authorization" not in request["headers"]  # loopback endpoint and no key set
+    assert summarize(records) == {"score": 7.75, "score_turn1": 7.0, "score_turn2": 8.5,
+                                  "n_judgments": 2, "n_failed": 0}
+
+
+def test_unparsable_judgment_is_failed(server):
+    server.script = [ok("I cannot rate this."), ok("Rating: [[4]]")]
+    records = grade(make_judge(server), WRITING, ANSWERS)
+    assert records[0]["rating"] is None and records[0]["failed"]
+    assert records[0]["judgment"] == "I cannot rate this."
+    assert summarize(records) == {"score": 4.0, "score_turn1": pytest.approx(math.nan, nan_ok=True),
+                                  "score_turn2": 4.0, "n_judgments": 2, "n_failed": 1}
+
+
+def test_http_500_is_retried(server):
+    server.script = [("status", 500, "boom"), ok("[[6]]")]
+    judge = make_judge(server)
+    assert judge.judge(judge_messages(WRITING, ANSWERS, 1)) == "[[6]]"
+    assert judge.calls == 2
+
+
+def test_429_is_retried_until_max_retries(server):
+    server.script = [("status", 429, "slow down")] * 3
+    judge = make_judge(server, max_retries=2)
+    with pytest.raises(JudgeError, match="127.0.0.1") as info:
+        judge.judge(judge_messages(WRITING, ANSWERS, 1))
+    assert "429" in str(info.value) and judge.calls == 3
+
+
+def test_timeout_then_success(server):
+    server.script = [("sleep", 0.8), ok("Rating: [[5]]")]
+    judge = make_judge(server, timeout_s=0.5, max_retries=2)
+    assert judge.judge(judge_messages(WRITING, ANSWERS, 1)) == "Rating: [[5]]"
+    assert judge.calls == 2
+
+
+def test_every_attempt_times_out_is_recorded_failed(server):
+    server.script = [("sleep", 0.8), ("sleep", 0.8), ok("Rating: [[9]]")]
+    judge = make_judge(server, timeout_s=0.5, max_retries=1)
+    records = grade(judge, WRITING, ANSWERS)
+    assert records[0]["failed"] and records[0]["rating"] is None
+    assert "failed after 2 attempts" in records[0]["error"] and server.url in records[0]["error"]
+    assert records[1]["rating"] == 9.0 and not records[1]["failed"]  # the other turn still gets graded
+    assert judge.calls == 3
+    assert summarize(records)["n_failed"] == 1 and summarize(records)["score"] == 9.0
+
+
+def test_401_fails_immediately_without_retry(server):
+    server.script = [("status", 401, '{"error": "bad key"}'), ok("Rating: [[3]]")]
+    judge = make_judge(server, max_retries=5)
+    records = grade(judge, WRITING, ANSWERS)
+    assert records[0]["failed"] and "HTTP 401" in records[0]["error"] and "bad key" in records[0]["error"]
+    assert records[1]["rating"] == 3.0
+    assert judge.calls == 2  # one request per turn: the 401 was not retried
+
+
+def test_malformed_reply_fails_without_retry(server):
+    server.script = [("status", 200, '{"choices": []}')]
+    judge = make_judge(server)
+    with pytest.raises(JudgeError, match="no text content"):
+        judge.judge(judge_messages(WRITING, ANSWERS, 1))
+    assert judge.calls == 1
+
+
+def test_cache_hit_on_second_run(server, tmp_path):
+    server.script = [ok("Rating: [[7]]"), ok("Rating: [[2]]")]
+    first = grade(make_judge(server, cache_dir=str(tmp_path)), MATH, ANSWERS)
+    second_judge = make_judge(server, cache_dir=str(tmp_path))
+    second = grade(second_judge, MATH, ANSWERS)
+    assert second_judge.calls == 0 and len(server.requests) == 2
+    assert [r["rating"] for r in second] == [r["rating"] for r in first] == [7.0, 2.0]
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 2 and all(f.suffix == ".json" for f in files)  # no temporary files left
+    messages = judge_messages(MATH, ANSWERS, 1)
+    stored = JudgmentCache(str(tmp_path)).get(JudgmentCache.key("judge-model", messages))
+    assert stored == {"messages": messages, "judgment": "Rating: [[7]]", "model": "judge-model"}
+
+
+def test_cache_key_depends_on_model(tmp_path):
+    messages = judge_messages(WRITING, ANSWERS, 1)
+    assert JudgmentCache.key("a", messages) != JudgmentCache.key("b", messages)
+    cache = JudgmentCache(str(tmp_path / "c"))
+    assert cache.get("missing") is None
+    (tmp_path / "c" / "broken.json").write_text('{"judg')
+    assert cache.get("broken") is None
+
+
+def test_authorization_header_from_env(server, monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-test-123")
+    server.script = [ok("[[5]]")]
+    make_judge(server, api_key_env="MY_JUDGE_KEY").judge(judge_messages(WRITING, ANSWERS, 1))
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-test-123"
+
+
+def test_missing_key_for_remote_endpoint_names_the_variable(monkeypatch):
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    judge = OpenAIJudge("https://judge.invalid/v1", "m", api_key_env="MY_JUDGE_KEY")
+    with pytest.raises(RuntimeError, match="MY_JUDGE_KEY") as info:
+        grade(judge, WRITING, ANSWERS)  # a configuration error aborts grading instead of failing judgments
+    assert not isinstance(info.value, JudgeError) and judge.calls == 0
+
+
+def test_prompts_match_fastchat_wording():
+    # Spot checks against the text of FastChat's judge_prompts.jsonl.
+    rating = (
+        'After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly '
+        'following this format: "[[rating]]", for example: "Rating: [[5]]".'
+    )
+    assert PROMPTS["single-v1"]["prompt_template"] == (
+        "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided "
+        "by an AI assistant to the user question displayed below. Your evaluation should consider factors "
+        "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the "
+        "response. Begin your evaluation by providing a short explanation. Be as objective as possible. "
+        + rating
+        + "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
+        "[The End of Assistant's Answer]"
+    )
+    assert PROMPTS["single-math-v1-multi-turn"]["system_prompt"] == (
+        "Please act as an impartial judge and evaluate the quality of the response provided by an AI "
+        "assistant to the user question. Your evaluation should consider correctness and helpfulness. You "
+        "will be given a reference answer and the assistant's answer. You evaluation should focus on the "
+        "assistant's answer to the second question. Begin your evaluation by comparing the assistant's "
+        "answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. "
+        + rating
+        + "\n\n"
+    )
+
+
+def test_math_question_prompt_includes_reference():
+    system, user = judge_messages(MATH, ANSWERS, 1)
+    assert system == {"role": "system", "content": "You are a helpful assistant."}
+    assert "[The Start of Reference Answer]\n2+2 = 4\n[The End of Reference Answer]" in user["content"]
+    assert "[Question]\nWhat is 2+2?" in user["content"] and "First answer." in user["content"]
+    _, user2 = judge_messages(MATH, ANSWERS, 2)
+    assert "### Reference answer:\n2+2 = 4" in user2["content"]
+    assert "### Reference answer:\n3+3 = 6" in user2["content"]
+    # A math question without references falls back to the general prompt.
+    _, plain = judge_messages({**MATH, "reference": []}, ANSWERS, 1)
+    assert "Reference" not in plain["content"] and "helpfulness, relevance" in plain["content"]
+
+
+def test_writing_turn2_prompt_contains_both_turns():
+    system, user = judge_messages(WRITING, ANSWERS, 2)
+    assert "focus on the assistant's answer to the second user question" in system["content"]
+    assert user["content"] == (
+        "<|The Start of Assistant A's Conversation with User|>\n\n### User:\nWrite a blog post.\n\n"
+        "### Assistant A:\nFirst answer.\n\n### User:\nMake it a limerick.\n\n### Assistant A:\n"
+        "Second answer.\n\n<|The End of Assistant A's Conversation with User|>"
+    )
+    _, turn1 = judge_messages(WRITING, ANSWERS, 1)
+    assert "Make it a limerick." not in turn1["content"] and "Second answer." not in turn1["content"]
+
+
+def test_answers_with_braces_are_not_formatted():
+    _, user = judge_messages(WRITING, ["def f(): return {x}", "{answer_2}"], 2)
+    assert "return {x}" in user["content"] and "### Assistant A:\n{answer_2}" in user["content"]
+
+
+def test_load_questions(tmp_path):
+    path = tmp_path / "question.jsonl"
+    rows = [WRITING, MATH, {**WRITING, "question_id": 82}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert load_questions(str(path)) == rows
+    assert load_questions(str(path), limit=2) == rows[:2]
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ('{"question_id": 3, "category": "writing", "turns": ["only one"]}', "turns"),
+        ('{"category": "writing", "turns": ["a", "b"]}', "question_id"),
+        ('{"question_id": 3, "category": "math", "turns": ["a", "b"], "reference": "4"}', "reference"),
+        ("{not json", "invalid JSON"),
+    ],
+)
+def test_load_questions_bad_row_names_file_and_line(tmp_path, bad_row, message):
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps(WRITING) + "\n" + bad_row + "\n")
+    with pytest.raises(ValueError, match=message) as info:
+        load_questions(str(path))
+    assert str(path) in str(info.value) and "line 2" in str(info.value)

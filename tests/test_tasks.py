@@ -1,0 +1,116 @@
+import json
+
+import pytest
+
+from ctxaware.modeling import load_tokenizer
+from ctxaware.tasks import nih, qa
+from ctxaware.tasks.mtbench import from_prompts_row
+
+
+def test_nih_grid_is_the_papers():
+    lengths, depths = nih.grid(200, 2000, 20, 20)
+    assert len(lengths) == len(depths) == 20
+    assert lengths[0] == 200 and lengths[-1] == 2000 and lengths[1] == 295  # round(200 + 1800/19)
+    assert depths[0] == 0 and depths[-1] == 100 and depths[1] == 5 and depths[10] == 53
+
+
+def test_needle_goes_after_the_sentence_end_before_the_depth():
+    period = {0}
+    haystack = [5, 6, 0, 7, 8, 9, 0, 5, 6, 0]  # sentences end at positions 2, 6 and 9
+    needle = [42, 43]
+    # length 10 -> 8 context tokens; 50% depth = position 4, backed up to just after the period at 2
+    assert nih.insert_needle(haystack, needle, 10, 50, period) == [5, 6, 0, 42, 43, 7, 8, 9, 0, 5]
+    assert nih.insert_needle(haystack, needle, 10, 0, period) == [42, 43, 5, 6, 0, 7, 8, 9, 0, 5]
+    assert nih.insert_needle(haystack, needle, 10, 100, period) == [5, 6, 0, 7, 8, 9, 0, 42, 43, 5]
+    with pytest.raises(ValueError, match="haystack has 10 tokens"):
+        nih.insert_needle(haystack, needle, 50, 50, period)
+
+
+def test_nih_cases_hold_the_needle_at_a_sentence_boundary(tiny_model_dir, tmp_path):
+    (tmp_path / "b.txt").write_text("Second file. " * 40)
+    (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 40)
+    assert nih.load_haystack(str(tmp_path)).startswith("The river runs.")  # sorted file order
+    tokenizer = load_tokenizer(tiny_model_dir)
+    settings = {
+        "haystack_dir": str(tmp_path),
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 40,
+        "n_lengths": 2,
+        "n_depths": 3,
+        "prompt_template": "Doc: {context}\nQ: {question}",
+    }
+    cases = nih.build_cases(tokenizer, settings, max_context=80)
+    assert [(c["length"], c["depth"]) for c in cases] == [(40, 0), (40, 50), (40, 100), (80, 0), (80, 50), (80, 100)]
+    for case in cases:
+        context = case["prompt"].split("Doc: ", 1)[1].split("\nQ:")[0]
+        before = context.split("The best thing")[0].rstrip()
+        assert before == "" or before.endswith(".")
+        assert case["prompt"].endswith("Q: What is best?")
+
+
+def test_qa_loaders_read_the_real_schemas(tmp_path):
+    squad = tmp_path / "squad.jsonl"
+    squad.write_text(
+        json.dumps(
+            {
+                "id": "s1",
+                "title": "t",
+                "context": "Paris is in France.",
+                "question": "Where?",
+                "answers": {"text": ["France", "France", "in France"], "answer_start": [12, 12, 9]},
+            }
+        )
+    )
+    items = qa.load_items("squad", {"source": str(squad), "limit": None})
+    assert items == [
+        {"id": "s1", "context": "Paris is in France.", "question": "Where?", "golds": ["France", "in France"]}
+    ]
+    quac = tmp_path / "quac.json"
+    quac.write_text(
+        json.dumps(
+            [
+                {
+                    "dialogue_id": "d1",
+                    "context": "He sailed to Rome. CANNOTANSWER",
+                    "questions": ["Where did he sail?", "Why?"],
+                    "answers": {"texts": [["sailed to Rome"], ["CANNOTANSWER"]], "answer_starts": [[3], [19]]},
+                    "orig_answers": {"texts": ["to Rome", "CANNOTANSWER"], "answer_starts": [10, 19]},
+                }
+            ]
+        )
+    )
+    [item] = qa.load_items("quac", {"source": str(quac)})
+    assert item["context"] == "He sailed to Rome." and item["question"] == "Where did he sail?"
+    assert item["golds"] == ["sailed to Rome", "to Rome"]
+    drop = tmp_path / "drop.jsonl"
+    rows = [
+        {
+            "section_id": "x",
+            "query_id": f"q{i}",
+            "passage": "3 goals.",
+            "question": "How many?",
+            "answers_spans": {"spans": ["3"], "types": ["number"]},
+        }
+        for i in range(5)
+    ]
+    drop.write_text("\n".join(json.dumps(r) for r in rows))
+    assert [i["id"] for i in qa.load_items("drop", {"source": str(drop), "limit": 2})] == ["q0", "q1"]
+
+
+def test_qa_loader_names_the_bad_row(tmp_path):
+    bad = tmp_path / "drop.jsonl"
+    bad.write_text(json.dumps({"query_id": "q0", "passage": "p", "question": "q"}))
+    with pytest.raises(ValueError, match=r"drop.jsonl row 0: missing field 'answers_spans'"):
+        qa.load_items("drop", {"source": str(bad)})
+
+
+def test_mt_bench_prompts_rows_become_question_jsonl_rows():
+    row = {"prompt": ["Q1", "Q2"], "prompt_id": 101, "category": "math", "reference": ["4", "5"]}
+    assert from_prompts_row(row) == {
+        "question_id": 101,
+        "category": "math",
+        "turns": ["Q1", "Q2"],
+        "reference": ["4", "5"],
+    }
+    assert "reference" not in from_prompts_row(dict(row, category="writing", reference=["", ""]))
