@@ -110,7 +110,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
             assert "indicator-0.7" in path, (rule, path)
     assert {rule for rule, _ in jobs} >= branch_rules
     counts = {rule: sum(r == rule for r, _ in jobs) for rule in rules}
-    assert counts["tag_indicator"] == 3 and counts["finetune"] == 6 and counts["evaluate"] == 30
+    assert counts["tag_indicator"] == 3 and counts["finetune"] == 6 and counts["evaluate"] == 6
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
 
 
@@ -126,7 +126,7 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     for rule, _ in planned_jobs(output):
         counts[rule] = counts.get(rule, 0) + 1
     assert counts["finetune"] == 3 * 3 * 2
-    assert counts["evaluate"] == 3 * 3 * 2 * 5
+    assert counts["evaluate"] == 3 * 3 * 2  # one job per model runs its five benchmarks
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert "build_tiny_model" not in counts
 
