@@ -164,9 +164,7 @@ def test_system_and_blank_messages():
     }
     convs, stats = adapt([row], "sharegpt")
     assert convs == [{"id": "5", "messages": msgs(("system", "S"), ("user", "Q"), ("assistant", "A"))}]
-    assert counters(
-        stats, empty_messages_dropped=1, leading_assistant_turns_dropped=1, inner_system_messages_dropped=1
-    )
+    assert counters(stats, empty_messages_dropped=1, leading_assistant_turns_dropped=1, inner_system_messages_dropped=1)
 
 
 def test_ultrachat_rows():
@@ -272,9 +270,7 @@ def test_prepare_round_trip(tmp_path):
     assert stats == {**expected_stats, "max_conversations": None}
     schema = pq.read_schema(out)
     assert schema.field("id").type == pa.string()
-    assert schema.field("messages").type == pa.list_(
-        pa.struct([("role", pa.string()), ("content", pa.string())])
-    )
+    assert schema.field("messages").type == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
     stats = prepare(str(src), "sharegpt", str(out), str(out_stats), max_conversations=2)
     assert [c["id"] for c in read_conversations(str(out))] == ["sg-0", "sg-1"]

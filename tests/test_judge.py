@@ -90,11 +90,20 @@ def test_valid_ratings_and_request_shape(server):
     assert judge.calls == 2
     request = server.requests[0]
     assert request["path"] == "/v1/chat/completions"
-    assert request["body"] == {"model": "judge-model", "messages": judge_messages(WRITING, ANSWERS, 1),
-                               "temperature": 0, "max_tokens": 64}
+    assert request["body"] == {
+        "model": "judge-model",
+        "messages": judge_messages(WRITING, ANSWERS, 1),
+        "temperature": 0,
+        "max_tokens": 64,
+    }
     assert "Authorization" not in request["headers"]  # loopback endpoint and no key set
-    assert summarize(records) == {"score": 7.75, "score_turn1": 7.0, "score_turn2": 8.5,
-                                  "n_judgments": 2, "n_failed": 0}
+    assert summarize(records) == {
+        "score": 7.75,
+        "score_turn1": 7.0,
+        "score_turn2": 8.5,
+        "n_judgments": 2,
+        "n_failed": 0,
+    }
 
 
 def test_unparsable_judgment_is_failed(server):
@@ -102,8 +111,13 @@ def test_unparsable_judgment_is_failed(server):
     records = grade(make_judge(server), WRITING, ANSWERS)
     assert records[0]["rating"] is None and records[0]["failed"]
     assert records[0]["judgment"] == "I cannot rate this."
-    assert summarize(records) == {"score": 4.0, "score_turn1": pytest.approx(math.nan, nan_ok=True),
-                                  "score_turn2": 4.0, "n_judgments": 2, "n_failed": 1}
+    assert summarize(records) == {
+        "score": 4.0,
+        "score_turn1": pytest.approx(math.nan, nan_ok=True),
+        "score_turn2": 4.0,
+        "n_judgments": 2,
+        "n_failed": 1,
+    }
 
 
 def test_http_500_is_retried(server):
@@ -197,7 +211,7 @@ def test_missing_key_for_remote_endpoint_names_the_variable(monkeypatch):
 def test_prompts_match_fastchat_wording():
     # Spot checks against the text of FastChat's judge_prompts.jsonl.
     rating = (
-        'After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly '
+        "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly "
         'following this format: "[[rating]]", for example: "Rating: [[5]]".'
     )
     assert PROMPTS["single-v1"]["prompt_template"] == (

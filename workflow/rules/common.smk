@@ -31,6 +31,12 @@ def _check_references():
                 f"config key models.{name}.recipe: unknown recipe {model['recipe']!r} "
                 f"(recipes: {sorted(RECIPES)})"
             )
+        for dataset in model["datasets"] or []:
+            if dataset not in DATASETS:
+                raise ValueError(
+                    f"config key models.{name}.datasets: unknown dataset {dataset!r} "
+                    f"(datasets: {sorted(DATASETS)})"
+                )
     if "path" in SEED:
         return
     for key, table in (("model", MODELS), ("dataset", DATASETS)):
@@ -128,7 +134,12 @@ def evaluation_files(wildcards):
 
 
 def grid():
-    return list(itertools.product(DATASETS, MODELS, METHODS))
+    """(dataset, model, method) of every fine-tune: Table 4's rows, in the paper's order."""
+    return [
+        (dataset, model, method)
+        for dataset, model, method in itertools.product(DATASETS, MODELS, METHODS)
+        if MODELS[model]["datasets"] is None or dataset in MODELS[model]["datasets"]
+    ]
 
 
 def res(stage, key):
