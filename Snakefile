@@ -26,3 +26,5 @@ rule all:
         rules.table3.output,
         nih_heatmaps(),
         rules.threshold_ablation.output,
+        rules.layer_agreement.output,
+        rules.instruction_lengths.output,

@@ -1,5 +1,6 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -107,3 +108,36 @@ def test_token_budget_batches_sorts_by_length_and_respects_budget():
     for batch in batches:
         assert max(lengths[i] for i in batch) * len(batch) <= 100 or len(batch) == 1
     assert batches[0] == [1, 3]  # the two shortest first
+
+
+def test_sharded_scoring_gathers_to_exactly_the_one_shard_table(tiny_model_dir, tmp_path):
+    from ctxaware.scoring import gather_scores, score_file
+
+    conversations = [
+        {
+            "id": f"c{i}",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "Read the passage: the quick brown fox jumps. " * (1 + i % 4) + "Who jumps?",
+                },
+                {"role": "assistant", "content": "The fox." * (1 + i % 3)},
+            ],
+        }
+        for i in range(11)
+    ] + [MULTI]
+    data = tmp_path / "data.parquet"
+    pd.DataFrame(conversations).to_parquet(data)
+    score_file(tiny_model_dir, str(data), str(tmp_path / "one.parquet"), layer=2, batch_tokens=200)
+    gather_scores([str(tmp_path / "one.parquet")], str(tmp_path / "unsharded.parquet"))
+    shards = []
+    for shard in range(3):
+        path = tmp_path / f"shard{shard}.parquet"
+        score_file(tiny_model_dir, str(data), str(path), layer=2, batch_tokens=200, shard=shard, n_shards=3)
+        shards.append(str(path))
+    assert all(len(pd.read_parquet(p)) > 0 for p in shards)  # the work really was split
+    gathered = gather_scores(shards, str(tmp_path / "gathered.parquet"))
+    unsharded = pd.read_parquet(tmp_path / "unsharded.parquet")
+    assert gathered.equals(unsharded)
+    assert list(unsharded["conversation_id"].unique()) == [c["id"] for c in conversations]
+    assert list(unsharded.columns[:5]) == ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]

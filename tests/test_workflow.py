@@ -113,7 +113,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     output = snakemake(embedded_run, "-n", "--cores", "2", "--configfile", "config/more-betas.yaml").stdout
     jobs = planned_jobs(output)
     rules = {rule for rule, _ in jobs}
-    assert "score_turns" not in rules and "prepare_dataset" not in rules and "build_tiny_model" not in rules
+    assert not rules & {"score_turns", "gather_scores", "score_layers", "prepare_dataset", "build_tiny_model"}
     branch_rules = {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}
     for rule, path in jobs:
         if rule in branch_rules:
@@ -183,3 +183,13 @@ def test_json_outputs_are_finite_numbers(embedded_run):
     for path in (embedded_run / "results/eval").rglob("*.json"):
         score = json.loads(path.read_text())["score"]
         assert isinstance(score, float | int) and not math.isnan(score), path
+
+
+def test_indicator_models_get_ind_on_every_query_and_vanilla_never(embedded_run):
+    for task in ("nih", "squad", "quac", "drop", "mtbench"):
+        for method, expected in (("indicator-0.6", True), ("vanilla", False)):
+            path = embedded_run / f"results/eval/tiny/sharegpt/{method}/{task}.generations.jsonl"
+            records = pd.read_json(path, lines=True)
+            assert len(records) > 0
+            assert records["prompt"].str.endswith(" [IND]").all() == expected, (task, method)
+            assert records["prompt"].str.contains(r"\[IND\]").any() == expected, (task, method)

@@ -148,9 +148,7 @@ def _parse_wizardlm(row: dict) -> tuple[object, list[tuple[str, str]]]:
     return _row_id(row, "idx", "id"), [("user", instruction), ("assistant", row["output"])]
 
 
-def _parse_messages(
-    row: dict, field: str, role_key: str, text_key: str, roles: dict
-) -> list[tuple[str, str]]:
+def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: dict) -> list[tuple[str, str]]:
     if field not in row:
         raise _Malformed(f"missing '{field}'")
     if not isinstance(row[field], list):
@@ -212,9 +210,7 @@ def _clean(messages: list[tuple[str, str]], refusals: bool, counts: dict) -> lis
 
     # Now [system], user, assistant, ..., assistant: the refusal's user turn sits right before it.
     if refusals:
-        hit = next(
-            (i for i, (role, text) in enumerate(merged) if role == "assistant" and is_refusal(text)), None
-        )
+        hit = next((i for i, (role, text) in enumerate(merged) if role == "assistant" and is_refusal(text)), None)
         if hit is not None:
             counts["refusal_turns_dropped"] += len(merged) - (hit - 1)
             counts["refusal_conversations_truncated"] += 1
@@ -222,9 +218,7 @@ def _clean(messages: list[tuple[str, str]], refusals: bool, counts: dict) -> lis
     return merged
 
 
-def adapt(
-    rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False
-) -> tuple[list[dict], dict]:
+def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False) -> tuple[list[dict], dict]:
     """Rows of `fmt` ("sharegpt", "ultrachat", "wizardlm") -> (conversations, stats).
 
     Malformed rows are dropped and counted (strict=False) or raise DataError (strict=True); more than half
@@ -324,9 +318,7 @@ def prepare(
     conversations, stats = adapt(load_raw(source, split, hub_config), fmt, source=source, strict=strict)
     if not conversations:
         dropped = {k: v for k, v in stats.items() if k in COUNTERS and v}
-        raise DataError(
-            f"{source}: no conversation left for format '{fmt}' after filtering; dropped: {dropped}"
-        )
+        raise DataError(f"{source}: no conversation left for format '{fmt}' after filtering; dropped: {dropped}")
     if max_conversations is not None:
         stats["n_conversations_before_limit"] = len(conversations)
         conversations = conversations[:max_conversations]

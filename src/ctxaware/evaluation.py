@@ -31,36 +31,33 @@ def _mean(values: list[float]) -> float:
 
 def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
     cases = nih.build_cases(generator.tokenizer, settings, settings["max_context"])
-    messages = [[user_message(c["prompt"], with_indicator)] for c in cases]
-    prompts = [generator.encode_chat(m, settings["use_chat_template"], settings["response_prefix"]) for m in messages]
+    queries = [user_message(c["prompt"], with_indicator) for c in cases]
+    prompts = [generator.encode_chat([q], settings["use_chat_template"], settings["response_prefix"]) for q in queries]
     outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
     records = []
-    for case, prompt, output in zip(cases, prompts, outputs, strict=True):
+    for case, query, prompt, output in zip(cases, queries, prompts, outputs, strict=True):
         score = keyword_recall(output, settings["keywords"], settings["metric"])
-        records.append({**case, "prompt_tokens": len(prompt), "response": output, "score": score})
+        records.append(
+            {**case, "prompt": query["content"], "prompt_tokens": len(prompt), "response": output, "score": score}
+        )
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
 
 
 def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
     items = qa.load_items(task, settings)
-    prompts = [
-        generator.encode_chat(
-            [
-                user_message(
-                    settings["prompt_template"].format(context=i["context"], question=i["question"]), with_indicator
-                )
-            ]
-        )
-        for i in items
+    template = settings["prompt_template"]
+    queries = [
+        user_message(template.format(context=i["context"], question=i["question"]), with_indicator) for i in items
     ]
-    outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
+    outputs = generator.generate_ids([generator.encode_chat([q]) for q in queries], settings["max_new_tokens"])
     metric = containment_raw_regex if settings["metric"] == "raw_regex" else containment
     records = []
-    for item, output in zip(items, outputs, strict=True):
+    for item, query, output in zip(items, queries, outputs, strict=True):
         answer = first_sentence(output)
         records.append(
             {
                 "id": item["id"],
+                "prompt": query["content"],
                 "golds": item["golds"],
                 "response": output,
                 "answer": answer,
@@ -77,19 +74,19 @@ def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> t
 
     questions = load_question_source(settings["questions"], settings.get("limit"))
     conversations = [[] for _ in questions]
-    answers = [[] for _ in questions]
     for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
         for conversation, question in zip(conversations, questions, strict=True):
             conversation.append(user_message(question["turns"][turn], with_indicator))
         outputs = generator.generate_ids([generator.encode_chat(c) for c in conversations], settings["max_new_tokens"])
-        for conversation, answer_list, output in zip(conversations, answers, outputs, strict=True):
+        for conversation, output in zip(conversations, outputs, strict=True):
             conversation.append({"role": "assistant", "content": output})
-            answer_list.append(output)
     judge = make_judge(settings["judge"])
     records = []
-    for question, answer_list in zip(questions, answers, strict=True):
-        for record in grade(judge, question, answer_list):
-            records.append({**record, "answer": answer_list[record["turn"] - 1]})
+    for question, conversation in zip(questions, conversations, strict=True):
+        answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+        for record in grade(judge, question, answers):
+            turn = record["turn"]
+            records.append({**record, "prompt": conversation[2 * (turn - 1)]["content"], "answer": answers[turn - 1]})
     summary = summarize(records)
     return {**summary, "n": len(questions)}, records
 

@@ -50,3 +50,52 @@ def threshold_ablation(table4_csv: str, out_png: str) -> pd.DataFrame:
     figure.savefig(out_png, dpi=120)
     plt.close(figure)
     return table
+
+
+def heatmaps(matrices: dict[str, pd.DataFrame], out_png: str, axis_label: str) -> None:
+    """Side-by-side annotated heatmaps of square matrices (layer agreement, Figure 5)."""
+    figure, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4), squeeze=False)
+    for axis, (title, matrix) in zip(axes[0], matrices.items(), strict=True):
+        image = axis.imshow(matrix.to_numpy(), cmap="viridis")
+        labels = [str(x) for x in matrix.index]
+        axis.set_xticks(range(len(labels)), labels)
+        axis.set_yticks(range(len(labels)), labels)
+        axis.set_xlabel(axis_label)
+        axis.set_ylabel(axis_label)
+        axis.set_title(title)
+        if len(labels) <= 12:
+            for i in range(len(labels)):
+                for j in range(len(labels)):
+                    axis.text(j, i, f"{matrix.iat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=7)
+        figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+
+
+def instruction_lengths(scores_by_dataset: dict[str, str], beta: float, out_png: str) -> pd.DataFrame:
+    """Instruction length (tokens) of all scored turns vs the tagged subset per dataset (paper Figures 6-8)."""
+    figure, axes = plt.subplots(1, len(scores_by_dataset), figsize=(4 * len(scores_by_dataset), 3), squeeze=False)
+    rows = []
+    for axis, (dataset, path) in zip(axes[0], scores_by_dataset.items(), strict=True):
+        scores = pd.read_parquet(path)
+        tagged = scores[scores["score"] > beta]
+        bins = 20
+        axis.hist(scores["n_instruction_tokens"], bins=bins, alpha=0.6, density=True, label=f"all ({len(scores)})")
+        axis.hist(
+            tagged["n_instruction_tokens"], bins=bins, alpha=0.6, density=True, label=f"s > {beta} ({len(tagged)})"
+        )
+        axis.set_title(dataset)
+        axis.set_xlabel("instruction length (tokens)")
+        axis.legend(fontsize=7)
+        rows.append(
+            {
+                "dataset": dataset,
+                "median_all": scores["n_instruction_tokens"].median(),
+                "median_tagged": tagged["n_instruction_tokens"].median(),
+            }
+        )
+    figure.tight_layout()
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+    return pd.DataFrame(rows)

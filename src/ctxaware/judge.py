@@ -99,8 +99,7 @@ class OpenAIJudge:
         elif not _is_loopback(self.base_url):
             # A configuration error, not a per-judgment failure: a RuntimeError that grade() lets through.
             raise RuntimeError(
-                f"environment variable {self.api_key_env} is not set; it must hold the API key for "
-                f"{self.base_url}"
+                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url}"
             )
         return headers
 
@@ -146,9 +145,7 @@ class OpenAIJudge:
                 excerpt = payload[:500].decode("utf-8", "replace")
                 raise JudgeError(f"judge {self.url} sent no text content ({content!r}): {excerpt}")
             return content
-        raise JudgeError(
-            f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}"
-        )
+        raise JudgeError(f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}")
 
 
 def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
@@ -161,10 +158,17 @@ def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
         except JudgeError as exc:
             text, error = "", str(exc)
         rating = None if error else parse_rating(text)
-        records.append({
-            "question_id": question["question_id"], "turn": turn, "category": question["category"],
-            "rating": rating, "judgment": text, "failed": rating is None, "error": error,
-        })
+        records.append(
+            {
+                "question_id": question["question_id"],
+                "turn": turn,
+                "category": question["category"],
+                "rating": rating,
+                "judgment": text,
+                "failed": rating is None,
+                "error": error,
+            }
+        )
     return records
 
 
@@ -175,5 +179,10 @@ def summarize(records: list[dict]) -> dict:
         ratings = [r["rating"] for r in records if r["turn"] in turns and not r["failed"]]
         return sum(ratings) / len(ratings) if ratings else math.nan
 
-    return {"score": mean((1, 2)), "score_turn1": mean((1,)), "score_turn2": mean((2,)),
-            "n_judgments": len(records), "n_failed": sum(r["failed"] for r in records)}
+    return {
+        "score": mean((1, 2)),
+        "score_turn1": mean((1,)),
+        "score_turn2": mean((2,)),
+        "n_judgments": len(records),
+        "n_failed": sum(r["failed"] for r in records),
+    }

@@ -17,7 +17,8 @@ import torch
 
 from ctxaware.chat import encode_with_spans
 
-SCORE_COLUMNS = ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]
+SCORE_COLUMNS = ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]  # the contract
+RECORD_COLUMNS = [*SCORE_COLUMNS, "n_instruction_tokens"]
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Turn:
     index: int  # 0-based index among the conversation's assistant turns
     rows: list[int]  # token positions whose attention is averaged
     truncated: bool
+    n_instruction_tokens: int  # content tokens of the user message this turn answers (Figure 6)
 
 
 @dataclass
@@ -54,7 +56,10 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     user_mask = [False] * n
     excluded = _separator_ids(tokenizer, encoded.input_ids) if compat == "original" else set()
     turns: list[Turn] = []
+    instruction_tokens = 0
     for span in encoded.spans:
+        if span.role == "user":
+            instruction_tokens = span.end - span.start
         if span.role == "user" or (compat == "original" and span.role == "system"):
             lo, hi = (span.segment_start, span.segment_end) if compat == "original" else (span.start, span.end)
             for position in range(lo, min(hi, n)):
@@ -64,7 +69,7 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
             end = span.end + 1 if compat == "original" else span.end
             truncated = end > n
             rows = [] if truncated else list(range(span.start, end))
-            turns.append(Turn(len(turns), rows, truncated))
+            turns.append(Turn(len(turns), rows, truncated, instruction_tokens))
     return Plan(str(conversation["id"]), encoded.input_ids, user_mask, turns)
 
 
@@ -143,11 +148,24 @@ def user_mass_per_row(queries, keys, scaling, rows, user_mask) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def score_plans(model, plans: list[Plan], layers: list[int], batch_tokens: int, pad_token_id: int) -> list[dict]:
-    """Scores of every assistant turn for each layer: records with a `layer` field."""
+def score_plans(
+    model,
+    plans: list[Plan],
+    layers: list[int],
+    batch_tokens: int,
+    pad_token_id: int,
+    shard: int = 0,
+    n_shards: int = 1,
+) -> list[dict]:
+    """Scores of every assistant turn for each layer: records with a `layer` field.
+
+    Batches are formed over all plans and then dealt to shards, so a conversation is computed in the same
+    batch whatever the number of shards: gathered shards equal one-shard scoring bit for bit.
+    """
     device = next(model.parameters()).device
     records = []
-    for batch in token_budget_batches([len(p.input_ids) for p in plans], batch_tokens):
+    batches = token_budget_batches([len(p.input_ids) for p in plans], batch_tokens)
+    for batch in batches[shard::n_shards]:
         members = [plans[i] for i in batch]
         longest = max(len(p.input_ids) for p in members)
         input_ids = torch.full((len(members), longest), pad_token_id, dtype=torch.long)
@@ -186,6 +204,7 @@ def _record(plan: Plan, turn: Turn, layer: int, values: list[float]) -> dict:
         "score": float(sum(values) / len(values)) if values else math.nan,
         "n_response_tokens": len(turn.rows),
         "truncated": turn.truncated,
+        "n_instruction_tokens": turn.n_instruction_tokens,
     }
 
 
@@ -197,23 +216,26 @@ def score_conversations(
     max_length: int = 2047,
     compat: str = "none",
     batch_tokens: int = 16384,
+    shard: int = 0,
+    n_shards: int = 1,
 ) -> pd.DataFrame:
-    """Long table: one row per (assistant turn, layer), in the conversations' order."""
+    """Long table: one row per (assistant turn, layer) of this shard's conversations, in the conversations'
+    order (`conversation_index` keeps that order across shards)."""
     n_layers = len(model.get_decoder().layers)
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise ValueError(f"scoring layer(s) {bad} out of range: the seed model has {n_layers} layers")
     plans = [plan_conversation(tokenizer, c, max_length, compat) for c in conversations]
-    records = score_plans(model, plans, layers, batch_tokens, tokenizer.pad_token_id)
+    records = score_plans(model, plans, layers, batch_tokens, tokenizer.pad_token_id, shard, n_shards)
     order = {plan.conversation_id: i for i, plan in enumerate(plans)}
-    frame = pd.DataFrame.from_records(records, columns=[*SCORE_COLUMNS, "layer"])
-    frame["_order"] = frame["conversation_id"].map(order)
-    return frame.sort_values(["_order", "turn", "layer"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    frame = pd.DataFrame.from_records(records, columns=[*RECORD_COLUMNS, "layer"])
+    frame.insert(0, "conversation_index", frame["conversation_id"].map(order).astype("int64"))
+    return frame.sort_values(["conversation_index", "turn", "layer"], kind="stable").reset_index(drop=True)
 
 
 def wide_scores(long: pd.DataFrame, layer: int) -> pd.DataFrame:
     """The contract table (one row per assistant turn) for `layer`, plus score_layer_{l} for other layers."""
-    main = long[long["layer"] == layer][SCORE_COLUMNS].reset_index(drop=True)
+    main = long[long["layer"] == layer][["conversation_index", *RECORD_COLUMNS]].reset_index(drop=True)
     for other in sorted(set(long["layer"]) - {layer}):
         main[f"score_layer_{other}"] = long[long["layer"] == other]["score"].to_numpy()
     return main
@@ -247,19 +269,32 @@ def score_file(
     compat: str = "none",
     batch_tokens: int = 16384,
     extra_layers: tuple[int, ...] = (),
+    shard: int = 0,
+    n_shards: int = 1,
 ) -> pd.DataFrame:
-    """Score a prepared dataset with the seed model and write the contract table."""
+    """Score (one shard of) a prepared dataset with the seed model; `conversation_index` orders the rows."""
     from ctxaware.data import read_conversations
     from ctxaware.modeling import load_model
 
     model, tokenizer = load_model(seed_model, attn_implementation="sdpa")
     conversations = read_conversations(data_parquet)
     layers = [layer, *[x for x in extra_layers if x != layer]]
-    long = score_conversations(model, tokenizer, conversations, layers, max_length, compat, batch_tokens)
+    long = score_conversations(
+        model, tokenizer, conversations, layers, max_length, compat, batch_tokens, shard, n_shards
+    )
     table = wide_scores(long, layer)
     table.to_parquet(out_parquet, index=False)
     print(
-        f"scored {len(table)} assistant turns of {len(conversations)} conversations; "
+        f"shard {shard + 1}/{n_shards}: scored {len(table)} assistant turns of {len(conversations)} conversations; "
         f"{int(table['truncated'].sum())} truncated; mean score {table['score'].mean():.4f}"
     )
     return table
+
+
+def gather_scores(shard_parquets: list[str], out_parquet: str) -> pd.DataFrame:
+    """Shards back in the conversations' order: the same table one-shard scoring writes."""
+    frame = pd.concat([pd.read_parquet(path) for path in shard_parquets], ignore_index=True)
+    frame = frame.sort_values(["conversation_index", "turn"], kind="stable").drop(columns="conversation_index")
+    frame = frame.reset_index(drop=True)
+    frame.to_parquet(out_parquet, index=False)
+    return frame

@@ -21,6 +21,12 @@ TINY_DIR = "results/models/base/tiny"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
 ENV = "../../envs/ctxaware.yaml"
+LAYER_STUDY = dict(config["report"]["layer_agreement"])
+LAYER_STUDY["dataset"] = LAYER_STUDY["dataset"] or next(iter(DATASETS))
+
+
+scattergather:
+    score=SCORING["shards"],
 
 
 def _check_references():
@@ -57,6 +63,16 @@ wildcard_constraints:
     beta="[0-9.]+",
     task="|".join(["nih", "squad", "quac", "drop", "mtbench"]),
     seed=re.escape(SEED_NAME),
+
+
+def canonical(value):
+    """Dicts with sorted keys, recursively: params compare by value, so reordering keys in a config file
+    must not look like a change and rerun jobs."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
 
 
 def base_source(model):
@@ -98,7 +114,7 @@ def recipe_for(wildcards):
     epochs = DATASETS[wildcards.dataset]["epochs"]
     if epochs is not None:
         recipe["epochs"] = epochs
-    return recipe
+    return canonical(recipe)
 
 
 def task_settings(task, model, dataset):
@@ -115,7 +131,10 @@ def task_settings(task, model, dataset):
 
 
 def evaluation_settings(wildcards):
-    return {t: task_settings(t, wildcards.model, wildcards.dataset) for t in TASKS}
+    return {
+        t: canonical(task_settings(t, wildcards.model, wildcards.dataset))
+        for t in TASKS
+    }
 
 
 def evaluation_files(wildcards):

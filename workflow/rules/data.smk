@@ -12,7 +12,7 @@ rule build_tiny_model:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
     params:
-        settings={k: v for k, v in config["tiny"].items() if k != "corpus"},
+        settings=canonical({k: v for k, v in config["tiny"].items() if k != "corpus"}),
     script:
         "../scripts/build_tiny_model.py"
 

@@ -25,7 +25,9 @@ rule table4:
 rule table3:
     """Share of assistant turns tagged per dataset at each beta (paper Table 3)."""
     input:
-        scores=expand(rules.score_turns.output.scores, dataset=DATASETS, seed=SEED_NAME),
+        scores=expand(
+            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+        ),
     output:
         csv=report(
             "results/tables/table3.csv",
@@ -77,3 +79,47 @@ rule threshold_ablation:
         ENV
     script:
         "../scripts/threshold_ablation.py"
+
+
+rule layer_agreement:
+    """Disagreement of the top-scored subsets and score RMSE between every pair of layers (paper Figure 5)."""
+    input:
+        scores=expand(rules.score_layers.output.scores, seed=SEED_NAME),
+    output:
+        csv="results/tables/layer_agreement.csv",
+        png=report(
+            "results/figures/layer_agreement.png",
+            caption="../report/layer_agreement.rst",
+            category="Scoring",
+        ),
+    log:
+        "results/logs/layer_agreement.log",
+    conda:
+        ENV
+    params:
+        top_fraction=LAYER_STUDY["top_fraction"],
+    script:
+        "../scripts/layer_agreement.py"
+
+
+rule instruction_lengths:
+    """Instruction lengths of all turns vs the turns tagged at beta, per dataset (paper Figures 6-8)."""
+    input:
+        scores=expand(
+            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+        ),
+    output:
+        png=report(
+            "results/figures/instruction_lengths.png",
+            caption="../report/instruction_lengths.rst",
+            category="Scoring",
+        ),
+    log:
+        "results/logs/instruction_lengths.log",
+    conda:
+        ENV
+    params:
+        datasets=list(DATASETS),
+        beta=config["report"]["length_beta"],
+    script:
+        "../scripts/instruction_lengths.py"

@@ -17,7 +17,7 @@ rule tag_indicator:
     input:
         data=rules.prepare_dataset.output.parquet,
         scores=expand(
-            rules.score_turns.output.scores, seed=SEED_NAME, allow_missing=True
+            rules.gather_scores.output.scores, seed=SEED_NAME, allow_missing=True
         ),
     output:
         sft="results/sft/{dataset}/indicator-{beta}.parquet",

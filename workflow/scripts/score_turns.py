@@ -3,12 +3,15 @@ from ctxaware.smk import job
 
 with job(snakemake):
     p = snakemake.params
+    item, n_shards = map(int, snakemake.wildcards.scatteritem.split("-of-"))
     score_file(
         p.seed_model,
         snakemake.input.data,
-        snakemake.output.scores,
+        snakemake.output.shard,
         layer=p.layer,
         max_length=p.max_length,
         compat=p.compat,
         batch_tokens=p.batch_tokens,
+        shard=item - 1,
+        n_shards=n_shards,
     )

@@ -66,9 +66,7 @@ PROMPTS = {
 
 def _is_str_list(value, length: int | None = None) -> bool:
     return (
-        isinstance(value, list)
-        and all(isinstance(v, str) for v in value)
-        and (length is None or len(value) == length)
+        isinstance(value, list) and all(isinstance(v, str) for v in value) and (length is None or len(value) == length)
     )
 
 
@@ -124,8 +122,12 @@ def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
     if turn == 1:
         fields = {"question": question["turns"][0], "answer": answers[0]}
     else:
-        fields = {"question_1": question["turns"][0], "question_2": question["turns"][1],
-                  "answer_1": answers[0], "answer_2": answers[1]}
+        fields = {
+            "question_1": question["turns"][0],
+            "question_2": question["turns"][1],
+            "answer_1": answers[0],
+            "answer_2": answers[1],
+        }
     if use_ref:
         fields |= {f"ref_answer_{i + 1}": references[i] for i in range(turn)}
     prompt = PROMPTS[name]
