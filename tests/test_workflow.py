@@ -101,7 +101,13 @@ def test_figures_and_eval_files_exist(embedded_run):
     figures = list((embedded_run / "results/figures/nih").rglob("*.png"))
     config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
     assert len(figures) == len(configured_grid(config))
-    assert (embedded_run / "results/figures/threshold_ablation.png").exists()
+    for figure in ("threshold_ablation", "layer_agreement", "instruction_lengths"):
+        assert (embedded_run / f"results/figures/{figure}.png").stat().st_size > 0
+    agreement = pd.read_csv(embedded_run / "results/tables/layer_agreement.csv")
+    assert set(agreement["layer_a"]) == set(range(4))  # every layer of the tiny seed model
+    assert agreement["disagreement"].between(0, 1).all() and (agreement["rmse"] >= 0).all()
+    diagonal = agreement[agreement["layer_a"] == agreement["layer_b"]]
+    assert (diagonal["disagreement"] == 0).all() and (diagonal["rmse"] == 0).all()
     nih = pd.read_json(embedded_run / "results/eval/tiny/sharegpt/indicator-0.6/nih.generations.jsonl", lines=True)
     assert len(nih) == 9 and nih["prompt_tokens"].gt(0).all()
 
@@ -138,6 +144,7 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     for rule, _ in planned_jobs(output):
         counts[rule] = counts.get(rule, 0) + 1
     assert counts["finetune"] == 3 * 3 * 2
+    assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * 2  # one job per model runs its five benchmarks
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert "build_tiny_model" not in counts
@@ -193,3 +200,12 @@ def test_indicator_models_get_ind_on_every_query_and_vanilla_never(embedded_run)
             assert len(records) > 0
             assert records["prompt"].str.endswith(" [IND]").all() == expected, (task, method)
             assert records["prompt"].str.contains(r"\[IND\]").any() == expected, (task, method)
+
+
+def test_scoring_scatters_into_the_requested_number_of_shards(tmp_path):
+    workdir = copy_workflow(tmp_path / "shards")
+    output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml", "--set-scatter", "score=4")
+    jobs = planned_jobs(output)
+    shards = sorted(path for rule, path in jobs if rule == "score_turns")
+    assert len(shards) == 12 and shards[0].endswith("shard-1-of-4.parquet")
+    assert sum(rule == "gather_scores" for rule, _ in jobs) == 3
