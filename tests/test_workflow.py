@@ -205,7 +205,7 @@ def test_indicator_models_get_ind_on_every_query_and_vanilla_never(embedded_run)
 def test_scoring_scatters_into_the_requested_number_of_shards(tmp_path):
     workdir = copy_workflow(tmp_path / "shards")
     output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml", "--set-scatter", "score=4")
-    jobs = planned_jobs(output)
+    jobs = planned_jobs(output.stdout)
     shards = sorted(path for rule, path in jobs if rule == "score_turns")
     assert len(shards) == 12 and shards[0].endswith("shard-1-of-4.parquet")
     assert sum(rule == "gather_scores" for rule, _ in jobs) == 3
