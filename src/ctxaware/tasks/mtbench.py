@@ -151,9 +151,9 @@ def load_question_source(source: str, limit: int | None = None) -> list[dict]:
     """Questions from a question.jsonl file, or from the hub's mt_bench_prompts (clusters)."""
     if Path(source).exists():
         return load_questions(source, limit)
-    from datasets import load_dataset
+    from ctxaware.data import load_raw
 
-    rows = [from_prompts_row(row) for row in load_dataset(source, split="train")]
+    rows = [from_prompts_row(row) for row in load_raw(source, split="train")]
     for index, row in enumerate(rows):
         problem = _check_row(row)
         if problem:

@@ -2,35 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from ctxaware.data import load_raw
 
 CANNOTANSWER = "CANNOTANSWER"
-
-
-def load_rows(source: str, split: str = "validation", hub_config: str | None = None) -> list[dict]:
-    """Rows from a local json/jsonl/parquet file, or a hub dataset id through datasets (clusters)."""
-    path = Path(source)
-    if path.exists():
-        if path.suffix == ".parquet":
-            import pandas as pd
-
-            return pd.read_parquet(path).to_dict("records")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            rows = []
-            for number, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{source} line {number}: not valid JSON ({error})") from error
-            return rows
-        data = json.loads(text)
-        return data["data"] if isinstance(data, dict) and "data" in data else data
-    from datasets import load_dataset
-
-    return list(load_dataset(source, hub_config, split=split))
 
 
 def _field(row: dict, key: str, source: str, index: int):
@@ -91,6 +65,6 @@ ITEMS = {"squad": squad_items, "quac": quac_items, "drop": drop_items}
 
 
 def load_items(task: str, settings: dict) -> list[dict]:
-    rows = load_rows(settings["source"], settings.get("split", "validation"), settings.get("hub_config"))
+    rows = load_raw(settings["source"], settings.get("split", "validation"), settings.get("hub_config"))
     items = ITEMS[task](rows, settings["source"])
     return items[: settings["limit"]] if settings.get("limit") else items
