@@ -174,16 +174,18 @@ def sft_input(wildcards):
     return rules.tag_indicator.output.sft.format(dataset=wildcards.dataset, beta=beta)
 
 
-def eval_results(task_filter=None):
+def eval_results():
     return [
         EVAL_RESULT.format(model=m, dataset=d, method=x, task=t)
         for d, m, x in grid()
         for t in TASKS
-        if task_filter is None or t == task_filter
     ]
 
 
 def nih_heatmaps():
     if "nih" not in TASKS:
         return []
-    return [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in grid()]
+    return [
+        rules.nih_heatmap.output.png.format(model=m, dataset=d, method=x)
+        for d, m, x in grid()
+    ]
