@@ -62,11 +62,13 @@ def test_qlora_modules_are_bitsandbytes_4bit(tiny_model_dir):
     assert isinstance(peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)
 
 
-def test_qlora_finetune_trains_adapter_and_indicator_row(tiny_model_dir, train_parquet, tmp_path):
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_adapter_finetune_trains_adapter_and_indicator_row(tiny_model_dir, train_parquet, tmp_path, method):
     out, checkpoints = tmp_path / "model", tmp_path / "checkpoints"
-    log = finetune(tiny_model_dir, train_parquet, str(out), str(checkpoints), RECIPE, with_indicator=True)
+    recipe = dict(RECIPE, method=method)
+    log = finetune(tiny_model_dir, train_parquet, str(out), str(checkpoints), recipe, with_indicator=True)
     info = json.loads((out / MODEL_INFO).read_text())
-    assert info["adapter"] and info["recipe"] == "qlora" and log["global_step"] == 2
+    assert info["adapter"] and info["recipe"] == method and log["global_step"] == 2
     assert not checkpoints.exists()  # removed once the model is saved
     adapter = load_file(out / "adapter_model.safetensors")
     assert any("lora_A" in k for k in adapter) and any("trainable_tokens" in k for k in adapter)
