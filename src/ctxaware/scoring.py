@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from dataclasses import dataclass
 
 import pandas as pd
@@ -37,11 +38,19 @@ class Plan:
     turns: list[Turn]
 
 
-def _separator_ids(tokenizer, ids: list[int]) -> set[int]:
-    """Newline, BOS and EOS token ids: the original excluded them from the user set."""
-    special = {tokenizer.bos_token_id, tokenizer.eos_token_id}
-    newline = {i for i in set(ids) if "\n" in tokenizer.decode([i]) and not tokenizer.decode([i]).strip()}
-    return (special | newline) - {None}
+_SEPARATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _separator_ids(tokenizer) -> set[int]:
+    """Newline, BOS and EOS token ids: the original excluded them from the user set.
+
+    Found once per tokenizer over its vocabulary, not once per conversation (datasets have ~10^5 of them).
+    """
+    if tokenizer not in _SEPARATORS:
+        texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))}
+        newline = {i for i, text in texts.items() if "\n" in text and not text.strip()}
+        _SEPARATORS[tokenizer] = (newline | {tokenizer.bos_token_id, tokenizer.eos_token_id}) - {None}
+    return _SEPARATORS[tokenizer]
 
 
 def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: str = "none") -> Plan:
@@ -54,7 +63,7 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     encoded = encode_with_spans(tokenizer, conversation["messages"], max_length=max_length)
     n = len(encoded.input_ids)
     user_mask = [False] * n
-    excluded = _separator_ids(tokenizer, encoded.input_ids) if compat == "original" else set()
+    excluded = _separator_ids(tokenizer) if compat == "original" else set()
     turns: list[Turn] = []
     instruction_tokens = 0
     for span in encoded.spans:
