@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from ctxaware import IND_TOKEN
 from ctxaware.chat import encode_with_spans, prepare_tokenizer
 from ctxaware.methods import training_recipe
-from ctxaware.modeling import MODEL_INFO, load_model, load_tokenizer, resize_embeddings_with_mean
+from ctxaware.modeling import MODEL_INFO, add_token_rows, load_model, load_tokenizer
 from ctxaware.training import _load_base, _peft_model, build_trainer, finetune, gradient_accumulation, launch_finetune
 
 RECIPE = dict(
@@ -67,7 +67,7 @@ def test_qlora_modules_are_bitsandbytes_4bit(tiny_model_dir):
 def _base_with_indicator_row(base_dir, tokenizer):
     """The base model as training starts: vocabulary grown by [IND], its rows at the mean."""
     base, _ = load_model(base_dir)
-    resize_embeddings_with_mean(base, len(tokenizer))
+    add_token_rows(base, len(tokenizer), [tokenizer.convert_tokens_to_ids(IND_TOKEN)])
     return base
 
 
@@ -252,7 +252,7 @@ def test_other_model_families_fine_tune_with_the_indicator(tiny_model_dir, train
     tokenizer = load_tokenizer(tiny_model_dir)
     config = AutoConfig.for_model(
         family,
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) + (7 if tied else 0),  # Qwen pads its embedding beyond the tokenizer
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

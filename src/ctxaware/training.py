@@ -15,7 +15,7 @@ import torch
 
 from ctxaware import IND_TOKEN
 from ctxaware.chat import prepare_tokenizer, with_system
-from ctxaware.modeling import MODEL_INFO, default_device, load_tokenizer, resize_embeddings_with_mean
+from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, load_tokenizer
 
 RECIPES = ("full", "lora", "qlora")
 
@@ -144,8 +144,8 @@ def build_trainer(
     dataset = Dataset.from_list([{"messages": with_system(list(messages))} for messages in frame["messages"]])
 
     model = _load_base(base, recipe, device)
-    resize_embeddings_with_mean(model, len(tokenizer))
     indicator_id = tokenizer.convert_tokens_to_ids(IND_TOKEN) if with_indicator else None
+    add_token_rows(model, len(tokenizer), [indicator_id] if with_indicator else [])
     adapter = recipe["method"] in ("lora", "qlora")
     if adapter:
         model = _peft_model(model, recipe, indicator_id)
