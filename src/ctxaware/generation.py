@@ -61,6 +61,10 @@ class GenerationCache:
 
 
 class Generator:
+    """The transformers backend: greedy `model.generate` over left-padded batches of length-sorted prompts."""
+
+    backend = "transformers"
+
     def __init__(self, model, tokenizer, batch_tokens: int = 8192, cache_path: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.batch_tokens = batch_tokens
@@ -75,18 +79,25 @@ class Generator:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str] | None = None) -> list[str]:
+        """Greedy continuations of token-id prompts, cut at the first stop string; cached prompts are not rerun."""
         stops = stops or []
         settings = {"max_new_tokens": max_new_tokens, "stops": stops}
+        if self.backend != "transformers":  # another engine's outputs never stand in for this one's
+            settings["backend"] = self.backend
         keys = [GenerationCache.key(p, settings) for p in prompts]
         missing = [i for i, k in enumerate(keys) if k not in self.cache.entries]
         # the batch budget counts the tokens a sequence will reach, prompt plus new tokens
         budget_lengths = [len(prompts[i]) + max_new_tokens for i in missing]
-        for batch in token_budget_batches(budget_lengths, self.batch_tokens):
+        for batch in self._batches(budget_lengths):
             indices = [missing[j] for j in batch]
             outputs = self._generate_batch([prompts[i] for i in indices], max_new_tokens, stops)
             self.cache.add([(keys[i], out) for i, out in zip(indices, outputs, strict=True)])
             self.n_generated += len(indices)
         return [self.cache.entries[k] for k in keys]
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Index batches over length-sorted prompts within the token budget (cache writes follow each batch)."""
+        return token_budget_batches(lengths, self.batch_tokens)
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str]) -> list[str]:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from ctxaware.tasks.nih import resolve_template
+
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DATASETS = config["datasets"]
@@ -124,6 +126,7 @@ def task_settings(task, model, dataset):
     if task == "nih":
         caps = [MODELS[model]["nih_max_context"], DATASETS[dataset]["nih_max_context"]]
         settings["max_context"] = min(c for c in caps if c is not None)
+        settings["prompt_template"] = resolve_template(settings["prompt_template"])
     elif task in ("squad", "quac", "drop"):
         style = DATASETS[dataset]["qa_prompt_style"]
         settings["prompt_template"] = EVALUATION["qa_prompts"][style][task]
@@ -137,6 +140,13 @@ def evaluation_settings(wildcards):
     }
 
 
+def evaluation_engine():
+    """The generation backend; vLLM settings only when vLLM is chosen, so they never rerun other backends."""
+    if EVALUATION["backend"] == "vllm":
+        return canonical({"backend": "vllm", "vllm": EVALUATION["vllm"]})
+    return {"backend": EVALUATION["backend"]}
+
+
 def evaluation_files(wildcards):
     """Local files the evaluations read (editing one reruns them); hub ids are not files."""
     paths = []
@@ -145,6 +155,8 @@ def evaluation_files(wildcards):
             paths.append(settings["haystack_dir"])
         elif task == "mtbench":
             paths.append(settings["questions"])
+            if settings["references"]:
+                paths.append(settings["references"])
             if settings["judge"]["backend"] == "local":
                 paths.append(settings["judge"]["model"])
         else:
