@@ -1,3 +1,10 @@
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ctxaware.evaluation import evaluate_all
 from ctxaware.generation import GenerationCache, Generator, cut_at_stops
 from ctxaware.modeling import load_model
 
@@ -42,3 +49,96 @@ def test_cache_resumes_only_missing_prompts(tiny_model_dir, tmp_path):
 def test_cut_at_stops():
     assert cut_at_stops("Answer.</s> more", ["</s>", "\n\n"]) == "Answer."
     assert cut_at_stops("no stop", ["</s>"]) == "no stop"
+
+
+# A child process that runs a real evaluation and SIGKILLs itself when the engine starts its batch number
+# KILL_AT (batches before it are generated and cached, as in a job killed by the scheduler mid-run).
+KILLED_CHILD = """
+import json, os, signal, sys
+from ctxaware.evaluation import evaluate_all
+from ctxaware.generation import Generator
+
+kill_at, args = int(sys.argv[1]), json.loads(sys.argv[2])
+original, calls = Generator._generate_batch, []
+
+def generate_then_die(self, *a, **k):
+    calls.append(1)
+    if len(calls) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, *a, **k)
+
+Generator._generate_batch = generate_then_die
+evaluate_all(**args)
+"""
+
+
+def _evaluation_args(model_dir, out: Path, cache_dir: Path | None) -> dict:
+    root = Path(__file__).resolve().parents[1]
+    settings = {
+        "nih": {
+            "haystack_dir": str(root / "resources" / "haystack"),
+            "needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+            "question": "What is the best thing to do in San Francisco?",
+            "keywords": ["eat", "sandwich", "sit", "dolores", "park", "sunny", "day"],
+            "min_context": 60,
+            "max_context": 160,
+            "n_lengths": 3,
+            "n_depths": 3,
+            "max_new_tokens": 8,
+            "prompt_template": "assistant-document",
+            "metric": "exact",
+            "use_chat_template": True,
+            "response_prefix": "",
+            "batch_tokens": 500,
+        },
+        "squad": {
+            "source": str(root / "resources" / "eval" / "squad.jsonl"),
+            "limit": 6,
+            "max_new_tokens": 8,
+            "prompt_template": "{context}\nAnswer the question according to the above passage: {question}",
+            "metric": "containment",
+            "batch_tokens": 900,
+        },
+    }
+    return {
+        "model_dir": model_dir,
+        "settings_by_task": settings,
+        "with_indicator": False,
+        "out_json": {t: str(out / f"{t}.json") for t in settings},
+        "out_generations": {t: str(out / f"{t}.generations.jsonl") for t in settings},
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    }
+
+
+def _cached(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_killed_evaluation_resumes_at_the_missing_prompts(tiny_model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    args = _evaluation_args(tiny_model_dir, tmp_path / "killed", cache)
+    kill_at = 4  # nih runs first; its batches fill the first calls, the kill may land in either task
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CHILD, str(kill_at), json.dumps(args)], capture_output=True, text=True
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    done = {task: _cached(cache / f"{task}.jsonl") for task in ("nih", "squad")}
+    print("cached before the rerun:", done)
+    assert 0 < sum(done.values()) < 9 + 6  # some prompts were generated and cached, not all
+    assert not Path(args["out_json"]["squad"]).exists()  # the killed job wrote no final result
+
+    resumed = evaluate_all(**args)
+    assert {t: r["n_generated"] for t, r in resumed.items()} == {"nih": 9 - done["nih"], "squad": 6 - done["squad"]}
+    assert {t: r["n"] for t, r in resumed.items()} == {"nih": 9, "squad": 6}
+
+    fresh_args = _evaluation_args(tiny_model_dir, tmp_path / "uninterrupted", tmp_path / "fresh-cache")
+    fresh = evaluate_all(**fresh_args)
+    assert {t: r["n_generated"] for t, r in fresh.items()} == {"nih": 9, "squad": 6}
+    for task in ("nih", "squad"):
+        assert Path(args["out_generations"][task]).read_text() == Path(fresh_args["out_generations"][task]).read_text()
+        same = {k: v for k, v in resumed[task].items() if k != "n_generated"}
+        assert same == {k: v for k, v in fresh[task].items() if k != "n_generated"}
+    # the actual prompt length of every NIH cell is recorded
+    records = [json.loads(line) for line in Path(args["out_generations"]["nih"]).read_text().splitlines()]
+    assert sorted({r["length"] for r in records}) == [60, 110, 160]
+    assert all(r["prompt_tokens"] > r["length"] for r in records)
