@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 from ctxaware.evaluation import evaluate_all
-from ctxaware.generation import GenerationCache, Generator, cut_at_stops
+from ctxaware.generation import GenerationCache, Generator, cut_at_stops, prefill_plan, shared_prefixes
 from ctxaware.modeling import load_model
+from ctxaware.tasks import nih
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -27,6 +28,53 @@ def test_batched_and_one_at_a_time_greedy_outputs_are_identical(tiny_model_dir):
     prompts = _prompts(batched)
     assert len({len(p) for p in prompts}) > 1  # different lengths, so left padding is exercised
     assert batched.generate_ids(prompts, 12) == single.generate_ids(prompts, 12)
+
+
+def test_shared_prefixes_pick_the_prompt_the_batch_shares_most():
+    prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9], [1, 2, 7]]
+    # spine 0 shares 5 + 3 + 2 (each capped at its length - 1: the last token runs with the batch)
+    assert shared_prefixes(prompts) == (0, [5, 3, 2])
+    assert shared_prefixes([[4, 5], [6, 7, 8]]) == (1, [0, 2])  # a spine shares its own prefix too
+    long = [1] * 40
+    assert prefill_plan([long + [2] * 10, long + [3] * 10]) == (0, [49, 40])
+    assert prefill_plan([[1, 2, 3], [4, 5, 6]]) is None  # nothing shared, nothing padded: the plain batch
+    assert prefill_plan([long + [2] * 10]) is None
+    # nothing shared but very unequal lengths: row by row avoids the padding
+    assert prefill_plan([[5] * 100, [6] * 10, [7] * 10]) == (0, [99, 0, 0])
+
+
+def _nih_prompts(generator, haystack_dir) -> list[list[int]]:
+    settings = {
+        "haystack_dir": str(haystack_dir),
+        "needle": "The best thing to do in San Francisco is eat a sandwich.",
+        "question": "What is the best thing to do in San Francisco?",
+        "min_context": 40,
+        "n_lengths": 3,
+        "n_depths": 3,
+        "prompt_template": "assistant-document",
+    }
+    cases = nih.build_cases(generator.tokenizer, settings, max_context=160)
+    return [generator.encode_chat([{"role": "user", "content": c["prompt"]}]) for c in cases]
+
+
+def test_shared_prefix_prefill_gives_the_one_at_a_time_outputs(tiny_model_dir, tmp_path):
+    (tmp_path / "essay.txt").write_text(
+        "The river runs through the old town. A quick brown fox jumps over the lazy dog. " * 30
+    )
+    model, tokenizer = load_model(tiny_model_dir)
+    shared = Generator(model, tokenizer, batch_tokens=10_000)
+    prompts = _nih_prompts(shared, tmp_path)
+    assert prefill_plan(prompts) is not None  # one haystack, the needle at several depths: a long shared prefix
+    padded = Generator(model, tokenizer, batch_tokens=10_000, share_prefixes=False)
+    single = Generator(model, tokenizer, batch_tokens=1)
+    for stops in ([], ["."]):
+        expected = single.generate_ids(prompts, 10, stops)
+        assert shared.generate_ids(prompts, 10, stops) == expected
+        assert padded.generate_ids(prompts, 10, stops) == expected
+    assert shared.n_row_prefilled == 2 * len(prompts) and padded.n_row_prefilled == single.n_row_prefilled == 0
+    # a one-token prompt beside long ones: nothing of it to prefill
+    odd = [prompts[-1], prompts[-1][:1]]
+    assert prefill_plan(odd) is not None and shared.generate_ids(odd, 6) == single.generate_ids(odd, 6)
 
 
 def test_cache_resumes_only_missing_prompts(tiny_model_dir, tmp_path):
