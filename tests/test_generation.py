@@ -1,5 +1,13 @@
-from ctxaware.generation import GenerationCache, Generator, cut_at_stops
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ctxaware.evaluation import evaluate_all
+from ctxaware.generation import GenerationCache, Generator, cut_at_stops, prefill_plan, shared_prefixes
 from ctxaware.modeling import load_model
+from ctxaware.tasks import nih
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -22,6 +30,53 @@ def test_batched_and_one_at_a_time_greedy_outputs_are_identical(tiny_model_dir):
     assert batched.generate_ids(prompts, 12) == single.generate_ids(prompts, 12)
 
 
+def test_shared_prefixes_pick_the_prompt_the_batch_shares_most():
+    prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9], [1, 2, 7]]
+    # spine 0 shares 5 + 3 + 2 (each capped at its length - 1: the last token runs with the batch)
+    assert shared_prefixes(prompts) == (0, [5, 3, 2])
+    assert shared_prefixes([[4, 5], [6, 7, 8]]) == (1, [0, 2])  # a spine shares its own prefix too
+    long = [1] * 40
+    assert prefill_plan([long + [2] * 10, long + [3] * 10]) == (0, [49, 40])
+    assert prefill_plan([[1, 2, 3], [4, 5, 6]]) is None  # nothing shared, nothing padded: the plain batch
+    assert prefill_plan([long + [2] * 10]) is None
+    # nothing shared but very unequal lengths: row by row avoids the padding
+    assert prefill_plan([[5] * 100, [6] * 10, [7] * 10]) == (0, [99, 0, 0])
+
+
+def _nih_prompts(generator, haystack_dir) -> list[list[int]]:
+    settings = {
+        "haystack_dir": str(haystack_dir),
+        "needle": "The best thing to do in San Francisco is eat a sandwich.",
+        "question": "What is the best thing to do in San Francisco?",
+        "min_context": 40,
+        "n_lengths": 3,
+        "n_depths": 3,
+        "prompt_template": "assistant-document",
+    }
+    cases = nih.build_cases(generator.tokenizer, settings, max_context=160)
+    return [generator.encode_chat([{"role": "user", "content": c["prompt"]}]) for c in cases]
+
+
+def test_shared_prefix_prefill_gives_the_one_at_a_time_outputs(tiny_model_dir, tmp_path):
+    (tmp_path / "essay.txt").write_text(
+        "The river runs through the old town. A quick brown fox jumps over the lazy dog. " * 30
+    )
+    model, tokenizer = load_model(tiny_model_dir)
+    shared = Generator(model, tokenizer, batch_tokens=10_000)
+    prompts = _nih_prompts(shared, tmp_path)
+    assert prefill_plan(prompts) is not None  # one haystack, the needle at several depths: a long shared prefix
+    padded = Generator(model, tokenizer, batch_tokens=10_000, share_prefixes=False)
+    single = Generator(model, tokenizer, batch_tokens=1)
+    for stops in ([], ["."]):
+        expected = single.generate_ids(prompts, 10, stops)
+        assert shared.generate_ids(prompts, 10, stops) == expected
+        assert padded.generate_ids(prompts, 10, stops) == expected
+    assert shared.n_row_prefilled == 2 * len(prompts) and padded.n_row_prefilled == single.n_row_prefilled == 0
+    # a one-token prompt beside long ones: nothing of it to prefill
+    odd = [prompts[-1], prompts[-1][:1]]
+    assert prefill_plan(odd) is not None and shared.generate_ids(odd, 6) == single.generate_ids(odd, 6)
+
+
 def test_cache_resumes_only_missing_prompts(tiny_model_dir, tmp_path):
     model, tokenizer = load_model(tiny_model_dir)
     cache = tmp_path / "cache.jsonl"
@@ -42,3 +97,96 @@ def test_cache_resumes_only_missing_prompts(tiny_model_dir, tmp_path):
 def test_cut_at_stops():
     assert cut_at_stops("Answer.</s> more", ["</s>", "\n\n"]) == "Answer."
     assert cut_at_stops("no stop", ["</s>"]) == "no stop"
+
+
+# A child process that runs a real evaluation and SIGKILLs itself when the engine starts its batch number
+# KILL_AT (batches before it are generated and cached, as in a job killed by the scheduler mid-run).
+KILLED_CHILD = """
+import json, os, signal, sys
+from ctxaware.evaluation import evaluate_all
+from ctxaware.generation import Generator
+
+kill_at, args = int(sys.argv[1]), json.loads(sys.argv[2])
+original, calls = Generator._generate_batch, []
+
+def generate_then_die(self, *a, **k):
+    calls.append(1)
+    if len(calls) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, *a, **k)
+
+Generator._generate_batch = generate_then_die
+evaluate_all(**args)
+"""
+
+
+def _evaluation_args(model_dir, out: Path, cache_dir: Path | None) -> dict:
+    root = Path(__file__).resolve().parents[1]
+    settings = {
+        "nih": {
+            "haystack_dir": str(root / "resources" / "haystack"),
+            "needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+            "question": "What is the best thing to do in San Francisco?",
+            "keywords": ["eat", "sandwich", "sit", "dolores", "park", "sunny", "day"],
+            "min_context": 60,
+            "max_context": 160,
+            "n_lengths": 3,
+            "n_depths": 3,
+            "max_new_tokens": 8,
+            "prompt_template": "assistant-document",
+            "metric": "exact",
+            "use_chat_template": True,
+            "response_prefix": "",
+            "batch_tokens": 500,
+        },
+        "squad": {
+            "source": str(root / "resources" / "eval" / "squad.jsonl"),
+            "limit": 6,
+            "max_new_tokens": 8,
+            "prompt_template": "{context}\nAnswer the question according to the above passage: {question}",
+            "metric": "containment",
+            "batch_tokens": 900,
+        },
+    }
+    return {
+        "model_dir": model_dir,
+        "settings_by_task": settings,
+        "with_indicator": False,
+        "out_json": {t: str(out / f"{t}.json") for t in settings},
+        "out_generations": {t: str(out / f"{t}.generations.jsonl") for t in settings},
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    }
+
+
+def _cached(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_killed_evaluation_resumes_at_the_missing_prompts(tiny_model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    args = _evaluation_args(tiny_model_dir, tmp_path / "killed", cache)
+    kill_at = 4  # nih runs first; its batches fill the first calls, the kill may land in either task
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CHILD, str(kill_at), json.dumps(args)], capture_output=True, text=True
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    done = {task: _cached(cache / f"{task}.jsonl") for task in ("nih", "squad")}
+    print("cached before the rerun:", done)
+    assert 0 < sum(done.values()) < 9 + 6  # some prompts were generated and cached, not all
+    assert not Path(args["out_json"]["squad"]).exists()  # the killed job wrote no final result
+
+    resumed = evaluate_all(**args)
+    assert {t: r["n_generated"] for t, r in resumed.items()} == {"nih": 9 - done["nih"], "squad": 6 - done["squad"]}
+    assert {t: r["n"] for t, r in resumed.items()} == {"nih": 9, "squad": 6}
+
+    fresh_args = _evaluation_args(tiny_model_dir, tmp_path / "uninterrupted", tmp_path / "fresh-cache")
+    fresh = evaluate_all(**fresh_args)
+    assert {t: r["n_generated"] for t, r in fresh.items()} == {"nih": 9, "squad": 6}
+    for task in ("nih", "squad"):
+        assert Path(args["out_generations"][task]).read_text() == Path(fresh_args["out_generations"][task]).read_text()
+        same = {k: v for k, v in resumed[task].items() if k != "n_generated"}
+        assert same == {k: v for k, v in fresh[task].items() if k != "n_generated"}
+    # the actual prompt length of every NIH cell is recorded
+    records = [json.loads(line) for line in Path(args["out_generations"]["nih"]).read_text().splitlines()]
+    assert sorted({r["length"] for r in records}) == [60, 110, 160]
+    assert all(r["prompt_tokens"] > r["length"] for r in records)

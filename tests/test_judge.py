@@ -3,11 +3,18 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from ctxaware.judge import JudgeError, JudgmentCache, OpenAIJudge, grade, summarize
-from ctxaware.tasks.mtbench import PROMPTS, judge_messages, load_questions
+from ctxaware.tasks.mtbench import (
+    PROMPTS,
+    judge_messages,
+    load_question_source,
+    load_questions,
+    load_references,
+)
 
 WRITING = {"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Make it a limerick."]}
 MATH = {
@@ -287,3 +294,82 @@ def test_load_questions_bad_row_names_file_and_line(tmp_path, bad_row, message):
     with pytest.raises(ValueError, match=message) as info:
         load_questions(str(path))
     assert str(path) in str(info.value) and "line 2" in str(info.value)
+
+
+def _reference_row(qid, turns, model_id="gpt-4"):
+    """A row of FastChat's data/mt_bench/reference_answer/gpt-4.jsonl."""
+    return {"question_id": qid, "answer_id": f"a{qid}", "model_id": model_id, "choices": [{"index": 0, "turns": turns}]}
+
+
+def test_reference_file_is_merged_by_question_id_and_guides_the_judge(tmp_path):
+    questions = tmp_path / "question.jsonl"
+    coding = {"question_id": 125, "category": "coding", "turns": ["Write f.", "Make it faster."]}
+    rows = [WRITING, MATH, coding, {**MATH, "question_id": 112, "reference": ["inline 1", "inline 2"]}]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    references = tmp_path / "gpt-4.jsonl"
+    references.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                _reference_row(125, ["def f(): ...", "def f(): return 1"]),
+                _reference_row(112, ["file 1", "file 2"]),
+                _reference_row(999, ["no such question", "-"]),
+            ]
+        )
+    )
+    assert load_references(str(references))["125"] == ["def f(): ...", "def f(): return 1"]
+    merged = {q["question_id"]: q for q in load_question_source(str(questions), references=str(references))}
+    assert "reference" not in merged[81]  # a writing question without a reference stays without one
+    assert merged[111]["reference"] == MATH["reference"]  # inline reference kept where the file has none
+    assert merged[112]["reference"] == ["file 1", "file 2"]  # the file replaces an inline reference
+    assert merged[125]["reference"] == ["def f(): ...", "def f(): return 1"]
+    _, user = judge_messages(merged[125], ANSWERS, 1)
+    assert "[The Start of Reference Answer]\ndef f(): ...\n[The End of Reference Answer]" in user["content"]
+    _, user2 = judge_messages(merged[112], ANSWERS, 2)
+    assert "### Reference answer:\nfile 1" in user2["content"] and "### Reference answer:\nfile 2" in user2["content"]
+    # grading records which prompt was used
+    graded = grade(ScriptedJudge(["[[4]]", "[[5]]"]), merged[125], ANSWERS)
+    assert [r["judge_prompt"] for r in graded] == ["single-math-v1", "single-math-v1-multi-turn"]
+    graded = grade(ScriptedJudge(["[[4]]", "[[5]]"]), merged[81], ANSWERS)
+    assert [r["judge_prompt"] for r in graded] == ["single-v1", "single-v1-multi-turn"]
+
+
+class ScriptedJudge:
+    """A judge that answers from a list (grade() needs only .judge)."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def judge(self, messages):
+        return self.answers.pop(0)
+
+
+def test_shipped_reference_file_covers_the_default_reference_categories():
+    root = Path(__file__).resolve().parents[1] / "resources" / "eval"
+    questions = load_question_source(str(root / "mtbench.jsonl"), references=str(root / "mtbench_reference.jsonl"))
+    needing = [q for q in questions if q["category"] in ("math", "reasoning", "coding")]
+    assert needing and all(len(q["reference"]) == 2 for q in needing)
+    assert set(load_references(str(root / "mtbench_reference.jsonl"))) == {str(q["question_id"]) for q in needing}
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ('{"question_id": 3, "model_id": "gpt-4", "choices": []}', "choices"),
+        ('{"question_id": 3, "choices": [{"index": 0, "turns": "four"}]}', "turns"),
+        ('{"model_id": "gpt-4", "choices": [{"index": 0, "turns": ["a"]}]}', "question_id"),
+        (json.dumps(_reference_row(125, ["again"])), "appears twice"),
+        ("{not json", "invalid JSON"),
+    ],
+)
+def test_bad_reference_row_names_file_and_line(tmp_path, bad_row, message):
+    path = tmp_path / "gpt-4.jsonl"
+    path.write_text(json.dumps(_reference_row(125, ["a", "b"])) + "\n" + bad_row + "\n")
+    with pytest.raises(ValueError, match=message) as info:
+        load_references(str(path))
+    assert str(path) in str(info.value) and "line 2" in str(info.value)
+
+
+def test_missing_reference_file_names_the_config_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="evaluation.mtbench.references"):
+        load_references(str(tmp_path / "absent.jsonl"))

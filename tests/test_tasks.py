@@ -49,6 +49,45 @@ def test_nih_cases_hold_the_needle_at_a_sentence_boundary(tiny_model_dir, tmp_pa
         assert case["prompt"].endswith("Q: What is best?")
 
 
+def test_nih_templates_are_the_papers_table8():
+    templates = nih.NIH_TEMPLATES
+    assert len(templates) == 4 and nih.DEFAULT_TEMPLATE == "assistant-document"
+    # the default is the original code's (design.md §3), the one behind the paper's main results
+    assert nih.resolve_template("assistant-document") == (
+        "You are a helpful AI assistant that answers a question using only the provided document: "
+        "\n{context}\n\nQuestion: {question}"
+    )
+    # Table 8's wording, with its line breaks collapsed as in the paper's text
+    flat = {name: " ".join(t.split()) for name, t in templates.items()}
+    assert flat["assistant-context"] == (
+        "You are a helpful AI assistant that answers a question using only the provided context: {context} "
+        "Question: {question}"
+    )
+    assert flat["document"] == "Document: {context} Answer the question according to the provided document: {question}"
+    assert flat["context"] == "Context: {context} Answer the question according to the provided context: {question}"
+    literal = "Text: {context}\nQ: {question}"
+    assert nih.resolve_template(literal) == literal
+    with pytest.raises(ValueError, match=r"evaluation.nih.prompt_template.*\{question\}"):
+        nih.resolve_template("document-ish {context}")
+
+
+def test_nih_cases_use_a_named_template(tiny_model_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 40)
+    settings = {
+        "haystack_dir": str(tmp_path),
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 40,
+        "n_lengths": 1,
+        "n_depths": 1,
+        "prompt_template": "context",
+    }
+    [case] = nih.build_cases(load_tokenizer(tiny_model_dir), settings, max_context=40)
+    assert case["prompt"].startswith("Context: \n") and case["prompt"].endswith(
+        "\n\nAnswer the question according to the provided context: What is best?"
+    )
+
+
 def test_qa_loaders_read_the_real_schemas(tmp_path):
     squad = tmp_path / "squad.jsonl"
     squad.write_text(

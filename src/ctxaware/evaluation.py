@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ctxaware.chat import append_indicator
@@ -13,6 +16,7 @@ from ctxaware.modeling import load_model
 from ctxaware.tasks import nih, qa
 
 TASKS = ("nih", "squad", "quac", "drop", "mtbench")
+BACKENDS = ("transformers", "vllm")
 
 
 def user_message(content: str, with_indicator: bool) -> dict:
@@ -72,7 +76,7 @@ def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> t
     from ctxaware.local_judge import make_judge
     from ctxaware.tasks.mtbench import load_question_source
 
-    questions = load_question_source(settings["questions"], settings.get("limit"))
+    questions = load_question_source(settings["questions"], settings.get("limit"), settings.get("references"))
     conversations = [[] for _ in questions]
     for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
         for conversation, question in zip(conversations, questions, strict=True):
@@ -91,6 +95,32 @@ def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> t
     return {**summary, "n": len(questions)}, records
 
 
+@contextmanager
+def generators(
+    model_dir: str, engine: dict | None = None, work_dir: str | None = None
+) -> Iterator[Callable[[int, str | None], Generator]]:
+    """Load model_dir once with the backend of `engine` (config `evaluation.backend` and `evaluation.vllm`);
+    yields make(batch_tokens, cache_path) -> a Generator of that backend sharing the loaded model."""
+    engine = engine or {}
+    backend = engine.get("backend", "transformers")
+    if backend == "transformers":
+        model, tokenizer = load_model(model_dir)
+        yield lambda batch_tokens, cache_path: Generator(model, tokenizer, batch_tokens, cache_path)
+    elif backend == "vllm":
+        from ctxaware.vllm_backend import VLLMGenerator, import_vllm, load_vllm
+
+        import_vllm()  # the missing-package error before any other work
+        settings = engine.get("vllm") or {}
+        if work_dir:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=work_dir, prefix="vllm-") as work:  # a merged copy, if any
+            llm, tokenizer, lora_request = load_vllm(model_dir, settings, work)
+            chunk = settings.get("chunk_prompts", 1024)
+            yield lambda batch_tokens, cache_path: VLLMGenerator(llm, tokenizer, lora_request, chunk, cache_path)
+    else:
+        raise ValueError(f"config key evaluation.backend: {backend!r} is not one of {BACKENDS}")
+
+
 def evaluate_all(
     model_dir: str,
     settings_by_task: dict[str, dict],
@@ -98,28 +128,34 @@ def evaluate_all(
     out_json: dict[str, str],
     out_generations: dict[str, str],
     cache_dir: str | None = None,
+    engine: dict | None = None,
 ) -> dict[str, dict]:
-    """Run every task of settings_by_task on one model (loaded once); one json + jsonl per task."""
+    """Run every task of settings_by_task on one model (loaded once); one json + jsonl per task.
+
+    engine: {"backend": "transformers" | "vllm", "vllm": {...}} (config `evaluation.backend`, `evaluation.vllm`).
+    """
     unknown = set(settings_by_task) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown evaluation task(s) {sorted(unknown)}; expected some of {TASKS}")
-    model, tokenizer = load_model(model_dir)
     results = {}
-    for task, settings in settings_by_task.items():
-        cache_path = str(Path(cache_dir) / f"{task}.jsonl") if cache_dir else None
-        generator = Generator(model, tokenizer, settings["batch_tokens"], cache_path)
-        summary, records = evaluate_task(task, generator, settings, with_indicator)
-        results[task] = {
-            "task": task,
-            **summary,
-            "model_dir": model_dir,
-            "with_indicator": with_indicator,
-            "n_generated": generator.n_generated,
-            "settings": {k: v for k, v in settings.items() if k != "judge"} | {"judge": _public(settings.get("judge"))},
-        }
-        Path(out_json[task]).parent.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(out_generations[task], records)
-        Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
+    with generators(model_dir, engine, cache_dir) as make_generator:
+        for task, settings in settings_by_task.items():
+            cache_path = str(Path(cache_dir) / f"{task}.jsonl") if cache_dir else None
+            generator = make_generator(settings["batch_tokens"], cache_path)
+            summary, records = evaluate_task(task, generator, settings, with_indicator)
+            results[task] = {
+                "task": task,
+                **summary,
+                "model_dir": model_dir,
+                "with_indicator": with_indicator,
+                "backend": generator.backend,
+                "n_generated": generator.n_generated,
+                "settings": {k: v for k, v in settings.items() if k != "judge"}
+                | {"judge": _public(settings.get("judge"))},
+            }
+            Path(out_json[task]).parent.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(out_generations[task], records)
+            Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
     return results
 
 

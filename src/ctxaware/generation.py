@@ -1,5 +1,6 @@
 """One batched generation engine for every task: token-budget batches over length-sorted prompts, left
-padding, greedy decoding, stop strings, and a per-prompt cache so an interrupted evaluation resumes."""
+padding, greedy decoding, stop strings, a prefix shared by a batch's prompts prefilled once, and a per-prompt
+cache so an interrupted evaluation resumes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ctxaware.chat import render
@@ -60,12 +62,74 @@ class GenerationCache:
                 os.fsync(handle.fileno())
 
 
+MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix is not worth a separate pass
+PREFILL_GAIN = 0.85  # prefill row by row when that runs at most this fraction of the padded batch's tokens
+
+
+def shared_prefixes(prompts: list[list[int]]) -> tuple[int, list[int]]:
+    """(spine, shared): the prompt whose prefix the batch shares most, and for each prompt the number of its
+    leading tokens equal to the spine's (at most its length - 1, since the last token is run with the batch)."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), -1, dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+    limits = np.array([len(p) - 1 for p in prompts])
+    best, best_total, best_shared = 0, -1, None
+    for candidate in range(len(prompts)):
+        agree = np.cumprod(ids == ids[candidate], axis=1)  # 1 while a row still agrees with the candidate
+        shared = np.minimum(agree.sum(axis=1), np.minimum(limits, limits[candidate]))
+        if shared.sum() > best_total:
+            best, best_total, best_shared = candidate, shared.sum(), shared
+    return best, [int(s) for s in best_shared]
+
+
+def prefill_plan(prompts: list[list[int]]) -> tuple[int, list[int]] | None:
+    """(spine, shared) when prefilling row by row, the spine's shared prefix run once, costs at most
+    PREFILL_GAIN of the left-padded batch's tokens (NIH grids: one haystack, the needle at many depths;
+    batches of very unequal lengths); None when the plain padded batch is as good."""
+    if len(prompts) < 2:
+        return None
+    spine, shared = shared_prefixes(prompts)
+    if max(shared) < MIN_SHARED_PREFIX:
+        shared = [0] * len(prompts)
+    row_tokens = max(shared) + sum(len(p) - s for p, s in zip(prompts, shared, strict=True))
+    if row_tokens > PREFILL_GAIN * len(prompts) * max(len(p) for p in prompts):
+        return None
+    return spine, shared
+
+
+def _plain_cache(cache) -> bool:
+    """A cache of full-attention layers holding plain key and value tensors (what _prefill_rows can splice)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(
+        isinstance(getattr(layer, "keys", None), torch.Tensor) and not getattr(layer, "is_sliding", False)
+        for layer in layers
+    )
+
+
 class Generator:
-    def __init__(self, model, tokenizer, batch_tokens: int = 8192, cache_path: str | None = None):
+    """The transformers backend: greedy `model.generate` over left-padded batches of length-sorted prompts.
+
+    When a batch's prompts share a long prefix or differ much in length (prefill_plan), the prompts are
+    prefilled row by row without padding, the shared prefix once, and only decoding runs on the padded batch.
+    """
+
+    backend = "transformers"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_tokens: int = 8192,
+        cache_path: str | None = None,
+        share_prefixes: bool = True,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.batch_tokens = batch_tokens
+        self.share_prefixes = share_prefixes
         self.cache = GenerationCache(cache_path)
         self.n_generated = 0  # prompts actually run through the model (cache misses)
+        self.n_row_prefilled = 0  # of those, prompts prefilled row by row on a shared prefix (prefill_plan)
 
     def encode_chat(self, messages: list[dict], use_template: bool = True, response_prefix: str = "") -> list[int]:
         if use_template:
@@ -75,32 +139,41 @@ class Generator:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str] | None = None) -> list[str]:
+        """Greedy continuations of token-id prompts, cut at the first stop string; cached prompts are not rerun."""
         stops = stops or []
         settings = {"max_new_tokens": max_new_tokens, "stops": stops}
+        if self.backend != "transformers":  # another engine's outputs never stand in for this one's
+            settings["backend"] = self.backend
         keys = [GenerationCache.key(p, settings) for p in prompts]
         missing = [i for i, k in enumerate(keys) if k not in self.cache.entries]
         # the batch budget counts the tokens a sequence will reach, prompt plus new tokens
         budget_lengths = [len(prompts[i]) + max_new_tokens for i in missing]
-        for batch in token_budget_batches(budget_lengths, self.batch_tokens):
+        for batch in self._batches(budget_lengths):
             indices = [missing[j] for j in batch]
             outputs = self._generate_batch([prompts[i] for i in indices], max_new_tokens, stops)
             self.cache.add([(keys[i], out) for i, out in zip(indices, outputs, strict=True)])
             self.n_generated += len(indices)
         return [self.cache.entries[k] for k in keys]
 
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Index batches over length-sorted prompts within the token budget (cache writes follow each batch)."""
+        return token_budget_batches(lengths, self.batch_tokens)
+
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str]) -> list[str]:
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        longest = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
-            input_ids[row, longest - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, longest - len(prompt) :] = 1
+        width = max(len(p) for p in prompts)
+        # left padding: every prompt ends where generation starts
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        plan = prefill_plan(prompts) if self.share_prefixes else None
+        cache = None if plan is None else self._prefill_rows(prompts, *plan, device)
+        self.n_row_prefilled += len(prompts) if cache is not None else 0
         generated = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=cache,  # all but each row's last token, when prefilled row by row
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -109,5 +182,52 @@ class Generator:
             stop_strings=stops or None,
             tokenizer=self.tokenizer if stops else None,
         )
-        texts = self.tokenizer.batch_decode(generated[:, longest:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         return [cut_at_stops(t, stops).strip() for t in texts]
+
+    def _prefill_rows(self, prompts: list[list[int]], spine: int, shared: list[int], device):
+        """The batch's KV cache for all but each prompt's last token, built without padding: the spine's shared
+        prefix runs once, each row runs only its own rest on top of its share of it, and the rows' caches are
+        right-aligned into one batch cache (zeros under the padding, which the attention mask hides). None for
+        models whose cache is not a plain per-layer key/value cache (sliding windows, recurrent state): those
+        take the padded batch."""
+        from transformers import DynamicCache
+
+        prefix = max(shared)
+        spine_layers = None
+        if prefix:
+            out = self.model(input_ids=torch.tensor([prompts[spine][:prefix]], device=device), logits_to_keep=1)
+            if not _plain_cache(out.past_key_values):
+                return None
+            spine_layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        width = max(len(p) for p in prompts) - 1
+        batch_layers = None
+        for row, (prompt, length) in enumerate(zip(prompts, shared, strict=True)):
+            cache = DynamicCache()
+            for index, (keys, values) in enumerate(spine_layers if length else []):
+                cache.update(keys[:, :, :length], values[:, :, :length], index)
+            if len(prompt) - 1 > length:
+                rest = torch.tensor([prompt[length:-1]], device=device)
+                cache = self.model(input_ids=rest, past_key_values=cache, logits_to_keep=1).past_key_values
+                if not _plain_cache(cache):
+                    return None
+            size = len(prompt) - 1
+            if size == 0:  # a one-token prompt: nothing before its last token
+                continue
+            if batch_layers is None:
+                batch_layers = [
+                    (
+                        layer.keys.new_zeros((len(prompts), layer.keys.shape[1], width, layer.keys.shape[3])),
+                        layer.values.new_zeros((len(prompts), layer.values.shape[1], width, layer.values.shape[3])),
+                    )
+                    for layer in cache.layers
+                ]
+            for (batch_keys, batch_values), layer in zip(batch_layers, cache.layers, strict=True):
+                batch_keys[row, :, width - size :] = layer.keys[0]
+                batch_values[row, :, width - size :] = layer.values[0]
+        if batch_layers is None:
+            return None
+        batch = DynamicCache()
+        for index, (keys, values) in enumerate(batch_layers):
+            batch.update(keys, values, index)
+        return batch

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ctxaware.metrics import parse_rating
-from ctxaware.tasks.mtbench import judge_messages
+from ctxaware.tasks.mtbench import judge_messages, judge_prompt_name
 
 
 class Judge(Protocol):
@@ -163,6 +163,7 @@ def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
                 "question_id": question["question_id"],
                 "turn": turn,
                 "category": question["category"],
+                "judge_prompt": judge_prompt_name(question, turn),
                 "rating": rating,
                 "judgment": text,
                 "failed": rating is None,

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# the method axis is parsed by the package (pure Python, so this works without the package installed)
+# the method axis and NIH templates come from the package (pure Python: no ML libraries are imported here)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from ctxaware.methods import METHOD_PATTERN, parse_method, training_recipe
+from ctxaware.tasks.nih import resolve_template
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -134,6 +135,7 @@ def task_settings(task, model, dataset):
     if task == "nih":
         caps = [MODELS[model]["nih_max_context"], DATASETS[dataset]["nih_max_context"]]
         settings["max_context"] = min(c for c in caps if c is not None)
+        settings["prompt_template"] = resolve_template(settings["prompt_template"])
     elif task in ("squad", "quac", "drop"):
         style = DATASETS[dataset]["qa_prompt_style"]
         settings["prompt_template"] = EVALUATION["qa_prompts"][style][task]
@@ -147,6 +149,13 @@ def evaluation_settings(wildcards):
     }
 
 
+def evaluation_engine():
+    """The generation backend; vLLM settings only when vLLM is chosen, so they never rerun other backends."""
+    if EVALUATION["backend"] == "vllm":
+        return canonical({"backend": "vllm", "vllm": EVALUATION["vllm"]})
+    return {"backend": EVALUATION["backend"]}
+
+
 def evaluation_files(wildcards):
     """Local files the evaluations read (editing one reruns them); hub ids are not files."""
     paths = []
@@ -155,6 +164,8 @@ def evaluation_files(wildcards):
             paths.append(settings["haystack_dir"])
         elif task == "mtbench":
             paths.append(settings["questions"])
+            if settings["references"]:
+                paths.append(settings["references"])
             if settings["judge"]["backend"] == "local":
                 paths.append(settings["judge"]["model"])
         else:

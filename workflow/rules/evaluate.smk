@@ -22,6 +22,7 @@ rule evaluate:
     params:
         settings=evaluation_settings,
         with_indicator=with_indicator,
+        engine=evaluation_engine(),
         # generation caches outside the outputs: a killed evaluation resumes at the missing prompts
         cache_dir="results/cache/generations/{model}/{dataset}/{method}",
     script:

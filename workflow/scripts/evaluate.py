@@ -9,4 +9,5 @@ with job(snakemake):
         dict(zip(snakemake.params.settings, snakemake.output.results, strict=True)),
         dict(zip(snakemake.params.settings, snakemake.output.generations, strict=True)),
         cache_dir=snakemake.params.cache_dir,
+        engine=snakemake.params.engine,
     )

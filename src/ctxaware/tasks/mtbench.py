@@ -105,6 +105,62 @@ def load_questions(path: str, limit: int | None = None) -> list[dict]:
     return questions
 
 
+def _check_reference_row(row) -> str | None:
+    """What is wrong with a row of FastChat's reference_answer/<model>.jsonl, or None."""
+    if not isinstance(row, dict):
+        return "expected a JSON object"
+    if not isinstance(row.get("question_id"), int | str) or isinstance(row.get("question_id"), bool):
+        return "missing or invalid 'question_id'"
+    choices = row.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return "'choices' must be a non-empty list of objects"
+    if not _is_str_list(choices[0].get("turns")) or not choices[0]["turns"]:
+        return "'choices[0].turns' must be a non-empty list of strings"
+    return None
+
+
+def load_references(path: str) -> dict[str, list[str]]:
+    """Reference answers by question id (as a string) from a file in the schema of FastChat's
+    data/mt_bench/reference_answer/gpt-4.jsonl: {question_id, model_id, choices: [{index, turns}]}; the
+    first choice's turns are the references, as FastChat's judge reads them."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config key evaluation.mtbench.references: no file {path}")
+    references = {}
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {lineno}: invalid JSON ({error})") from None
+            problem = _check_reference_row(row)
+            if problem:
+                raise ValueError(f"{path}, line {lineno}: {problem}")
+            qid = str(row["question_id"])
+            if qid in references:
+                raise ValueError(f"{path}, line {lineno}: question_id {row['question_id']} appears twice")
+            references[qid] = list(row["choices"][0]["turns"])
+    return references
+
+
+def with_references(questions: list[dict], references: dict[str, list[str]]) -> list[dict]:
+    """Questions with the file's references merged in by question id. A file reference replaces an inline
+    `reference` (FastChat's judge reads only the reference file); questions the file lacks keep theirs."""
+    return [
+        {**q, "reference": references[str(q["question_id"])]} if str(q["question_id"]) in references else q
+        for q in questions
+    ]
+
+
+def judge_prompt_name(question: dict, turn: int) -> str:
+    """FastChat's judge prompt for a turn: reference-guided (single-math-v1) for math, reasoning and coding
+    questions that carry references for every turn the prompt shows, the general one otherwise."""
+    references = question.get("reference") or []
+    use_ref = question["category"] in NEED_REF_CATEGORIES and len(references) >= turn
+    return ("single-math-v1" if use_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
+
+
 def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
     """System + user messages asking for a 1-10 rating of the answer to `turn` (1 or 2), as FastChat does.
 
@@ -117,8 +173,8 @@ def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
         qid = question["question_id"]
         raise ValueError(f"question {qid}: turn {turn} needs {turn} answers, got {len(answers)}")
     references = question.get("reference") or []
-    use_ref = question["category"] in NEED_REF_CATEGORIES and len(references) >= turn
-    name = ("single-math-v1" if use_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
+    name = judge_prompt_name(question, turn)
+    use_ref = name.startswith("single-math")
     if turn == 1:
         fields = {"question": question["turns"][0], "answer": answers[0]}
     else:
@@ -147,15 +203,18 @@ def from_prompts_row(row: dict) -> dict:
     return question
 
 
-def load_question_source(source: str, limit: int | None = None) -> list[dict]:
-    """Questions from a question.jsonl file, or from the hub's mt_bench_prompts (clusters)."""
+def load_question_source(source: str, limit: int | None = None, references: str | None = None) -> list[dict]:
+    """Questions from a question.jsonl file, or from the hub's mt_bench_prompts (clusters), with the
+    references of an optional reference_answer file merged in."""
     if Path(source).exists():
-        return load_questions(source, limit)
-    from ctxaware.data import load_raw
+        questions = load_questions(source, limit)
+    else:
+        from ctxaware.data import load_raw
 
-    rows = [from_prompts_row(row) for row in load_raw(source, split="train")]
-    for index, row in enumerate(rows):
-        problem = _check_row(row)
-        if problem:
-            raise ValueError(f"{source} row {index}: {problem}")
-    return rows[:limit] if limit else rows
+        rows = [from_prompts_row(row) for row in load_raw(source, split="train")]
+        for index, row in enumerate(rows):
+            problem = _check_row(row)
+            if problem:
+                raise ValueError(f"{source} row {index}: {problem}")
+        questions = rows[:limit] if limit else rows
+    return with_references(questions, load_references(references)) if references else questions

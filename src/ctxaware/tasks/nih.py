@@ -6,10 +6,31 @@ from pathlib import Path
 
 import numpy as np
 
-NIH_PROMPT = (
-    "You are a helpful AI assistant that answers a question using only the provided document: "
-    "\n{context}\n\nQuestion: {question}"
-)
+# The paper's Table 8: the four NIH prompt templates. The first is the original code's (design.md §3) and the one
+# behind the paper's main results; the table's text lost its line breaks, so the other three take the first's
+# (context on its own line, a blank line before the question).
+NIH_TEMPLATES = {
+    "assistant-document": "You are a helpful AI assistant that answers a question using only the provided document: "
+    "\n{context}\n\nQuestion: {question}",
+    "assistant-context": "You are a helpful AI assistant that answers a question using only the provided context: "
+    "\n{context}\n\nQuestion: {question}",
+    "document": "Document: \n{context}\n\nAnswer the question according to the provided document: {question}",
+    "context": "Context: \n{context}\n\nAnswer the question according to the provided context: {question}",
+}
+DEFAULT_TEMPLATE = "assistant-document"
+
+
+def resolve_template(value: str, key: str = "evaluation.nih.prompt_template") -> str:
+    """A Table 8 template by name, or a literal template holding {context} and {question}."""
+    if value in NIH_TEMPLATES:
+        return NIH_TEMPLATES[value]
+    missing = [field for field in ("{context}", "{question}") if field not in value]
+    if missing:
+        raise ValueError(
+            f"config key {key}: {value!r} is neither a named template ({', '.join(NIH_TEMPLATES)}) "
+            f"nor a template with {' and '.join(missing)}"
+        )
+    return value
 
 
 def load_haystack(directory: str) -> str:
@@ -52,11 +73,12 @@ def build_cases(tokenizer, settings: dict, max_context: int) -> list[dict]:
     needle_ids = tokenizer(" " + settings["needle"].strip() + " ", add_special_tokens=False)["input_ids"]
     period_ids = sentence_end_ids(tokenizer, haystack_ids)
     lengths, depths = grid(settings["min_context"], max_context, settings["n_lengths"], settings["n_depths"])
+    template = resolve_template(settings["prompt_template"])
     cases = []
     for length in lengths:
         for depth in depths:
             context_ids = insert_needle(haystack_ids, needle_ids, length, depth, period_ids)
             context = tokenizer.decode(context_ids)
-            prompt = settings["prompt_template"].format(context=context, question=settings["question"])
+            prompt = template.format(context=context, question=settings["question"])
             cases.append({"id": f"len{length}-depth{depth}", "length": length, "depth": depth, "prompt": prompt})
     return cases
