@@ -13,7 +13,7 @@ from ctxaware import IND_TOKEN
 from ctxaware.chat import prepare_tokenizer
 from ctxaware.evaluation import evaluate_all, generators
 from ctxaware.generation import Generator
-from ctxaware.modeling import MODEL_INFO, load_model, load_tokenizer, resize_embeddings_with_mean
+from ctxaware.modeling import MODEL_INFO, add_token_rows, load_model, load_tokenizer
 from ctxaware.vllm_backend import adapter_mode, lora_rank_limit, merge_adapter
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -27,8 +27,8 @@ def _adapter(base: str, out, with_indicator: bool) -> str:
     tokenizer = prepare_tokenizer(load_tokenizer(base), with_indicator=with_indicator)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base)
-    resize_embeddings_with_mean(model, len(tokenizer))
     indicator = tokenizer.convert_tokens_to_ids(IND_TOKEN) if with_indicator else None
+    add_token_rows(model, len(tokenizer), [indicator] if with_indicator else [])
     config = LoraConfig(
         r=4,
         lora_alpha=8,
@@ -88,7 +88,7 @@ def test_merged_copy_computes_what_the_adapter_computes(tiny_model_dir, tmp_path
     adapter_model, tokenizer = load_model(indicator)
     merged_model, merged_tokenizer = load_model(merged)
     base_model, _ = load_model(tiny_model_dir)
-    resize_embeddings_with_mean(base_model, len(tokenizer))
+    add_token_rows(base_model, len(tokenizer), [tokenizer.convert_tokens_to_ids(IND_TOKEN)])
     assert len(merged_tokenizer) == len(tokenizer)
     prompt = Generator(adapter_model, tokenizer).encode_chat([{"role": "user", "content": f"Capital? {IND_TOKEN}"}])
     assert tokenizer.convert_tokens_to_ids(IND_TOKEN) in prompt

@@ -9,6 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from ctxaware import IND_TOKEN
+
 MODEL_INFO = "ctxaware_model.json"  # written next to every fine-tune: base model, recipe, adapter or not
 
 hf_logging.disable_progress_bar()
@@ -69,7 +71,8 @@ def load_model(
         from peft import PeftModel
 
         # the adapter was trained on these rows: rebuild them exactly as training started
-        add_token_rows(model, len(tokenizer), [info["indicator_token_id"]] if info.get("indicator_token_id") else [])
+        added = [tokenizer.convert_tokens_to_ids(IND_TOKEN)] if info.get("with_indicator") else []
+        add_token_rows(model, len(tokenizer), added)
         model = PeftModel.from_pretrained(model, path)
         if merge_adapter:
             model = model.merge_and_unload()
