@@ -94,3 +94,14 @@ def test_gradient_accumulation_keeps_the_global_batch():
     assert gradient_accumulation(128, 8, 1) == 16
     assert gradient_accumulation(128, 8, 4) == 4
     assert gradient_accumulation(64, 4, 32) == 1
+
+
+def test_lora_finetune_is_reproducible_whatever_the_rng_state_before(tiny_model_dir, train_parquet, tmp_path):
+    recipe = dict(RECIPE, method="lora")
+    weights = []
+    for run in range(2):
+        torch.manual_seed(run)  # the state an earlier job or import left behind must not matter
+        out = tmp_path / f"m{run}"
+        finetune(tiny_model_dir, train_parquet, str(out), str(tmp_path / f"c{run}"), recipe, with_indicator=True)
+        weights.append((out / "adapter_model.safetensors").read_bytes())
+    assert weights[0] == weights[1]

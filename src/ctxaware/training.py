@@ -79,8 +79,12 @@ def finetune(
     """
     import pandas as pd
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    # before the adapter is built: LoRA's A matrices are drawn from the global RNG when get_peft_model runs,
+    # and the Trainer only seeds later, so without this two runs of the same branch train different adapters
+    set_seed(seed)
     device = default_device()
     tokenizer = prepare_tokenizer(load_tokenizer(base), with_indicator=with_indicator)
     frame = pd.read_parquet(train_parquet)
