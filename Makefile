@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean rulegraph
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+
+# README.md's rule graph, regenerated from `snakemake --rulegraph mermaid-js` (tests check it is current)
+rulegraph: setup
+	$(BIN)/python .ci/readme_rulegraph.py
 
 clean:
 	rm -rf results .snakemake

@@ -10,6 +10,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/score.smk"
@@ -17,6 +20,12 @@ include: "workflow/rules/tag.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# Trivial jobs run in the Snakemake process itself, never as cluster jobs.
+localrules:
+    all,
+    vanilla_sft,
 
 
 rule all:

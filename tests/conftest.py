@@ -1,4 +1,5 @@
 import pytest
+from smk_helpers import copy_workflow, snakemake
 
 from ctxaware.tiny import build_tiny_model
 
@@ -36,3 +37,11 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_mha_model_dir(tmp_path_factory):
     """The same with multi-head attention (as many KV heads as query heads)."""
     return _build(tmp_path_factory.mktemp("tiny-mha"), num_kv_heads=4)
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory):
+    """The embedded default run once, completely, with the local executor, in a copy of the workflow."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("embedded"))
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -274,3 +274,14 @@ def test_other_model_families_fine_tune_with_the_indicator(tiny_model_dir, train
     base = _base_with_indicator_row(str(base_dir), tokenizer)
     assert _changed_rows(model.get_input_embeddings().weight, base.get_input_embeddings().weight) == [ind]
     assert _changed_rows(model.get_output_embeddings().weight, base.get_output_embeddings().weight) == [ind]
+
+
+def test_lora_finetune_is_reproducible_whatever_the_rng_state_before(tiny_model_dir, train_parquet, tmp_path):
+    recipe = dict(RECIPE, method="lora")
+    weights = []
+    for run in range(2):
+        torch.manual_seed(run)  # the state an earlier job or import left behind must not matter
+        out = tmp_path / f"m{run}"
+        finetune(tiny_model_dir, train_parquet, str(out), str(tmp_path / f"c{run}"), recipe, with_indicator=True)
+        weights.append((out / "adapter_model.safetensors").read_bytes())
+    assert weights[0] == weights[1]

@@ -1,69 +1,17 @@
-"""Real Snakemake runs of the DAG on the embedded default (in a copy of the workflow, so results/ stays clean)."""
+"""Real Snakemake runs of the DAG on the embedded default (in a copy of the workflow, so results/ stays clean).
+The complete run is the session fixture `embedded_run` (conftest.py)."""
 
-import itertools
+import base64
+import json
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from smk_helpers import configured_grid, copy_workflow, planned_jobs, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "resources", "envs"]
 pytestmark = pytest.mark.workflow
-
-
-def copy_workflow(destination: Path) -> Path:
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name)
-        else:
-            shutil.copy(source, destination / name)
-    return destination
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env, capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-    return result
-
-
-def configured_grid(config: dict) -> list[tuple[str, str, str]]:
-    """(dataset, model, method) of every fine-tune the config asks for."""
-    return [
-        (d, m, x)
-        for d, m, x in itertools.product(config["datasets"], config["models"], config["methods"])
-        if config["models"][m].get("datasets") is None or d in config["models"][m]["datasets"]
-    ]
-
-
-def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
-    """(rule, first output) of every job a dry run lists."""
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
-        match = re.match(r"(?:local)?rule (\w+):", block.strip())
-        output = re.search(r"^\s+output: ([^,\s]+)", block, re.MULTILINE)
-        if match and output:
-            jobs.append((match.group(1), output.group(1)))
-    return jobs
-
-
-@pytest.fixture(scope="module")
-def embedded_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("embedded"))
-    snakemake(workdir, "--cores", "2")
-    return workdir
 
 
 def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
@@ -133,6 +81,53 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
 
 
+def plan_with(workdir, name: str, change) -> list[tuple[str, str]]:
+    """The jobs a dry run schedules after `change(config)` edits a copy of the embedded default."""
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    change(config)
+    (workdir / f"config/{name}.yaml").write_text(yaml.safe_dump(config))
+    return planned_jobs(snakemake(workdir, "-n", "--cores", "2", "--configfile", f"config/{name}.yaml").stdout)
+
+
+def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embedded_run):
+    def change(config):
+        config["evaluation"]["squad"]["max_new_tokens"] += 1
+
+    jobs = plan_with(embedded_run, "squad-tokens", change)
+    counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
+    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
+    assert counts["evaluate"] == len(configured_grid(config))  # every model is evaluated on SQuAD
+    assert set(counts) <= {"evaluate", "nih_heatmap", "table4", "threshold_ablation", "all"}
+    assert "table4" in counts
+
+
+def _indicator_branches_only(jobs):
+    for rule, path in jobs:
+        if rule in {"finetune", "evaluate", "nih_heatmap"}:
+            assert "/indicator-" in path, (rule, path)  # a vanilla fine-tune never depends on the scores
+    rules = {rule for rule, _ in jobs}
+    assert {"score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "table3", "table4"} <= rules
+    assert not rules & {"build_tiny_model", "prepare_dataset", "vanilla_sft"}
+    return rules
+
+
+def test_changing_the_scoring_layer_reruns_scoring_and_indicator_branches(embedded_run):
+    def change(config):
+        config["scoring"]["layer"] = config["scoring"]["layer"] - 1
+
+    rules = _indicator_branches_only(plan_with(embedded_run, "layer", change))
+    assert not rules & {"score_layers", "layer_agreement"}  # the layer study scores every layer anyway
+
+
+def test_changing_the_seed_model_reruns_scoring_and_indicator_branches(embedded_run):
+    def change(config):
+        config["scoring"]["seed_model"] = {"name": "tiny-ultrachat", "model": "tiny", "dataset": "ultrachat"}
+
+    jobs = plan_with(embedded_run, "seed", change)
+    _indicator_branches_only(jobs)
+    assert all("tiny-ultrachat" in path for rule, path in jobs if rule in {"score_turns", "score_layers"})
+
+
 def test_nothing_to_do_after_a_complete_run(embedded_run):
     output = snakemake(embedded_run, "-n", "--cores", "2").stdout
     assert "Nothing to be done" in output, output[-2000:]
@@ -187,8 +182,6 @@ def test_bad_dataset_row_is_named_and_nothing_computed_is_lost(tmp_path):
 
 
 def test_json_outputs_are_finite_numbers(embedded_run):
-    import json
-
     for path in (embedded_run / "results/eval").rglob("*.json"):
         score = json.loads(path.read_text())["score"]
         assert isinstance(score, float | int) and not math.isnan(score), path
@@ -212,3 +205,22 @@ def test_scoring_scatters_into_the_requested_number_of_shards(tmp_path):
     shards = sorted(path for rule, path in jobs if rule == "score_turns")
     assert len(shards) == 12 and shards[0].endswith("shard-1-of-4.parquet")
     assert sum(rule == "gather_scores" for rule, _ in jobs) == 3
+
+
+def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_run):
+    snakemake(embedded_run, "--report", "report.html")
+    html = (embedded_run / "report.html").read_text()
+    assert not re.search(r"<(?:script|link|img)[^>]+(?:src|href)=\"https?://", html)  # self-contained
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.DOTALL).group(1))
+    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
+    figures = [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in configured_grid(config)]
+    figures += [f"results/figures/{n}.png" for n in ("threshold_ablation", "layer_agreement", "instruction_lengths")]
+    assert set(results) == {"results/tables/table4.csv", "results/tables/table3.csv", *figures}
+    for path, entry in results.items():
+        data = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+        assert data == (embedded_run / path).read_bytes(), path
+        assert "How it was made" in entry["caption"], path
+    table4 = results["results/tables/table4.csv"]
+    assert table4["job_properties"]["rule"] == "table4"
+    seed = config["scoring"]["seed_model"]["name"]
+    assert seed in table4["caption"] and re.search(rf"layer\s+{config['scoring']['layer']}\b", table4["caption"])

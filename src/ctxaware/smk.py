@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import sys
+import time
 
 
 @contextlib.contextmanager
 def job(snakemake):
-    """Run a job body with output going to snakemake.log[0] and torch limited to the job's threads."""
+    """Run a job body with output going to snakemake.log[0] and torch limited to the job's threads; the log ends
+    with the job's wall time and peak memory (rules cached between workflows have no benchmark file)."""
     log_path = snakemake.log[0] if len(snakemake.log) else os.devnull
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,8 +27,11 @@ def job(snakemake):
         import torch
 
         torch.set_num_threads(max(1, int(getattr(snakemake, "threads", 1))))
+        start = time.monotonic()
         try:
             yield
+            peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            logging.info("job done: %.1f s wall, peak RSS %.0f MiB", time.monotonic() - start, peak_mib)
         except Exception:
             logging.exception("job failed")
             raise

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# the method axis and NIH templates come from the package (pure Python: no ML libraries are imported here)
+# the method axis, NIH templates and code digests come from the package (no ML libraries are imported here);
+# the checkout's src/ comes first, so this works where only the jobs have the package installed (--sdm conda)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from ctxaware.methods import METHOD_PATTERN, parse_method, training_recipe
+from ctxaware.provenance import code_digest
 from ctxaware.tasks.nih import resolve_template
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -81,6 +83,18 @@ def canonical(value):
     return value
 
 
+def corpus_files():
+    """The tiny model's corpus as files (directories expanded, sorted): inputs the output cache can checksum."""
+    files = []
+    for entry in config["tiny"]["corpus"]:
+        path = Path(entry)
+        if path.is_dir():
+            files.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file())
+        else:
+            files.append(entry)
+    return files
+
+
 def base_source(model):
     """Where a base model's weights come from: the tiny model the workflow builds, a local path or a hub id."""
     source = MODELS[model]["source"]
@@ -110,8 +124,10 @@ def seed_model_path():
 
 
 def seed_input(wildcards):
+    """The seed model is an input when the workflow trains it; a directory outside results/ is named in params
+    (like a hub id): the output cache can only checksum files, not directories."""
     path = seed_model_path()
-    return [path] if path.startswith("results/") or Path(path).exists() else []
+    return [path] if path.startswith("results/") else []
 
 
 def recipe_for(wildcards):
@@ -184,6 +200,20 @@ def grid():
 
 def res(stage, key):
     return RESOURCES[stage][key]
+
+
+def stage_resources(stage):
+    """Job resources of a stage from config resources.<stage>, the one place they are set for every executor.
+    The Slurm executor turns them into sbatch options: mem_mb -> --mem, runtime (minutes) -> -t,
+    cpus_per_task -> --cpus-per-task, gpu N -> --gpus=N (with gpu_model M: --gpus=M:N); gpu=0 asks for none.
+    """
+    settings = RESOURCES[stage]
+    resources = {
+        key: settings[key] for key in ("mem_mb", "runtime", "cpus_per_task", "gpu")
+    }
+    if settings["gpu"] and settings["gpu_model"]:
+        resources["gpu_model"] = settings["gpu_model"]
+    return resources
 
 
 # Functions below refer to rules defined in the other rule files; they run only after all are included.

@@ -1,7 +1,7 @@
 rule build_tiny_model:
     """The embedded default's base model: a small Llama and a BPE tokenizer trained on the shipped text."""
     input:
-        corpus=config["tiny"]["corpus"],
+        corpus=corpus_files(),
     output:
         model=directory(TINY_DIR),
     log:
@@ -9,8 +9,7 @@ rule build_tiny_model:
     conda:
         ENV
     resources:
-        mem_mb=res("light", "mem_mb"),
-        runtime=res("light", "runtime"),
+        **stage_resources("light"),
     params:
         settings=canonical({k: v for k, v in config["tiny"].items() if k != "corpus"}),
     script:
@@ -29,8 +28,7 @@ rule prepare_dataset:
     conda:
         ENV
     resources:
-        mem_mb=res("light", "mem_mb"),
-        runtime=res("light", "runtime"),
+        **stage_resources("light"),
     params:
         source=lambda wc: DATASETS[wc.dataset]["source"],
         format=lambda wc: DATASETS[wc.dataset]["format"],

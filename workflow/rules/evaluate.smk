@@ -16,9 +16,7 @@ rule evaluate:
         ENV
     threads: res("evaluate", "cpus_per_task")
     resources:
-        mem_mb=res("evaluate", "mem_mb"),
-        runtime=res("evaluate", "runtime"),
-        gpu=res("evaluate", "gpu"),
+        **stage_resources("evaluate"),
     params:
         settings=evaluation_settings,
         with_indicator=with_indicator,

@@ -1,5 +1,7 @@
 rule finetune:
-    """SFT of a base model on one dataset branch: full, LoRA or QLoRA per the model's recipe (TRL)."""
+    """SFT of a base model on one dataset branch: full, LoRA or QLoRA per the model's recipe (TRL). Eligible for
+    the between-workflow cache (--cache; no benchmark file, which Snakemake forbids on cached rules).
+    """
     input:
         sft=sft_input,
         base=base_input,
@@ -7,15 +9,12 @@ rule finetune:
         model=directory("results/models/{model}/{dataset}/{method}"),
     log:
         "results/logs/finetune/{model}/{dataset}/{method}.log",
-    benchmark:
-        "results/benchmarks/finetune/{model}/{dataset}/{method}.tsv"
+    cache: True
     conda:
         ENV
     threads: res("finetune", "cpus_per_task")
     resources:
-        mem_mb=res("finetune", "mem_mb"),
-        runtime=res("finetune", "runtime"),
-        gpu=res("finetune", "gpu"),
+        **stage_resources("finetune"),
     params:
         base=lambda wc: base_source(wc.model),
         recipe=recipe_for,
@@ -23,5 +22,6 @@ rule finetune:
         seed=config["seed"],
         # outside the output so a killed or preempted job resumes instead of restarting
         checkpoint_dir="results/checkpoints/{model}/{dataset}/{method}",
+        code=code_digest("ctxaware.training"),
     script:
         "../scripts/finetune.py"

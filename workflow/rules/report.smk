@@ -15,6 +15,8 @@ rule table4:
         "results/logs/table4.log",
     conda:
         ENV
+    resources:
+        **stage_resources("light"),
     params:
         rows=[{"sft_dataset": d, "model": m, "method": x} for d, m, x in grid()],
         tasks=TASKS,
@@ -38,6 +40,8 @@ rule table3:
         "results/logs/table3.log",
     conda:
         ENV
+    resources:
+        **stage_resources("light"),
     params:
         datasets=list(DATASETS),
         betas=config["report"]["table3_betas"],
@@ -59,6 +63,8 @@ rule nih_heatmap:
         "results/logs/nih_heatmap/{model}/{dataset}/{method}.log",
     conda:
         ENV
+    resources:
+        **stage_resources("light"),
     script:
         "../scripts/nih_heatmap.py"
 
@@ -77,6 +83,8 @@ rule threshold_ablation:
         "results/logs/threshold_ablation.log",
     conda:
         ENV
+    resources:
+        **stage_resources("light"),
     script:
         "../scripts/threshold_ablation.py"
 
@@ -96,6 +104,8 @@ rule layer_agreement:
         "results/logs/layer_agreement.log",
     conda:
         ENV
+    resources:
+        **stage_resources("light"),
     params:
         top_fraction=LAYER_STUDY["top_fraction"],
     script:
@@ -118,6 +128,8 @@ rule instruction_lengths:
         "results/logs/instruction_lengths.log",
     conda:
         ENV
+    resources:
+        **stage_resources("light"),
     params:
         datasets=list(DATASETS),
         beta=config["report"]["length_beta"],

@@ -27,7 +27,6 @@ rule tag_indicator:
     conda:
         ENV
     resources:
-        mem_mb=res("light", "mem_mb"),
-        runtime=res("light", "runtime"),
+        **stage_resources("light"),
     script:
         "../scripts/tag_indicator.py"

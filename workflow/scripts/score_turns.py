@@ -3,7 +3,7 @@ from ctxaware.smk import job
 
 with job(snakemake):
     p = snakemake.params
-    item, n_shards = map(int, snakemake.wildcards.scatteritem.split("-of-"))
+    item, n_shards = map(int, p.shard.split("-of-"))
     score_file(
         p.seed_model,
         snakemake.input.data,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 # The paper's Table 8: the four NIH prompt templates. The first is the original code's (design.md §3) and the one
 # behind the paper's main results; the table's text lost its line breaks, so the other three take the first's
 # (context on its own line, a blank line before the question).
@@ -43,6 +41,8 @@ def load_haystack(directory: str) -> str:
 
 def grid(min_length: int, max_length: int, n_lengths: int, n_depths: int) -> tuple[list[int], list[int]]:
     """round(linspace(min, max, n)) context lengths and round(linspace(0, 100, n)) depth percents."""
+    import numpy as np  # imported here: the Snakefile imports this module for its templates, numpy-free
+
     lengths = np.round(np.linspace(min_length, max_length, n_lengths)).astype(int).tolist()
     depths = np.round(np.linspace(0, 100, n_depths)).astype(int).tolist()
     return lengths, depths

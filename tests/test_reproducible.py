@@ -1,0 +1,27 @@
+"""Two runs of the embedded default from scratch, in different directories, give the same bytes."""
+
+import pytest
+from smk_helpers import copy_workflow, snakemake
+
+pytestmark = pytest.mark.workflow
+
+COMPARED = ["results/data", "results/scores", "results/sft", "results/eval", "results/tables"]
+
+
+def result_files(workdir):
+    return sorted(
+        str(path.relative_to(workdir))
+        for folder in COMPARED
+        for path in (workdir / folder).rglob("*")
+        if path.is_file() and not path.name.startswith(".")
+    )
+
+
+def test_second_run_from_scratch_is_byte_identical(embedded_run, tmp_path):
+    again = copy_workflow(tmp_path / "again")
+    snakemake(again, "--cores", "2")
+    files = result_files(embedded_run)
+    assert "results/tables/table4.csv" in files and "results/scores/sharegpt/tiny-sharegpt.parquet" in files
+    assert result_files(again) == files
+    differing = [f for f in files if (again / f).read_bytes() != (embedded_run / f).read_bytes()]
+    assert differing == []
