@@ -104,7 +104,7 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
 def _indicator_branches_only(jobs):
     for rule, path in jobs:
         if rule in {"finetune", "evaluate", "nih_heatmap"}:
-            assert "/indicator-" in path, (rule, path)  # a vanilla fine-tune never depends on the scores
+            assert "indicator-" in path, (rule, path)  # vanilla and qk-lora fine-tunes never depend on the scores
     rules = {rule for rule, _ in jobs}
     assert {"score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "table3", "table4"} <= rules
     assert not rules & {"build_tiny_model", "prepare_dataset", "vanilla_sft"}
