@@ -2,7 +2,7 @@ import math
 
 import pandas as pd
 
-from ctxaware.tagging import is_tagged, method_beta, tag_conversations, tagged_ratio
+from ctxaware.tagging import is_tagged, tag_conversations, tagged_ratio
 
 CONVERSATIONS = [
     {
@@ -52,5 +52,4 @@ def test_missing_scores_are_counted_and_untagged():
 
 
 def test_helpers():
-    assert method_beta("indicator-0.6") == 0.6 and method_beta("vanilla") is None
     assert not is_tagged(math.nan, 0.5) and not is_tagged(None, 0.5) and is_tagged(0.50001, 0.5)

@@ -6,9 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from ctxaware import IND_TOKEN
-from ctxaware.chat import prepare_tokenizer
-from ctxaware.modeling import MODEL_INFO, load_model, load_tokenizer
-from ctxaware.training import _load_base, _peft_model, finetune, gradient_accumulation
+from ctxaware.chat import encode_with_spans, prepare_tokenizer
+from ctxaware.methods import training_recipe
+from ctxaware.modeling import MODEL_INFO, add_token_rows, load_model, load_tokenizer
+from ctxaware.training import _load_base, _peft_model, build_trainer, finetune, gradient_accumulation, launch_finetune
 
 RECIPE = dict(
     method="qlora",
@@ -25,6 +26,7 @@ RECIPE = dict(
     save_steps=100,
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+    qk_lora=dict(target_modules=["q_proj", "k_proj"], learning_rate=None),
 )
 
 
@@ -62,8 +64,19 @@ def test_qlora_modules_are_bitsandbytes_4bit(tiny_model_dir):
     assert isinstance(peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)
 
 
+def _base_with_indicator_row(base_dir, tokenizer):
+    """The base model as training starts: vocabulary grown by [IND], its rows at the mean."""
+    base, _ = load_model(base_dir)
+    add_token_rows(base, len(tokenizer), [tokenizer.convert_tokens_to_ids(IND_TOKEN)])
+    return base
+
+
+def _changed_rows(after: torch.Tensor, before: torch.Tensor) -> list[int]:
+    return torch.nonzero((after - before).abs().amax(dim=1) > 1e-7).flatten().tolist()
+
+
 @pytest.mark.parametrize("method", ["qlora", "lora"])
-def test_adapter_finetune_trains_adapter_and_indicator_row(tiny_model_dir, train_parquet, tmp_path, method):
+def test_adapter_finetune_trains_only_the_indicator_rows_and_lora(tiny_model_dir, train_parquet, tmp_path, method):
     out, checkpoints = tmp_path / "model", tmp_path / "checkpoints"
     recipe = dict(RECIPE, method=method)
     log = finetune(tiny_model_dir, train_parquet, str(out), str(checkpoints), recipe, with_indicator=True)
@@ -71,13 +84,40 @@ def test_adapter_finetune_trains_adapter_and_indicator_row(tiny_model_dir, train
     assert info["adapter"] and info["recipe"] == method and log["global_step"] == 2
     assert not checkpoints.exists()  # removed once the model is saved
     adapter = load_file(out / "adapter_model.safetensors")
-    assert any("lora_A" in k for k in adapter) and any("trainable_tokens" in k for k in adapter)
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # LoRA B starts at zero: every one of them trained
+    assert any("embed_tokens" in k and "trainable_tokens" in k for k in adapter)
+    assert any("lm_head" in k and "trainable_tokens" in k for k in adapter)  # the untied output row too
+
     model, tokenizer = load_model(str(out))
-    assert len(tokenizer) == model.get_input_embeddings().weight.shape[0]
-    base, _ = load_model(tiny_model_dir)
     ind = tokenizer.convert_tokens_to_ids(IND_TOKEN)
-    mean_row = base.get_input_embeddings().weight.mean(0)
-    assert not torch.allclose(model.get_input_embeddings().weight[ind], mean_row, atol=1e-4)
+    assert len(tokenizer) == model.get_input_embeddings().weight.shape[0] == ind + 1
+    base = _base_with_indicator_row(tiny_model_dir, tokenizer)
+    # among the embedding matrices exactly the [IND] rows moved (the tiny model's output embedding is untied)
+    assert _changed_rows(model.get_input_embeddings().weight, base.get_input_embeddings().weight) == [ind]
+    assert _changed_rows(model.lm_head.weight, base.lm_head.weight) == [ind]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_frozen_mean_keeps_the_indicator_rows_at_the_mean(tiny_model_dir, train_parquet, tmp_path, method):
+    recipe = dict(RECIPE, method=method, indicator_embedding="frozen_mean", learning_rate=1e-2)
+    finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, with_indicator=True)
+    model, tokenizer = load_model(str(tmp_path / "m"))
+    ind = tokenizer.convert_tokens_to_ids(IND_TOKEN)
+    base = _base_with_indicator_row(tiny_model_dir, tokenizer)
+    for after, before in [(model.get_input_embeddings(), base.get_input_embeddings()), (model.lm_head, base.lm_head)]:
+        torch.testing.assert_close(after.weight[ind], before.weight[ind], rtol=0, atol=0)
+        torch.testing.assert_close(before.weight[ind], before.weight[:ind].mean(0))
+    if method == "full":  # everything else trained
+        assert len(_changed_rows(model.lm_head.weight, base.lm_head.weight)) > ind // 2
+
+
+def test_qk_lora_adapts_only_query_and_key_projections(tiny_model_dir, train_parquet, tmp_path):
+    recipe = training_recipe(dict(RECIPE, method="full"), "qk-lora-indicator-0.6")
+    finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, with_indicator=True)
+    adapted = {k.split(".")[-3] for k in load_file(tmp_path / "m" / "adapter_model.safetensors") if "lora_" in k}
+    assert adapted == {"q_proj", "k_proj"}
+    assert json.loads((tmp_path / "m" / MODEL_INFO).read_text())["recipe"] == "lora"
 
 
 def test_full_finetune_saves_a_loadable_model(tiny_model_dir, train_parquet, tmp_path):
@@ -94,3 +134,143 @@ def test_gradient_accumulation_keeps_the_global_batch():
     assert gradient_accumulation(128, 8, 1) == 16
     assert gradient_accumulation(128, 8, 4) == 4
     assert gradient_accumulation(64, 4, 32) == 1
+
+
+MULTI_TURN = [
+    {"role": "user", "content": "Read the passage: the river runs through the town. Where does it run?"},
+    {"role": "assistant", "content": "Through the town."},
+    {"role": "user", "content": f"And the fox? {IND_TOKEN}"},
+    {"role": "assistant", "content": "It jumps over the lazy dog."},
+]
+
+
+@pytest.mark.parametrize("loss", ["assistant", "all"])
+def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss):
+    path = tmp_path / "train.parquet"
+    pd.DataFrame([{"id": "0", "messages": MULTI_TURN}]).to_parquet(path)
+    recipe = dict(RECIPE, method="full", loss=loss)
+    trainer, tokenizer, _ = build_trainer(tiny_model_dir, str(path), str(tmp_path / "c"), recipe, True)
+    example = trainer.train_dataset[0]
+    encoded = encode_with_spans(tokenizer, MULTI_TURN)
+    assert example["input_ids"] == encoded.input_ids
+    # assistant content plus the eos that closes it: what the model must learn to generate
+    expected = {i for span in encoded.spans if span.role == "assistant" for i in range(span.start, span.end + 1)}
+    if loss == "all":
+        expected = set(range(len(encoded.input_ids)))
+    kept = {i for i, label in enumerate(example["labels"]) if label != -100}
+    assert kept == expected
+    assert all(example["labels"][i] == example["input_ids"][i] for i in kept)
+    assert tokenizer.decode([example["input_ids"][i] for i in sorted(kept)]).count(tokenizer.eos_token) == (
+        2 if loss == "assistant" else 5  # all: the system, user and assistant closings
+    )
+
+
+class _Preempted(RuntimeError):
+    pass
+
+
+def _preempt_after_first_checkpoint():
+    from transformers import TrainerCallback
+
+    class Preempt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise _Preempted(f"killed after checkpoint {state.global_step}")
+
+    return Preempt()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
+    tiny_model_dir, train_parquet, tmp_path, method
+):
+    recipe = dict(RECIPE, method=method, epochs=2, save_steps=1, lr_scheduler="cosine", warmup_ratio=0.25)
+    recipe["lora"] = dict(RECIPE["lora"], dropout=0.1)  # dropout draws random numbers: the RNG state must resume
+    args = dict(base=tiny_model_dir, train_parquet=train_parquet, recipe=recipe, with_indicator=True)
+    finetune(out_dir=str(tmp_path / "straight"), checkpoint_dir=str(tmp_path / "c1"), **args)
+
+    with pytest.raises(_Preempted):
+        finetune(
+            out_dir=str(tmp_path / "resumed"),
+            checkpoint_dir=str(tmp_path / "c2"),
+            callbacks=[_preempt_after_first_checkpoint()],
+            **args,
+        )
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "c2" / "checkpoint-1").is_dir()
+    log = finetune(out_dir=str(tmp_path / "resumed"), checkpoint_dir=str(tmp_path / "c2"), **args)
+    assert log["resumed_from"].endswith("checkpoint-1") and log["global_step"] == 4
+
+    straight, _ = load_model(str(tmp_path / "straight"))
+    resumed, _ = load_model(str(tmp_path / "resumed"))
+    base, _ = load_model(tiny_model_dir)
+    straight_weights, resumed_weights = straight.state_dict(), resumed.state_dict()
+    assert straight_weights.keys() == resumed_weights.keys()
+    for name, weight in straight_weights.items():
+        message = lambda m, name=name: f"{name}: {m}"  # noqa: E731
+        torch.testing.assert_close(resumed_weights[name], weight, rtol=0, atol=1e-5, msg=message)
+    q_proj = [m.model.layers[0].self_attn.q_proj.weight for m in (straight, base)]
+    assert not torch.allclose(*q_proj)
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tiny_model_dir, train_parquet, tmp_path):
+    recipe = dict(RECIPE, method="full", save_steps=1)
+    args = dict(base=tiny_model_dir, train_parquet=train_parquet, with_indicator=False)
+    with pytest.raises(_Preempted):
+        finetune(
+            out_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"), recipe=recipe,
+            callbacks=[_preempt_after_first_checkpoint()], **args,
+        )  # fmt: skip
+    log = finetune(
+        out_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"), recipe=dict(recipe, learning_rate=5e-3), **args
+    )
+    assert log["resumed_from"] is None and log["global_step"] == 2
+
+
+def test_data_parallel_launch_trains_one_model_over_two_processes(tiny_model_dir, train_parquet, tmp_path):
+    """torchrun with two CPU processes (gloo), as a two-GPU job would run; the global batch stays 4."""
+    recipe = dict(RECIPE, method="lora", per_device_batch_size=1)
+    launch_finetune(
+        processes=2,
+        base=tiny_model_dir,
+        train_parquet=train_parquet,
+        out_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "c"),
+        recipe=recipe,
+        with_indicator=True,
+    )
+    log = json.loads((tmp_path / "m" / "train_log.json").read_text())
+    assert log["world_size"] == 2 and log["global_step"] == 2  # 8 conversations / global batch 4
+    assert not (tmp_path / "c").exists()
+    model, tokenizer = load_model(str(tmp_path / "m"))
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+@pytest.mark.parametrize(("family", "tied"), [("qwen2", True), ("mistral", False)])
+def test_other_model_families_fine_tune_with_the_indicator(tiny_model_dir, train_parquet, tmp_path, family, tied):
+    """Any Llama-, Mistral- or Qwen-style causal LM named by path works (Qwen ties its output embedding)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=len(tokenizer) + (7 if tied else 0),  # Qwen pads its embedding beyond the tokenizer
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    base_dir = tmp_path / family
+    AutoModelForCausalLM.from_config(config).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    finetune(str(base_dir), train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), RECIPE, with_indicator=True)
+    model, tokenizer = load_model(str(tmp_path / "m"))
+    assert model.config.model_type == family
+    ind = tokenizer.convert_tokens_to_ids(IND_TOKEN)
+    base = _base_with_indicator_row(str(base_dir), tokenizer)
+    assert _changed_rows(model.get_input_embeddings().weight, base.get_input_embeddings().weight) == [ind]
+    assert _changed_rows(model.get_output_embeddings().weight, base.get_output_embeddings().weight) == [ind]

@@ -73,6 +73,7 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     expected = set(configured_grid(config))
     assert set(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
     assert len(table) == len(expected)
+    assert {"qk-lora", "qk-lora-indicator-0.6"} <= set(table["method"])  # the embedded default trains every method
     for column in ["nih", "squad", "quac", "drop", "avg"]:
         assert table[column].between(0, 1).all(), column
     assert table["mt_bench"].between(1, 10).all()
@@ -143,9 +144,10 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     counts = {}
     for rule, _ in planned_jobs(output):
         counts[rule] = counts.get(rule, 0) + 1
-    assert counts["finetune"] == 3 * 3 * 2
+    methods = len(yaml.safe_load((workdir / "config/paper.yaml").read_text())["methods"])
+    assert counts["finetune"] == 3 * 3 * methods
     assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
-    assert counts["evaluate"] == 3 * 3 * 2  # one job per model runs its five benchmarks
+    assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert "build_tiny_model" not in counts
 
@@ -194,7 +196,8 @@ def test_json_outputs_are_finite_numbers(embedded_run):
 
 def test_indicator_models_get_ind_on_every_query_and_vanilla_never(embedded_run):
     for task in ("nih", "squad", "quac", "drop", "mtbench"):
-        for method, expected in (("indicator-0.6", True), ("vanilla", False)):
+        methods = [("indicator-0.6", True), ("vanilla", False), ("qk-lora-indicator-0.6", True), ("qk-lora", False)]
+        for method, expected in methods:
             path = embedded_run / f"results/eval/tiny/sharegpt/{method}/{task}.generations.jsonl"
             records = pd.read_json(path, lines=True)
             assert len(records) > 0

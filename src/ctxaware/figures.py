@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ctxaware.tagging import method_beta  # noqa: E402
+from ctxaware.methods import parse_method  # noqa: E402
 
 
 def nih_heatmap(generations_jsonl: str, out_png: str, title: str) -> pd.DataFrame:
@@ -36,13 +36,17 @@ def nih_heatmap(generations_jsonl: str, out_png: str, title: str) -> pd.DataFram
 def threshold_ablation(table4_csv: str, out_png: str) -> pd.DataFrame:
     """Each task's score against beta per (dataset, model); vanilla drawn as beta = 1.0 like the paper's Table 9."""
     table = pd.read_csv(table4_csv)
-    table["beta"] = [method_beta(m) if method_beta(m) is not None else 1.0 for m in table["method"]]
+    methods = [parse_method(m) for m in table["method"]]
+    table["beta"] = [float(m.beta) if m.with_indicator else 1.0 for m in methods]
+    # qk-lora methods are their own line: their vanilla reference is qk-lora, not the recipe's vanilla
+    table["training"] = ["qk-lora" if m.qk_lora else "recipe" for m in methods]
     columns = [c for c in ["nih", "squad", "quac", "drop", "mt_bench"] if table[c].notna().any()]
     figure, axes = plt.subplots(1, max(1, len(columns)), figsize=(3.2 * max(1, len(columns)), 3), squeeze=False)
     for axis, column in zip(axes[0], columns, strict=False):
-        for (dataset, model), group in table.groupby(["sft_dataset", "model"]):
+        for (dataset, model, training), group in table.groupby(["sft_dataset", "model", "training"]):
             group = group.sort_values("beta")
-            axis.plot(group["beta"], group[column], marker="o", label=f"{dataset}/{model}")
+            label = f"{dataset}/{model}" + (" qk-lora" if training == "qk-lora" else "")
+            axis.plot(group["beta"], group[column], marker="o", label=label)
         axis.set_title(column)
         axis.set_xlabel("beta (1.0 = vanilla)")
     axes[0][0].legend(fontsize=6)

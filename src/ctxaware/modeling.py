@@ -35,16 +35,20 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def resize_embeddings_with_mean(model, new_size: int) -> None:
-    """Grow the vocabulary; new rows start at the mean of the existing rows (deterministic, unlike sampling)."""
-    old_size = model.get_input_embeddings().weight.shape[0]
-    if new_size == old_size:
+def add_token_rows(model, vocab_size: int, new_ids: list[int]) -> None:
+    """Make room for a tokenizer of vocab_size tokens and start the rows of the tokens we added (new_ids) at the
+    mean of the rows before them: deterministic, unlike sampling. Never shrinks: some models (Qwen) pad their
+    embedding beyond the tokenizer, and an added id can then fall on an unused padding row."""
+    if vocab_size > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    if not new_ids:
         return
-    model.resize_token_embeddings(new_size, mean_resizing=False)
+    rows = torch.tensor(sorted(new_ids))
     with torch.no_grad():
         for embedding in {model.get_input_embeddings(), model.get_output_embeddings()}:
-            if embedding is not None and embedding.weight.shape[0] == new_size:
-                embedding.weight[old_size:] = embedding.weight[:old_size].mean(dim=0, keepdim=True)
+            if embedding is not None:
+                weight = embedding.weight
+                weight[rows] = weight[: int(rows.min())].mean(dim=0, keepdim=True).to(weight.dtype)
 
 
 def load_model(
@@ -64,7 +68,8 @@ def load_model(
     if info.get("adapter"):
         from peft import PeftModel
 
-        resize_embeddings_with_mean(model, len(tokenizer))
+        # the adapter was trained on these rows: rebuild them exactly as training started
+        add_token_rows(model, len(tokenizer), [info["indicator_token_id"]] if info.get("indicator_token_id") else [])
         model = PeftModel.from_pretrained(model, path)
         if merge_adapter:
             model = model.merge_and_unload()

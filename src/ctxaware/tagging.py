@@ -9,13 +9,6 @@ import pandas as pd
 from ctxaware.chat import append_indicator
 
 
-def method_beta(method: str) -> float | None:
-    """`indicator-0.6` -> 0.6 (also `qk-lora-indicator-0.6`); methods without an indicator -> None."""
-    if "indicator-" not in method:
-        return None
-    return float(method.rsplit("indicator-", 1)[1])
-
-
 def is_tagged(score: float, beta: float) -> bool:
     """Strictly above beta; a missing or NaN score (truncated response) is never tagged."""
     return score is not None and not math.isnan(score) and score > beta

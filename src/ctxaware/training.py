@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,13 +15,24 @@ import torch
 
 from ctxaware import IND_TOKEN
 from ctxaware.chat import prepare_tokenizer, with_system
-from ctxaware.modeling import MODEL_INFO, default_device, load_tokenizer, resize_embeddings_with_mean
+from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, load_tokenizer
 
 RECIPES = ("full", "lora", "qlora")
 
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def data_parallel_processes(gpus: int | None) -> int:
+    """One training process per GPU the job was given (and can see); 1 (in-process) on CPU or one GPU."""
+    if not gpus or not torch.cuda.is_available():
+        return 1
+    return max(1, min(int(gpus), torch.cuda.device_count()))
 
 
 def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: int) -> int:
@@ -38,8 +52,22 @@ def _load_base(base: str, recipe: dict, device: str):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
-        kwargs["device_map"] = {"": device if device == "cpu" else torch.cuda.current_device()}
+        # each data-parallel process holds its own quantized copy on its own GPU
+        kwargs["device_map"] = {"": device if device == "cpu" else _local_rank()}
     return AutoModelForCausalLM.from_pretrained(base, **kwargs)
+
+
+def _module_name(model, module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def indicator_rows(model) -> list[str]:
+    """Modules holding an [IND] row: the input embedding and, unless tied to it, the output embedding."""
+    names = [_module_name(model, model.get_input_embeddings())]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        names.append(_module_name(model, output))
+    return names
 
 
 def _peft_model(model, recipe: dict, indicator_id: int | None):
@@ -48,51 +76,81 @@ def _peft_model(model, recipe: dict, indicator_id: int | None):
     lora = recipe["lora"]
     if recipe["method"] == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe["gradient_checkpointing"])
+    train_indicator = indicator_id is not None and recipe["indicator_embedding"] == "trainable"
     config = LoraConfig(
         r=lora["r"],
         lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"],
         target_modules=lora["target_modules"],
         task_type="CAUSAL_LM",
-        # the new [IND] row must learn: peft trains just that embedding row, the rest stays frozen
+        # the new [IND] rows must learn: peft trains just those rows (input and untied output embedding),
+        # every other row stays frozen
         trainable_token_indices=(
-            {"embed_tokens": [indicator_id]}
-            if indicator_id is not None and recipe["indicator_embedding"] == "trainable"
-            else None
+            {name: [indicator_id] for name in indicator_rows(model)} if train_indicator else None
         ),
     )
     return get_peft_model(model, config)
 
 
-def finetune(
+def freeze_rows(model, token_id: int) -> None:
+    """Keep one token's embedding rows (input and untied output) where they are under full fine-tuning: their
+    gradient is zeroed, so AdamW without weight decay leaves them exactly at their initial (mean) value."""
+    for name in indicator_rows(model):
+        weight = model.get_submodule(name).weight
+
+        def zero_row(grad, token_id=token_id):
+            return grad.index_fill(0, torch.tensor([token_id], device=grad.device), 0.0)
+
+        weight.register_hook(zero_row)
+
+
+def _model_loss_trainer(sft_trainer):
+    """TRL's fused LM-head loss multiplies by `lm_head.weight` directly, which would bypass (and never train)
+    peft's trainable [IND] row on an untied output embedding; this trainer takes the loss from the model's own
+    forward instead (labels are already masked by TRL's dataset preparation, assistant-only included)."""
+    from transformers import Trainer
+
+    class ModelLossSFTTrainer(sft_trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(
+                self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+
+    return ModelLossSFTTrainer
+
+
+def build_trainer(
     base: str,
     train_parquet: str,
-    out_dir: str,
     checkpoint_dir: str,
     recipe: dict,
     with_indicator: bool,
     seed: int = 42,
-) -> dict:
-    """Train and save a model (full weights or adapter) with its tokenizer, MODEL_INFO and train_log.json.
-
-    Checkpoints go to checkpoint_dir (outside the rule's outputs) so a killed job resumes from the last one.
-    """
+    callbacks: list | None = None,
+):
+    """(trainer, tokenizer, model info) for one fine-tune, before any step is taken."""
     import pandas as pd
     from datasets import Dataset
+    from peft.utils.other import TrainableTokensWrapper
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    # seeded before the adapter exists: LoRA's random init must not depend on what ran earlier in the process
+    set_seed(seed)
     device = default_device()
     tokenizer = prepare_tokenizer(load_tokenizer(base), with_indicator=with_indicator)
     frame = pd.read_parquet(train_parquet)
-    records = [{"messages": with_system(list(messages))} for messages in frame["messages"]]
-    dataset = Dataset.from_list(records)
+    dataset = Dataset.from_list([{"messages": with_system(list(messages))} for messages in frame["messages"]])
 
     model = _load_base(base, recipe, device)
-    resize_embeddings_with_mean(model, len(tokenizer))
     indicator_id = tokenizer.convert_tokens_to_ids(IND_TOKEN) if with_indicator else None
+    add_token_rows(model, len(tokenizer), [indicator_id] if with_indicator else [])
     adapter = recipe["method"] in ("lora", "qlora")
     if adapter:
         model = _peft_model(model, recipe, indicator_id)
+    elif indicator_id is not None and recipe["indicator_embedding"] == "frozen_mean":
+        freeze_rows(model, indicator_id)
 
     per_device = recipe["per_device_batch_size"]
     args = SFTConfig(
@@ -120,21 +178,15 @@ def finetune(
         packing=False,
         dataset_num_proc=None,
         optim="adamw_torch",
+        weight_decay=0.0,  # also what keeps a frozen_mean row exactly at the mean
+        ddp_find_unused_parameters=False,  # every trainable parameter takes part in each forward
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    last = _resumable_checkpoint(checkpoint_dir, {"base": base, "recipe": recipe, "indicator": with_indicator})
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=last)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if adapter:
-        # the [IND] row is saved by its trainable-token adapter (or is the mean row, rebuilt at load time),
-        # so the adapter need not carry whole embedding matrices
-        trainer.model.save_pretrained(out, save_embedding_layers=False)
-    else:
-        trainer.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    trainer_class = SFTTrainer
+    if adapter and isinstance(model.get_output_embeddings(), TrainableTokensWrapper):
+        trainer_class = _model_loss_trainer(SFTTrainer)
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+    )
     info = {
         "base": base,
         "recipe": recipe["method"],
@@ -142,21 +194,84 @@ def finetune(
         "with_indicator": with_indicator,
         "indicator_token_id": indicator_id,
     }
-    (out / MODEL_INFO).write_text(json.dumps(info, indent=2))
+    return trainer, tokenizer, info
+
+
+def finetune(
+    base: str,
+    train_parquet: str,
+    out_dir: str,
+    checkpoint_dir: str,
+    recipe: dict,
+    with_indicator: bool,
+    seed: int = 42,
+    callbacks: list | None = None,
+) -> dict:
+    """Train and save a model (full weights or adapter) with its tokenizer, MODEL_INFO and train_log.json.
+
+    Checkpoints go to checkpoint_dir (outside the rule's outputs) so a killed job resumes from the last one.
+    Under torchrun every process calls this; the first one writes the outputs.
+    """
+    settings = _checkpoint_settings(base, recipe, with_indicator, seed, _world_size())
+    last = _resumable_checkpoint(checkpoint_dir, settings)
+    trainer, tokenizer, info = build_trainer(
+        base, train_parquet, checkpoint_dir, recipe, with_indicator, seed, callbacks
+    )
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=last)
     log = {
         **info,
         "resumed_from": last,
+        "world_size": _world_size(),
         "train_runtime_s": time.time() - started,
         "global_step": result.global_step,
         "train_loss": result.training_loss,
-        "n_conversations": len(records),
+        "n_conversations": len(trainer.train_dataset),
         "hyperparameters": recipe,
         "seed": seed,
         "log_history": trainer.state.log_history,
     }
+    if not trainer.is_world_process_zero():
+        return log
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if info["adapter"]:
+        # the [IND] rows are saved by their trainable-token adapter (or are the mean row, rebuilt at load
+        # time), so the adapter need not carry whole embedding matrices
+        trainer.model.save_pretrained(out, save_embedding_layers=False)
+    else:
+        trainer.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / MODEL_INFO).write_text(json.dumps(info, indent=2))
     (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is saved; a later rerun starts afresh
     return log
+
+
+def launch_finetune(processes: int = 1, **kwargs) -> None:
+    """finetune() in this process, or data-parallel in `processes` processes under torchrun (one per GPU)."""
+    if processes <= 1:
+        finetune(**kwargs)
+        return
+    # stale checkpoints are dropped here, once, so the processes never race to delete them
+    settings = _checkpoint_settings(
+        kwargs["base"], kwargs["recipe"], kwargs["with_indicator"], kwargs.get("seed", 42), processes
+    )
+    _resumable_checkpoint(kwargs["checkpoint_dir"], settings)
+    with tempfile.TemporaryDirectory() as scratch:
+        spec = Path(scratch) / "finetune.json"
+        spec.write_text(json.dumps(kwargs))
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", "ctxaware.training", str(spec),
+        ]  # fmt: skip
+        subprocess.run(command, check=True)
+
+
+def _checkpoint_settings(base: str, recipe: dict, with_indicator: bool, seed: int, world_size: int) -> dict:
+    """What a checkpoint must match to be resumed (a different number of processes changes the batches)."""
+    return {"base": base, "recipe": recipe, "indicator": with_indicator, "seed": seed, "world_size": world_size}
 
 
 def _resumable_checkpoint(checkpoint_dir: str, settings: dict) -> str | None:
@@ -166,8 +281,15 @@ def _resumable_checkpoint(checkpoint_dir: str, settings: dict) -> str | None:
     directory = Path(checkpoint_dir)
     stamp = directory / "settings.json"
     wanted = json.dumps(settings, sort_keys=True, default=str)
-    if directory.is_dir() and (not stamp.exists() or stamp.read_text() != wanted):
+    if directory.is_dir() and stamp.exists() and stamp.read_text() != wanted:
         shutil.rmtree(directory)
+    elif directory.is_dir() and not stamp.exists():
+        shutil.rmtree(directory)  # checkpoints of unknown provenance
     directory.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(wanted)
+    if _local_rank() == 0:
+        stamp.write_text(wanted)
     return get_last_checkpoint(str(directory))
+
+
+if __name__ == "__main__":  # one data-parallel process started by launch_finetune
+    finetune(**json.loads(Path(sys.argv[1]).read_text()))

@@ -1,10 +1,14 @@
 # Config is read and validated here, once; every other rule file uses these names and helpers.
 import itertools
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
+# the method axis and NIH templates come from the package (pure Python: no ML libraries are imported here)
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from ctxaware.methods import METHOD_PATTERN, parse_method, training_recipe
 from ctxaware.tasks.nih import resolve_template
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -61,7 +65,7 @@ _check_references()
 wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)),
     model="|".join(map(re.escape, MODELS)),
-    method="vanilla|indicator-[0-9.]+",
+    method=METHOD_PATTERN,
     beta="[0-9.]+",
     task="|".join(["nih", "squad", "quac", "drop", "mtbench"]),
     seed=re.escape(SEED_NAME),
@@ -111,12 +115,17 @@ def seed_input(wildcards):
 
 
 def recipe_for(wildcards):
-    """The model's recipe with the dataset's epoch override (the paper: 2 epochs on WizardLM)."""
+    """The model's recipe with the dataset's epoch override (the paper: 2 epochs on WizardLM), as the method
+    trains it (qk-lora: LoRA on query and key projections only)."""
     recipe = dict(RECIPES[MODELS[wildcards.model]["recipe"]])
     epochs = DATASETS[wildcards.dataset]["epochs"]
     if epochs is not None:
         recipe["epochs"] = epochs
-    return canonical(recipe)
+    return canonical(training_recipe(recipe, wildcards.method))
+
+
+def with_indicator(wildcards):
+    return parse_method(wildcards.method).with_indicator
 
 
 def task_settings(task, model, dataset):
@@ -180,9 +189,9 @@ def res(stage, key):
 # Functions below refer to rules defined in the other rule files; they run only after all are included.
 def sft_input(wildcards):
     """The branch's training data: the vanilla copy or the tagged set of its beta."""
-    if wildcards.method == "vanilla":
+    beta = parse_method(wildcards.method).beta
+    if beta is None:
         return rules.vanilla_sft.output.sft.format(dataset=wildcards.dataset)
-    beta = wildcards.method.removeprefix("indicator-")
     return rules.tag_indicator.output.sft.format(dataset=wildcards.dataset, beta=beta)
 
 

@@ -21,7 +21,7 @@ rule evaluate:
         gpu=res("evaluate", "gpu"),
     params:
         settings=evaluation_settings,
-        with_indicator=lambda wc: wc.method.startswith("indicator-"),
+        with_indicator=with_indicator,
         engine=evaluation_engine(),
         # generation caches outside the outputs: a killed evaluation resumes at the missing prompts
         cache_dir="results/cache/generations/{model}/{dataset}/{method}",

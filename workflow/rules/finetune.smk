@@ -19,7 +19,7 @@ rule finetune:
     params:
         base=lambda wc: base_source(wc.model),
         recipe=recipe_for,
-        with_indicator=lambda wc: wc.method.startswith("indicator-"),
+        with_indicator=with_indicator,
         seed=config["seed"],
         # outside the output so a killed or preempted job resumes instead of restarting
         checkpoint_dir="results/checkpoints/{model}/{dataset}/{method}",

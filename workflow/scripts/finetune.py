@@ -1,14 +1,16 @@
 from ctxaware.smk import job
-from ctxaware.training import finetune
+from ctxaware.training import data_parallel_processes, launch_finetune
 
 with job(snakemake):
     p = snakemake.params
-    finetune(
-        p.base,
-        snakemake.input.sft,
-        snakemake.output.model,
-        p.checkpoint_dir,
-        p.recipe,
+    launch_finetune(
+        # several GPUs: data-parallel under torchrun; otherwise in this process
+        processes=data_parallel_processes(snakemake.resources.get("gpu", 0)),
+        base=p.base,
+        train_parquet=snakemake.input.sft,
+        out_dir=snakemake.output.model,
+        checkpoint_dir=p.checkpoint_dir,
+        recipe=p.recipe,
         with_indicator=p.with_indicator,
         seed=p.seed,
     )
