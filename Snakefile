@@ -17,6 +17,7 @@ include: "workflow/rules/tag.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/diagnosis.smk"
 
 
 rule all:
@@ -28,3 +29,4 @@ rule all:
         rules.threshold_ablation.output,
         rules.layer_agreement.output,
         rules.instruction_lengths.output,
+        diagnosis_targets(),

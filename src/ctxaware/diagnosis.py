@@ -181,9 +181,7 @@ def nih_template_study(pair: str, models: dict, settings: dict, templates: list[
             for template in templates:
                 run = nih_settings(settings, template, use_template, prefix if with_prefix else "")
                 summary, _ = run_nih(generator, run, False)
-                rows.append(
-                    {"pair": pair, "model": models[role], "variant": variant, "template": template, **summary}
-                )
+                rows.append({"pair": pair, "model": models[role], "variant": variant, "template": template, **summary})
                 logging.info("%s %s %s: recall %.4f", pair, variant, template, summary["score"])
         del model, generator
     return pd.DataFrame(rows)
@@ -275,3 +273,132 @@ def write_csv(frame: pd.DataFrame, path: str) -> None:
 def concat_csvs(paths: list[str]) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
 
+
+# Workflow entry points: one per-pair job writes a csv, one gather job writes the table and figure.
+
+
+def run_template_study(pair: str, models: dict, settings: dict, templates: list[str], prefix: str, out: str) -> None:
+    write_csv(nih_template_study(pair, models, settings, templates, prefix), out)
+
+
+def run_allocation(pair: str, model_dir: str, settings: dict, prefix: str, out: str) -> None:
+    per_case = attention_allocation(model_dir, settings, prefix)
+    write_csv(summarize_allocation(per_case).assign(pair=pair, model=model_dir, head_selection="without_template"), out)
+
+
+def run_steering(pair: str, model_dir: str, task_settings: dict, steering: dict, prefix: str, out: str) -> None:
+    table = attention_steering(
+        pair, model_dir, task_settings, steering["alphas"], steering["heads"], steering["compat"], prefix
+    )
+    write_csv(table, out)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+VARIANT_LABELS = {
+    "base": "pretrained",
+    "no_template": "instruct, w/o chat template",
+    "template_prefix": "instruct, w/ chat template",
+    "template_no_prefix": "instruct, w/ chat template, w/o response prefix",
+}
+VARIANT_COLORS = {
+    "base": "tab:green",
+    "no_template": "tab:blue",
+    "template_prefix": "tab:red",
+    "template_no_prefix": "tab:orange",
+}
+
+
+def write_template_study(per_pair_csvs: list[str], out_csv: str, out_png: str) -> pd.DataFrame:
+    """Table 7 (mean and std of recall over the Table 8 templates) and Figure 2 (recall error bars per pair)."""
+    table = summarize_templates(concat_csvs(per_pair_csvs))
+    write_csv(table, out_csv)
+    plt = _figure()
+    pairs = list(dict.fromkeys(table["pair"]))
+    figure, axis = plt.subplots(figsize=(2.0 + 1.6 * len(pairs), 3.6))
+    width = 0.8 / len(VARIANTS)
+    for offset, variant in enumerate(VARIANTS):
+        rows = table[table["variant"] == variant].set_index("pair").reindex(pairs)
+        positions = [i + (offset - (len(VARIANTS) - 1) / 2) * width for i in range(len(pairs))]
+        axis.bar(
+            positions,
+            rows["error_mean"],
+            width,
+            yerr=rows["recall_std"],
+            color=VARIANT_COLORS[variant],
+            label=VARIANT_LABELS[variant],
+            capsize=2,
+        )
+    axis.set_xticks(range(len(pairs)), pairs)
+    axis.set_ylabel("NIH recall error (1 - recall)")
+    axis.set_title("NIH error of pretrained and instruct models (Figure 2)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+    return table
+
+
+def allocation_layer(table: pd.DataFrame, layer: int | None) -> pd.DataFrame:
+    """Rows of one layer per pair: the configured one, or each model's middle layer."""
+    chosen = []
+    for _, rows in table.groupby("pair", sort=False):
+        pick = layer if layer is not None else int(rows["layer"].max()) // 2
+        if pick not in set(rows["layer"]):
+            raise ValueError(f"config key diagnosis.allocation.layer: layer {pick} is not in the model's layers")
+        chosen.append(rows[rows["layer"] == pick])
+    return pd.concat(chosen, ignore_index=True)
+
+
+def write_allocation(per_pair_csvs: list[str], layer: int | None, out_csv: str, out_png: str) -> pd.DataFrame:
+    """All layers to the csv; Figure 3 (change with the template) and Figure 4 (allocation) on one layer."""
+    table = concat_csvs(per_pair_csvs)
+    write_csv(table, out_csv)
+    shown = allocation_layer(table, layer)
+    pairs = list(dict.fromkeys(shown["pair"]))
+    plt = _figure()
+    figure, (change, full) = plt.subplots(1, 2, figsize=(4.0 + 2.4 * len(pairs), 3.6))
+    colors = {"user": "tab:blue", "assistant": "tab:orange", "bos": "tab:gray"}
+    for index, pair in enumerate(pairs):
+        rows = shown[shown["pair"] == pair].set_index("chat_template")
+        delta = rows.loc[True, list(ROLES)] - rows.loc[False, list(ROLES)]
+        for offset, role in enumerate(ROLES):
+            change.bar(
+                index + (offset - 1) * 0.25, delta[role], 0.25, color=colors[role], label=role if not index else None
+            )
+        for side, template in enumerate((False, True)):
+            bottom = 0.0
+            x = 2 * index + side
+            for role in ROLES:
+                value = float(rows.loc[template, role])
+                full.bar(x, value, 0.8, bottom=bottom, color=colors[role], label=role if x == 0 else None)
+                bottom += value
+    change.axhline(0, color="black", linewidth=0.8)
+    change.set_xticks(range(len(pairs)), pairs)
+    change.set_ylabel("attention change with chat template")
+    change.set_title("Figure 3: change in allocation")
+    change.legend(fontsize=7)
+    full.set_xticks(range(2 * len(pairs)), [f"{p}\n{t}" for p in pairs for t in ("w/o tmpl", "w/ tmpl")], fontsize=7)
+    full.set_ylabel("attention share (renormalised)")
+    full.set_title("Figure 4: allocation at the first answer token")
+    full.legend(fontsize=7)
+    layers = ", ".join(f"{p}: layer {int(shown[shown['pair'] == p]['layer'].iloc[0])}" for p in pairs)
+    figure.suptitle(f"retrieval head per prompt (Eq. 3); {layers}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+    return table
+
+
+def write_steering(per_pair_csvs: list[str], out_csv: str) -> pd.DataFrame:
+    """Table 1: every (pair, task, alpha) row; the compat mode and steered heads are columns of every row."""
+    table = concat_csvs(per_pair_csvs)
+    write_csv(table, out_csv)
+    return table
