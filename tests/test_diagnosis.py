@@ -134,3 +134,26 @@ def test_steering_generator_unsteered_equals_generator_and_alpha_changes_attenti
     # the batch's user mask is left-padded like its prompts: the shorter prompt's padding is not user
     lengths = sorted(len(steered.encode_chat(q)) for q in queries)
     assert not steering.user[0, : lengths[1] - lengths[0]].any()
+
+
+def test_softcapped_attention_matches_hand_computation():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, 2, len(USER), 4) * 3 for _ in range(3))
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=1)
+    out, _ = steered_attention(module, q, k, v, None, scaling=0.5, softcap=2.0)
+    scores = torch.tanh((q @ k.transpose(-1, -2)) * 0.5 / 2.0) * 2.0
+    scores = scores.masked_fill(torch.ones(len(USER), len(USER)).triu(1).bool(), float("-inf"))
+    expected = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_render_drops_the_empty_system_message_for_templates_without_one(tiny):
+    from ctxaware.chat import render
+
+    _, tokenizer = tiny
+    strict = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    )
+    assert render(strict, [{"role": "user", "content": "hi"}]) == "[user]hi"

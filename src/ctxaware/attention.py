@@ -92,7 +92,8 @@ def steered_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     exponent = None if steering is None else steering.exponents.get(layer)
     if exponent is not None and not bool(exponent.any()):
         exponent = None
-    if exponent is None and capture is None:
+    softcap = kwargs.get("softcap")
+    if exponent is None and capture is None and softcap is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     batch, num_heads, q_len, _ = query.shape
     groups = getattr(module, "num_key_value_groups", 1)
@@ -111,8 +112,15 @@ def steered_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         non_user[:, :width] = ~user[:, :width].to(query.device)
         log_alpha = math.log(steering.alpha) * exponent.to(query.device, query.dtype)  # (heads,)
         bias = bias + log_alpha[None, :, None, None] * non_user[:, None, None, :].to(query.dtype)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if softcap is not None:  # Gemma-2: logits soft-capped before the mask, which sdpa cannot do
+        logits = torch.tanh((query @ key.transpose(2, 3)) * scale / softcap) * softcap + bias
+        weights = torch.softmax(logits.float(), dim=-1)
+        if capture is not None:
+            capture.last[layer] = weights[:, :, -1].detach().cpu()
+        output = weights.to(value.dtype) @ value
+        return output.transpose(1, 2).contiguous(), None
     if capture is not None:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         logits = (query[:, :, -1:].float() @ key.float().transpose(2, 3)) * scale + bias[:, :, -1:].float()
         capture.last[layer] = torch.softmax(logits, dim=-1)[:, :, 0].detach().cpu()
     output = torch.nn.functional.scaled_dot_product_attention(

@@ -1,5 +1,8 @@
 """The paper's Section 2 diagnosis: NIH with and without the chat template (Figure 2, Table 7), attention
-allocation at the first answer token (Figures 3 and 4, Eq. 3) and post-hoc attention steering (Table 1, Eq. 1)."""
+allocation at the first answer token (Figures 3 and 4, Eq. 3) and post-hoc attention steering (Table 1, Eq. 1).
+
+Models load with the instrumented attention (ctxaware.attention; plain sdpa when nothing is steered or captured,
+soft-capping handled for Gemma-2)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ctxaware.attention import Steering, attention_modules, capture_last, num_heads, steer
+from ctxaware.attention import ATTN_NAME, Steering, attention_modules, capture_last, num_heads, steer
 from ctxaware.chat import render
 from ctxaware.evaluation import run_nih, run_qa
 from ctxaware.generation import Generator
@@ -97,7 +100,7 @@ def nih_cases(tokenizer, settings: dict) -> list[dict]:
 def attention_allocation(model_dir: str, settings: dict, response_prefix: str) -> pd.DataFrame:
     """Per NIH case and layer: the retrieval head (Eq. 3, chosen without the template, as the paper does) and
     its renormalised attention on user, assistant and BOS tokens without and with the chat template."""
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
     rows = []
     for case in nih_cases(tokenizer, settings):
         plain_ids, plain_roles = encode_roles(tokenizer, case["prompt"], False, prompt_prefix(False, response_prefix))
@@ -173,7 +176,7 @@ def nih_template_study(pair: str, models: dict, settings: dict, templates: list[
     """Table 7 / Figure 2 for one (base, instruct) pair: NIH recall per variant and Table 8 template."""
     rows = []
     for role in ("base", "instruct"):
-        model, tokenizer = load_model(models[role])
+        model, tokenizer = load_model(models[role], attn_implementation=ATTN_NAME)
         generator = Generator(model, tokenizer, settings["batch_tokens"], share_prefixes=True)
         for variant, (variant_role, use_template, with_prefix) in VARIANTS.items():
             if variant_role != role:
@@ -219,7 +222,7 @@ def attention_steering(
     prefix: str,
 ) -> pd.DataFrame:
     """Table 1 for one instruct model: each task with the chat template, unsteered (alpha 1) and per alpha."""
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
     nih_run = task_settings.get("nih")
     selected = steering_heads(model, tokenizer, nih_run or {}, prefix, heads) if heads == "retrieval" else None
     if selected is None:
