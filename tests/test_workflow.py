@@ -212,3 +212,26 @@ def test_scoring_scatters_into_the_requested_number_of_shards(tmp_path):
     shards = sorted(path for rule, path in jobs if rule == "score_turns")
     assert len(shards) == 12 and shards[0].endswith("shard-1-of-4.parquet")
     assert sum(rule == "gather_scores" for rule, _ in jobs) == 3
+
+
+def test_diagnosis_targets_cover_section_2(embedded_run):
+    """Table 7 / Figure 2, Figures 3 and 4, Table 1 on the embedded tiny pair."""
+    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
+    pairs = list(config["diagnosis"]["pairs"])
+    study = pd.read_csv(embedded_run / "results/tables/nih_template_study.csv")
+    variants = ["base", "no_template", "template_prefix", "template_no_prefix"]
+    assert sorted(study["variant"]) == sorted(variants * len(pairs))
+    assert (study["n_templates"] == 4).all()
+    assert study["recall_mean"].between(0, 1).all() and (study["recall_std"] >= 0).all()
+    allocation = pd.read_csv(embedded_run / "results/tables/attention_allocation.csv")
+    assert set(allocation["chat_template"]) == {True, False}
+    assert ((allocation["user"] + allocation["assistant"] + allocation["bos"]) - 1).abs().max() < 1e-4
+    assert set(allocation["layer"]) == set(range(config["tiny"]["num_layers"]))
+    steering = pd.read_csv(embedded_run / "results/tables/attention_steering.csv")
+    assert set(steering["compat"]) == {"none"}
+    assert sorted(set(steering.loc[steering["steered"], "alpha"])) == [0.01, 0.1, 0.3, 0.5, 0.7, 0.9]
+    assert set(steering["task"]) == {"nih", "quac", "drop"}
+    assert len(steering) == len(pairs) * 3 * 7  # baseline and six alphas per task
+    assert steering["score"].between(0, 1).all()
+    for name in ("nih_template_study", "attention_allocation"):
+        assert (embedded_run / f"results/figures/{name}.png").stat().st_size > 0

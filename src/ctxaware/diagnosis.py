@@ -223,10 +223,11 @@ def attention_steering(
 ) -> pd.DataFrame:
     """Table 1 for one instruct model: each task with the chat template, unsteered (alpha 1) and per alpha."""
     model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
-    nih_run = task_settings.get("nih")
-    selected = steering_heads(model, tokenizer, nih_run or {}, prefix, heads) if heads == "retrieval" else None
-    if selected is None:
-        selected = {layer: list(range(num_heads(model))) for layer in range(len(attention_modules(model)))}
+    if heads == "retrieval" and "nih" not in task_settings:
+        raise ValueError(
+            "config key diagnosis.steering.heads: retrieval heads are chosen on an NIH prompt; add nih to tasks"
+        )
+    selected = steering_heads(model, tokenizer, task_settings.get("nih", {}), prefix, heads)
     rows = []
     for alpha in [1.0, *alphas]:
         steering = None
@@ -325,7 +326,7 @@ def write_template_study(per_pair_csvs: list[str], out_csv: str, out_png: str) -
     write_csv(table, out_csv)
     plt = _figure()
     pairs = list(dict.fromkeys(table["pair"]))
-    figure, axis = plt.subplots(figsize=(2.0 + 1.6 * len(pairs), 3.6))
+    figure, axis = plt.subplots(figsize=(max(5.5, 2.0 + 1.6 * len(pairs)), 3.8))
     width = 0.8 / len(VARIANTS)
     for offset, variant in enumerate(VARIANTS):
         rows = table[table["variant"] == variant].set_index("pair").reindex(pairs)
@@ -341,7 +342,7 @@ def write_template_study(per_pair_csvs: list[str], out_csv: str, out_png: str) -
         )
     axis.set_xticks(range(len(pairs)), pairs)
     axis.set_ylabel("NIH recall error (1 - recall)")
-    axis.set_title("NIH error of pretrained and instruct models (Figure 2)")
+    axis.set_title("NIH recall error, mean over Table 8 templates (Figure 2)", fontsize=9)
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out_png, dpi=120)
