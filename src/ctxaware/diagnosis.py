@@ -368,7 +368,7 @@ def write_allocation(per_pair_csvs: list[str], layer: int | None, out_csv: str, 
     shown = allocation_layer(table, layer)
     pairs = list(dict.fromkeys(shown["pair"]))
     plt = _figure()
-    figure, (change, full) = plt.subplots(1, 2, figsize=(4.0 + 2.4 * len(pairs), 3.6))
+    figure, (change, full) = plt.subplots(1, 2, figsize=(max(9.0, 4.0 + 2.4 * len(pairs)), 3.8))
     colors = {"user": "tab:blue", "assistant": "tab:orange", "bos": "tab:gray"}
     for index, pair in enumerate(pairs):
         rows = shown[shown["pair"] == pair].set_index("chat_template")
@@ -387,11 +387,11 @@ def write_allocation(per_pair_csvs: list[str], layer: int | None, out_csv: str, 
     change.axhline(0, color="black", linewidth=0.8)
     change.set_xticks(range(len(pairs)), pairs)
     change.set_ylabel("attention change with chat template")
-    change.set_title("Figure 3: change in allocation")
+    change.set_title("Figure 3: change in allocation", fontsize=9)
     change.legend(fontsize=7)
     full.set_xticks(range(2 * len(pairs)), [f"{p}\n{t}" for p in pairs for t in ("w/o tmpl", "w/ tmpl")], fontsize=7)
     full.set_ylabel("attention share (renormalised)")
-    full.set_title("Figure 4: allocation at the first answer token")
+    full.set_title("Figure 4: allocation at the first answer token", fontsize=9)
     full.legend(fontsize=7)
     layers = ", ".join(f"{p}: layer {int(shown[shown['pair'] == p]['layer'].iloc[0])}" for p in pairs)
     figure.suptitle(f"retrieval head per prompt (Eq. 3); {layers}", fontsize=8)
