@@ -20,6 +20,7 @@ include: "workflow/rules/tag.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/diagnosis.smk"
 
 
 # Trivial jobs run in the Snakemake process itself, never as cluster jobs.
@@ -37,3 +38,4 @@ rule all:
         rules.threshold_ablation.output,
         rules.layer_agreement.output,
         rules.instruction_lengths.output,
+        diagnosis_targets(),

@@ -215,7 +215,9 @@ def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_ru
     config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
     figures = [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in configured_grid(config)]
     figures += [f"results/figures/{n}.png" for n in ("threshold_ablation", "layer_agreement", "instruction_lengths")]
-    assert set(results) == {"results/tables/table4.csv", "results/tables/table3.csv", *figures}
+    figures += ["results/figures/nih_template_study.png", "results/figures/attention_allocation.png"]
+    tables = [f"results/tables/{n}.csv" for n in ("table4", "table3", "nih_template_study", "attention_steering")]
+    assert set(results) == {*tables, *figures}
     for path, entry in results.items():
         data = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
         assert data == (embedded_run / path).read_bytes(), path
@@ -224,3 +226,26 @@ def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_ru
     assert table4["job_properties"]["rule"] == "table4"
     seed = config["scoring"]["seed_model"]["name"]
     assert seed in table4["caption"] and re.search(rf"layer\s+{config['scoring']['layer']}\b", table4["caption"])
+
+
+def test_diagnosis_targets_cover_section_2(embedded_run):
+    """Table 7 / Figure 2, Figures 3 and 4, Table 1 on the embedded tiny pair."""
+    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
+    pairs = list(config["diagnosis"]["pairs"])
+    study = pd.read_csv(embedded_run / "results/tables/nih_template_study.csv")
+    variants = ["base", "no_template", "template_prefix", "template_no_prefix"]
+    assert sorted(study["variant"]) == sorted(variants * len(pairs))
+    assert (study["n_templates"] == 4).all()
+    assert study["recall_mean"].between(0, 1).all() and (study["recall_std"] >= 0).all()
+    allocation = pd.read_csv(embedded_run / "results/tables/attention_allocation.csv")
+    assert set(allocation["chat_template"]) == {True, False}
+    assert ((allocation["user"] + allocation["assistant"] + allocation["bos"]) - 1).abs().max() < 1e-4
+    assert set(allocation["layer"]) == set(range(config["tiny"]["num_layers"]))
+    steering = pd.read_csv(embedded_run / "results/tables/attention_steering.csv")
+    assert set(steering["compat"]) == {"none"}
+    assert sorted(set(steering.loc[steering["steered"], "alpha"])) == [0.01, 0.1, 0.3, 0.5, 0.7, 0.9]
+    assert set(steering["task"]) == {"nih", "quac", "drop"}
+    assert len(steering) == len(pairs) * 3 * 7  # baseline and six alphas per task
+    assert steering["score"].between(0, 1).all()
+    for name in ("nih_template_study", "attention_allocation"):
+        assert (embedded_run / f"results/figures/{name}.png").stat().st_size > 0

@@ -44,9 +44,15 @@ def prepare_tokenizer(tokenizer, with_indicator: bool = False):
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        with_system(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    """The conversation with the empty system message added, or without it for templates that reject a system
+    role (Gemma, Mistral: the paper's Section 2 renders the official instruct models with their own templates)."""
+    full = with_system(messages)
+    try:
+        return tokenizer.apply_chat_template(full, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception:  # jinja2's raise_exception in the template: "System role not supported"
+        if full[0]["content"]:
+            raise
+        return tokenizer.apply_chat_template(full[1:], tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 @dataclass

@@ -29,6 +29,8 @@ TINY_DIR = "results/models/base/tiny"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
 ENV = "../../envs/ctxaware.yaml"
+DIAGNOSIS = config["diagnosis"]
+PAIRS = DIAGNOSIS["pairs"]
 LAYER_STUDY = dict(config["report"]["layer_agreement"])
 LAYER_STUDY["dataset"] = LAYER_STUDY["dataset"] or next(iter(DATASETS))
 
@@ -71,6 +73,7 @@ wildcard_constraints:
     beta="[0-9.]+",
     task="|".join(["nih", "squad", "quac", "drop", "mtbench"]),
     seed=re.escape(SEED_NAME),
+    pair="|".join(map(re.escape, PAIRS)) or "(?!)",
 
 
 def canonical(value):
@@ -239,4 +242,62 @@ def nih_heatmaps():
     return [
         rules.nih_heatmap.output.png.format(model=m, dataset=d, method=x)
         for d, m, x in grid()
+    ]
+
+
+def pair_model(pair, role):
+    return PAIRS[pair][role]
+
+
+def pair_inputs(roles):
+    """A pair's models that are workflow artifacts or local directories become inputs; hub ids are not."""
+
+    def inputs(wildcards):
+        paths = [pair_model(wildcards.pair, role) for role in roles]
+        return [p for p in paths if p.startswith("results/") or Path(p).exists()]
+
+    return inputs
+
+
+def diagnosis_nih(wildcards):
+    """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant)."""
+    settings = dict(EVALUATION["nih"])
+    settings["batch_tokens"] = EVALUATION["batch_tokens"]
+    settings["max_context"] = PAIRS[wildcards.pair]["nih_max_context"]
+    settings["prompt_template"] = resolve_template(settings["prompt_template"])
+    return canonical(settings)
+
+
+def steering_tasks(wildcards):
+    """Table 1's tasks, each with the chat template; QuAC and DROP use the default QA prompts."""
+    steering = DIAGNOSIS["steering"]
+    settings = {}
+    for task in steering["tasks"]:
+        if task == "nih":
+            settings[task] = diagnosis_nih(wildcards)
+            continue
+        qa = dict(EVALUATION[task])
+        qa["batch_tokens"] = EVALUATION["batch_tokens"]
+        qa["prompt_template"] = EVALUATION["qa_prompts"]["default"][task]
+        qa["limit"] = steering["limit"] or qa["limit"]
+        settings[task] = canonical(qa)
+    return settings
+
+
+def steering_files(wildcards):
+    paths = [
+        s["haystack_dir"] if t == "nih" else s["source"]
+        for t, s in steering_tasks(wildcards).items()
+    ]
+    return [p for p in paths if Path(p).exists()]
+
+
+def diagnosis_targets():
+    """Section 2's tables and figures when pairs are configured."""
+    if not PAIRS:
+        return []
+    return [
+        rules.nih_template_table.output,
+        rules.attention_allocation_table.output,
+        rules.attention_steering_table.output,
     ]

@@ -1,0 +1,12 @@
+from ctxaware.diagnosis import run_steering
+from ctxaware.smk import job
+
+with job(snakemake):
+    run_steering(
+        snakemake.wildcards.pair,
+        snakemake.params.model,
+        snakemake.params.tasks,
+        snakemake.params.steering,
+        snakemake.params.prefix,
+        snakemake.output.csv,
+    )

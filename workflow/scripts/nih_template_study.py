@@ -1,0 +1,12 @@
+from ctxaware.diagnosis import run_template_study
+from ctxaware.smk import job
+
+with job(snakemake):
+    run_template_study(
+        snakemake.wildcards.pair,
+        snakemake.params.models,
+        snakemake.params.settings,
+        snakemake.params.templates,
+        snakemake.params.prefix,
+        snakemake.output.csv,
+    )

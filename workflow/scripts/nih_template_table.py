@@ -1,0 +1,5 @@
+from ctxaware.diagnosis import write_template_study
+from ctxaware.smk import job
+
+with job(snakemake):
+    write_template_study(list(snakemake.input.csvs), snakemake.output.csv, snakemake.output.png)
