@@ -31,8 +31,9 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 def build_model(args, out_dir: Path) -> str:
     """A random-weight Llama of the requested shape with a BPE tokenizer trained on the shipped haystack."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
+    from ctxaware.benchmarking import llama_config
     from ctxaware.tiny import build_tiny_model
 
     haystack = sorted(str(p) for p in Path("resources/haystack").glob("*.txt"))
@@ -40,19 +41,7 @@ def build_model(args, out_dir: Path) -> str:
     build_tiny_model(str(tokenizer_dir), haystack, vocab_size=min(args.vocab, 4096), hidden_size=8,
                      intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=max(args.vocab, len(tokenizer)),
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=max(4096, args.seq_len),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = llama_config(tokenizer, args, max_positions=max(4096, args.seq_len))
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)

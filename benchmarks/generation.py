@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from ctxaware.benchmarking import llama_config
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_tokenizer
 from ctxaware.tasks import nih
@@ -73,19 +74,7 @@ def build_model(args, work: str, device: str, dtype: torch.dtype):
     # (the BPE vocabulary is capped: resources/ is too small a corpus for TinyLlama's 32000 merges)
     tokenizer = load_tokenizer(work)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=max(args.vocab, len(tokenizer)),  # TinyLlama's 32000 rows even where the tokenizer has fewer
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = llama_config(tokenizer, args, max_positions=4096)  # TinyLlama's 32000 rows, whatever the tokenizer has
     LlamaForCausalLM(config).save_pretrained(work)
     model = AutoModelForCausalLM.from_pretrained(work, dtype=dtype, attn_implementation="sdpa")
     if config.vocab_size > len(tokenizer):  # rows without a token would decode to nothing: never generate them

@@ -43,3 +43,23 @@ class PeakMemory:
         else:
             self._running = False
             self._thread.join()
+
+
+def llama_config(tokenizer, args, max_positions: int):
+    """A Llama config of the shape in args (layers, hidden, intermediate, heads, kv_heads, vocab) for a tokenizer;
+    the embedding keeps args.vocab rows even where the tokenizer has fewer (a real model's shape)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=max(args.vocab, len(tokenizer)),
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )

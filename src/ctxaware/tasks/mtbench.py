@@ -85,24 +85,30 @@ def _check_row(row) -> str | None:
     return None
 
 
-def load_questions(path: str, limit: int | None = None) -> list[dict]:
-    """The first `limit` (all if None) questions of an MT-Bench question.jsonl file, validated."""
-    questions = []
+def _read_checked_jsonl(path: str, check, limit: int | None = None):
+    """(line number, row) of a JSON-lines file, each row validated by `check` (the problem, or None); a bad
+    line is an error naming the file and line."""
     with open(path, encoding="utf-8") as handle:
+        rows = 0
         for lineno, line in enumerate(handle, start=1):
-            if limit is not None and len(questions) >= limit:
-                break
+            if limit is not None and rows >= limit:
+                return
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {lineno}: invalid JSON ({error})") from None
-            problem = _check_row(row)
+            problem = check(row)
             if problem:
                 raise ValueError(f"{path}, line {lineno}: {problem}")
-            questions.append(row)
-    return questions
+            rows += 1
+            yield lineno, row
+
+
+def load_questions(path: str, limit: int | None = None) -> list[dict]:
+    """The first `limit` (all if None) questions of an MT-Bench question.jsonl file, validated."""
+    return [row for _, row in _read_checked_jsonl(path, _check_row, limit)]
 
 
 def _check_reference_row(row) -> str | None:
@@ -126,21 +132,11 @@ def load_references(path: str) -> dict[str, list[str]]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"config key evaluation.mtbench.references: no file {path}")
     references = {}
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {lineno}: invalid JSON ({error})") from None
-            problem = _check_reference_row(row)
-            if problem:
-                raise ValueError(f"{path}, line {lineno}: {problem}")
-            qid = str(row["question_id"])
-            if qid in references:
-                raise ValueError(f"{path}, line {lineno}: question_id {row['question_id']} appears twice")
-            references[qid] = list(row["choices"][0]["turns"])
+    for lineno, row in _read_checked_jsonl(path, _check_reference_row):
+        qid = str(row["question_id"])
+        if qid in references:
+            raise ValueError(f"{path}, line {lineno}: question_id {row['question_id']} appears twice")
+        references[qid] = list(row["choices"][0]["turns"])
     return references
 
 
