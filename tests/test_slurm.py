@@ -18,7 +18,11 @@ from smk_helpers import ROOT, copy_workflow, planned_jobs, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
-GPU_STAGES = {"score": ["score_turns", "score_layers"], "finetune": ["finetune"], "evaluate": ["evaluate"]}
+GPU_STAGES = {
+    "score": ["score_turns", "score_layers"],
+    "finetune": ["finetune"],
+    "evaluate": ["evaluate", "nih_template_study", "attention_allocation", "attention_steering"],
+}
 GPU_RULES = {rule for rules in GPU_STAGES.values() for rule in rules}
 LOCAL_RULES = {"all", "vanilla_sft"}
 RUN_TIMEOUT_S = 3600

@@ -19,9 +19,7 @@ rule nih_template_study:
         ENV
     threads: res("evaluate", "cpus_per_task")
     resources:
-        mem_mb=res("evaluate", "mem_mb"),
-        runtime=res("evaluate", "runtime"),
-        gpu=res("evaluate", "gpu"),
+        **stage_resources("evaluate"),
     params:
         models=lambda wc: {r: pair_model(wc.pair, r) for r in ("base", "instruct")},
         settings=diagnosis_nih,
@@ -48,9 +46,7 @@ rule attention_allocation:
         ENV
     threads: res("evaluate", "cpus_per_task")
     resources:
-        mem_mb=res("evaluate", "mem_mb"),
-        runtime=res("evaluate", "runtime"),
-        gpu=res("evaluate", "gpu"),
+        **stage_resources("evaluate"),
     params:
         model=lambda wc: pair_model(wc.pair, "instruct"),
         settings=diagnosis_nih,
@@ -75,9 +71,7 @@ rule attention_steering:
         ENV
     threads: res("evaluate", "cpus_per_task")
     resources:
-        mem_mb=res("evaluate", "mem_mb"),
-        runtime=res("evaluate", "runtime"),
-        gpu=res("evaluate", "gpu"),
+        **stage_resources("evaluate"),
     params:
         model=lambda wc: pair_model(wc.pair, "instruct"),
         tasks=steering_tasks,
@@ -108,6 +102,9 @@ rule nih_template_table:
         "results/logs/nih_template_table.log",
     conda:
         ENV
+    threads: res("light", "cpus_per_task")
+    resources:
+        **stage_resources("light"),
     script:
         "../scripts/nih_template_table.py"
 
@@ -127,6 +124,9 @@ rule attention_allocation_table:
         "results/logs/attention_allocation_table.log",
     conda:
         ENV
+    threads: res("light", "cpus_per_task")
+    resources:
+        **stage_resources("light"),
     params:
         layer=DIAGNOSIS["allocation"]["layer"],
     script:
@@ -147,5 +147,8 @@ rule attention_steering_table:
         "results/logs/attention_steering_table.log",
     conda:
         ENV
+    threads: res("light", "cpus_per_task")
+    resources:
+        **stage_resources("light"),
     script:
         "../scripts/attention_steering_table.py"
