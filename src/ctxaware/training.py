@@ -15,7 +15,7 @@ import torch
 
 from ctxaware import IND_TOKEN
 from ctxaware.chat import prepare_tokenizer, with_system
-from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, load_tokenizer
+from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, default_dtype, load_tokenizer
 
 RECIPES = ("full", "lora", "qlora")
 
@@ -43,7 +43,7 @@ def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: 
 def _load_base(base: str, recipe: dict, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    compute_dtype = default_dtype(device)
     kwargs = {"dtype": compute_dtype}
     if recipe["method"] == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(

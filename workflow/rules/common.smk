@@ -147,23 +147,29 @@ def with_indicator(wildcards):
     return parse_method(wildcards.method).with_indicator
 
 
-def task_settings(task, model, dataset):
+def task_settings(task, max_context=None, qa_prompt_style="default"):
     """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes."""
     settings = dict(EVALUATION[task]) if task in EVALUATION else {}
     settings["batch_tokens"] = EVALUATION["batch_tokens"]
     if task == "nih":
-        caps = [MODELS[model]["nih_max_context"], DATASETS[dataset]["nih_max_context"]]
-        settings["max_context"] = min(c for c in caps if c is not None)
+        settings["max_context"] = max_context
         settings["prompt_template"] = resolve_template(settings["prompt_template"])
     elif task in ("squad", "quac", "drop"):
-        style = DATASETS[dataset]["qa_prompt_style"]
-        settings["prompt_template"] = EVALUATION["qa_prompts"][style][task]
+        settings["prompt_template"] = EVALUATION["qa_prompts"][qa_prompt_style][task]
     return settings
+
+
+def model_task_settings(task, model, dataset):
+    """A task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, QA with the
+    dataset's prompt style (paper Tables 5/6)."""
+    caps = [MODELS[model]["nih_max_context"], DATASETS[dataset]["nih_max_context"]]
+    max_context = min(c for c in caps if c is not None)
+    return task_settings(task, max_context, DATASETS[dataset]["qa_prompt_style"])
 
 
 def evaluation_settings(wildcards):
     return {
-        t: canonical(task_settings(t, wildcards.model, wildcards.dataset))
+        t: canonical(model_task_settings(t, wildcards.model, wildcards.dataset))
         for t in TASKS
     }
 
@@ -261,11 +267,7 @@ def pair_inputs(roles):
 
 def diagnosis_nih(wildcards):
     """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant)."""
-    settings = dict(EVALUATION["nih"])
-    settings["batch_tokens"] = EVALUATION["batch_tokens"]
-    settings["max_context"] = PAIRS[wildcards.pair]["nih_max_context"]
-    settings["prompt_template"] = resolve_template(settings["prompt_template"])
-    return canonical(settings)
+    return canonical(task_settings("nih", PAIRS[wildcards.pair]["nih_max_context"]))
 
 
 def steering_tasks(wildcards):
@@ -276,9 +278,7 @@ def steering_tasks(wildcards):
         if task == "nih":
             settings[task] = diagnosis_nih(wildcards)
             continue
-        qa = dict(EVALUATION[task])
-        qa["batch_tokens"] = EVALUATION["batch_tokens"]
-        qa["prompt_template"] = EVALUATION["qa_prompts"]["default"][task]
+        qa = task_settings(task)
         qa["limit"] = steering["limit"] or qa["limit"]
         settings[task] = canonical(qa)
     return settings
