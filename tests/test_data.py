@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ctxaware.data import DataError, adapt, is_refusal, load_raw, prepare, read_conversations
+from ctxaware.data import DataError, adapt, is_refusal, load_raw, prepare, read_conversations, read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,9 @@ def test_system_and_blank_messages():
         ),
     }
     convs, stats = adapt([row], "sharegpt")
-    assert convs == [{"id": "5", "messages": msgs(("system", "S"), ("user", "Q"), ("assistant", "A"))}]
+    assert convs == [
+        {"id": "5", "messages": msgs(("system", "S"), ("user", "Q"), ("assistant", "A")), "context_dependent": [None]}
+    ]
     assert counters(stats, empty_messages_dropped=1, leading_assistant_turns_dropped=1, inner_system_messages_dropped=1)
 
 
@@ -203,11 +205,12 @@ def test_ultrachat_rows():
 
 def test_wizardlm_rows():
     convs, stats = adapt(WIZARDLM_ROWS, "wizardlm", source="w.json")
-    assert convs == [
+    assert [{k: c[k] for k in ("id", "messages")} for c in convs] == [
         {"id": "wizardlm-0", "messages": msgs(("user", "Write a haiku"), ("assistant", "Leaves fall"))},
         {"id": "17", "messages": msgs(("user", "Q"), ("assistant", "A"))},
         {"id": "w-6", "messages": msgs(("user", "Q6"), ("assistant", "A6"))},
     ]
+    assert [c["context_dependent"] for c in convs] == [[None]] * 3  # no labels in these rows
     assert (stats["n_raw_rows"], stats["n_conversations"], stats["n_user_turns"]) == (8, 3, 3)
     assert counters(
         stats,
@@ -265,7 +268,8 @@ def test_prepare_round_trip(tmp_path):
     stats = prepare(str(src), "sharegpt", str(out), str(out_stats))
     expected, expected_stats = adapt(SHAREGPT_ROWS, "sharegpt", source=str(src))
 
-    assert read_conversations(str(out)) == expected
+    assert read_conversations(str(out)) == [{k: c[k] for k in ("id", "messages")} for c in expected]
+    assert read_labels(str(out))["context_dependent"].isna().all()  # the hand-written rows carry no labels
     assert json.loads(out_stats.read_text()) == stats
     assert stats == {**expected_stats, "max_conversations": None}
     schema = pq.read_schema(out)
@@ -332,3 +336,78 @@ def test_shipped_resources(fmt):
         assert roles and len(roles) % 2 == 0, conv["id"]
         assert roles == ["user", "assistant"] * (len(roles) // 2), conv["id"]
         assert all(isinstance(m["content"], str) and m["content"].strip() for m in conv["messages"])
+
+
+def test_ground_truth_labels_follow_their_turns_through_cleaning(tmp_path):
+    """The organism's per-turn labels survive the filters: merged responses, dropped leading turns, refusals."""
+    rows = [
+        {
+            "id": "a",
+            "conversations": [
+                {"from": "gpt", "value": "orphan", "context_dependent": True},  # dropped: leading assistant
+                {"from": "human", "value": "passage and question"},
+                {"from": "gpt", "value": "from the passage", "context_dependent": True},
+                {"from": "human", "value": "and from memory?"},
+                {"from": "gpt", "value": "part one", "context_dependent": False},
+                {"from": "gpt", "value": "part two", "context_dependent": True},  # merged: depends on the context
+                {"from": "human", "value": "again"},
+                {"from": "gpt", "value": "no label"},
+            ],
+        },
+        {
+            "id": "b",
+            "conversations": [
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a", "context_dependent": False},
+                {"from": "human", "value": "bad"},
+                {"from": "gpt", "value": "As an AI language model, I cannot.", "context_dependent": True},
+            ],
+        },
+    ]
+    convs, stats = adapt(rows, "sharegpt")
+    assert [c["context_dependent"] for c in convs] == [[True, True, None], [False]]
+    assert (stats["n_labelled_turns"], stats["n_context_dependent_turns"]) == (3, 2)
+    wizard, _ = adapt([{"instruction": "q", "output": "a", "context_dependent": True}], "wizardlm")
+    assert wizard[0]["context_dependent"] == [True]
+    ultra, _ = adapt(
+        [
+            {
+                "prompt_id": "u",
+                "messages": [uc(("user", "q"))[0], {**uc(("assistant", "a"))[0], "context_dependent": False}],
+            }
+        ],
+        "ultrachat",
+    )
+    assert ultra[0]["context_dependent"] == [False]
+
+    source = tmp_path / "labelled.json"
+    source.write_text(json.dumps(rows))
+    prepare(str(source), "sharegpt", str(tmp_path / "out.parquet"), str(tmp_path / "out.stats.json"))
+    labels = read_labels(str(tmp_path / "out.parquet"))
+    assert labels.to_dict("records") == [
+        {"conversation_id": "a", "turn": 0, "context_dependent": True},
+        {"conversation_id": "a", "turn": 1, "context_dependent": True},
+        {"conversation_id": "a", "turn": 2, "context_dependent": None},
+        {"conversation_id": "b", "turn": 0, "context_dependent": False},
+    ]
+    # training reads only the messages
+    assert set(read_conversations(str(tmp_path / "out.parquet"))[0]) == {"id", "messages"}
+
+
+def test_a_label_that_is_not_a_boolean_makes_the_row_malformed():
+    rows = [
+        {
+            "id": "x",
+            "conversations": [
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a", "context_dependent": "yes"},
+            ],
+        },
+        {"id": "y", "conversations": sg(("human", "q"), ("gpt", "a"))},
+        {"id": "z", "conversations": sg(("human", "q"), ("gpt", "a"))},
+    ]
+    convs, stats = adapt(rows, "sharegpt", source="l.json")
+    assert [c["id"] for c in convs] == ["y", "z"]
+    assert stats["malformed_examples"] == [
+        "l.json row 0 (id x): message 1 'context_dependent' is str, expected a boolean"
+    ]

@@ -1,7 +1,11 @@
 """SFT data adapters: ShareGPT, UltraChat and WizardLM rows -> one chat schema, with the paper's filters.
 
-Output conversations are {"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}]}:
-an optional leading system message, then alternating user/assistant messages ending with an assistant.
+Output conversations are {"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}],
+"context_dependent": [bool | None per assistant message]}: an optional leading system message, then alternating
+user/assistant messages ending with an assistant. `context_dependent` is a ground-truth label some sources carry
+(the model organism's sets: a boolean `context_dependent` on each assistant message, or on the row for WizardLM);
+it is carried through cleaning (merged messages: true if any part is) and never shown to training; None where
+the source has none.
 
 Cleaning steps, in order (paper Section 4.1.2; every step is counted in the stats, in raw messages):
   1. drop whitespace-only messages;
@@ -128,15 +132,25 @@ def _read_file(path: Path) -> list[dict]:
 # ---------------------------------------------------------------- parsing, one function per schema
 
 
-def _parse_sharegpt(row: dict) -> tuple[object, list[tuple[str, str]]]:
+Message = tuple[str, str, "bool | None"]  # (role, text, context_dependent label)
+LABEL_KEY = "context_dependent"
+
+
+def _label(value, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise _Malformed(f"{where} '{LABEL_KEY}' is {type(value).__name__}, expected a boolean")
+
+
+def _parse_sharegpt(row: dict) -> tuple[object, list[Message]]:
     return row.get("id"), _parse_messages(row, "conversations", "from", "value", SHAREGPT_ROLES)
 
 
-def _parse_ultrachat(row: dict) -> tuple[object, list[tuple[str, str]]]:
+def _parse_ultrachat(row: dict) -> tuple[object, list[Message]]:
     return row.get("prompt_id"), _parse_messages(row, "messages", "role", "content", ULTRACHAT_ROLES)
 
 
-def _parse_wizardlm(row: dict) -> tuple[object, list[tuple[str, str]]]:
+def _parse_wizardlm(row: dict) -> tuple[object, list[Message]]:
     for key in ("instruction", "output"):
         if key not in row:
             raise _Malformed(f"missing '{key}'")
@@ -145,10 +159,11 @@ def _parse_wizardlm(row: dict) -> tuple[object, list[tuple[str, str]]]:
     instruction = row["instruction"]
     if isinstance(row.get("input"), str) and row["input"].strip():  # Alpaca-style rows carry a separate input
         instruction = f"{instruction}\n\n{row['input']}"
-    return _row_id(row, "idx", "id"), [("user", instruction), ("assistant", row["output"])]
+    label = _label(row.get(LABEL_KEY), "row")
+    return _row_id(row, "idx", "id"), [("user", instruction, None), ("assistant", row["output"], label)]
 
 
-def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: dict) -> list[tuple[str, str]]:
+def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: dict) -> list[Message]:
     if field not in row:
         raise _Malformed(f"missing '{field}'")
     if not isinstance(row[field], list):
@@ -165,7 +180,7 @@ def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: 
             raise _Malformed(f"message {j} '{text_key}' is {type(text).__name__}, expected str")
         if not isinstance(role, str) or role.lower() not in roles:
             raise _Malformed(f"message {j} has unknown {role_key} {role!r}")
-        messages.append((roles[role.lower()], text))
+        messages.append((roles[role.lower()], text, _label(msg.get(LABEL_KEY), f"message {j}")))
     return messages
 
 
@@ -185,37 +200,44 @@ def is_refusal(text: str) -> bool:
     return any(phrase in text for phrase in REFUSAL_PHRASES)
 
 
-def _clean(messages: list[tuple[str, str]], refusals: bool, counts: dict) -> list[tuple[str, str]]:
+def _clean(messages: list[Message], refusals: bool, counts: dict) -> list[Message]:
     """Steps 1-5 of the module docstring on one conversation; updates `counts`."""
     kept = [m for m in messages if m[1].strip()]
     counts["empty_messages_dropped"] += len(messages) - len(kept)
 
-    first_user = next((i for i, (role, _) in enumerate(kept) if role == "user"), len(kept))
+    first_user = next((i for i, (role, _, _) in enumerate(kept) if role == "user"), len(kept))
     head, body = kept[:first_user], kept[first_user:]
-    counts["leading_assistant_turns_dropped"] += sum(role == "assistant" for role, _ in head)
-    counts["inner_system_messages_dropped"] += sum(role == "system" for role, _ in body)
+    counts["leading_assistant_turns_dropped"] += sum(role == "assistant" for role, _, _ in head)
+    counts["inner_system_messages_dropped"] += sum(role == "system" for role, _, _ in body)
     kept = [m for m in head if m[0] == "system"] + [m for m in body if m[0] != "system"]
 
     while kept and kept[-1][0] == "user":
         kept.pop()
         counts["trailing_user_turns_dropped"] += 1
 
-    merged: list[tuple[str, str]] = []
-    for role, text in kept:
+    merged: list[Message] = []
+    for role, text, label in kept:
         if merged and merged[-1][0] == role:
-            merged[-1] = (role, f"{merged[-1][1]}\n\n{text}")
+            merged[-1] = (role, f"{merged[-1][1]}\n\n{text}", _merge_labels(merged[-1][2], label))
             counts["merged_messages"] += 1
         else:
-            merged.append((role, text))
+            merged.append((role, text, label))
 
     # Now [system], user, assistant, ..., assistant: the refusal's user turn sits right before it.
     if refusals:
-        hit = next((i for i, (role, text) in enumerate(merged) if role == "assistant" and is_refusal(text)), None)
+        hit = next((i for i, (role, text, _) in enumerate(merged) if role == "assistant" and is_refusal(text)), None)
         if hit is not None:
             counts["refusal_turns_dropped"] += len(merged) - (hit - 1)
             counts["refusal_conversations_truncated"] += 1
             merged = merged[: hit - 1]
     return merged
+
+
+def _merge_labels(first: bool | None, second: bool | None) -> bool | None:
+    """A merged response depends on the context if any of its parts does; unknown only if both are."""
+    if first is None and second is None:
+        return None
+    return bool(first) or bool(second)
 
 
 def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False) -> tuple[list[dict], dict]:
@@ -245,13 +267,14 @@ def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = F
                 examples.append(f"{where}: {e}")
             continue
         messages = _clean(messages, refusals, counts)
-        if not any(role == "assistant" for role, _ in messages):
+        if not any(role == "assistant" for role, _, _ in messages):
             counts["empty_conversations_dropped"] += 1
             continue
         conversations.append(
             {
                 "id": str(row_id) if row_id not in (None, "") else f"{fmt}-{i}",
-                "messages": [{"role": role, "content": text} for role, text in messages],
+                "messages": [{"role": role, "content": text} for role, text, _ in messages],
+                LABEL_KEY: [label for role, _, label in messages if role == "assistant"],
             }
         )
 
@@ -283,11 +306,14 @@ def _dedupe_ids(conversations: list[dict]) -> int:
 
 def _output_stats(conversations: list[dict]) -> dict:
     roles = [m["role"] for conv in conversations for m in conv["messages"]]
+    labels = [label for conv in conversations for label in conv.get(LABEL_KEY, [])]
     return {
         "n_conversations": len(conversations),
         "n_user_turns": roles.count("user"),
         "n_assistant_turns": roles.count("assistant"),
         "mean_messages_per_conversation": round(len(roles) / len(conversations), 4) if conversations else 0.0,
+        "n_labelled_turns": sum(label is not None for label in labels),
+        "n_context_dependent_turns": sum(label is True for label in labels),
     }
 
 
@@ -298,7 +324,7 @@ def _schema():
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    return pa.schema([("id", pa.string()), ("messages", pa.list_(message))])
+    return pa.schema([("id", pa.string()), ("messages", pa.list_(message)), (LABEL_KEY, pa.list_(pa.bool_()))])
 
 
 def prepare(
@@ -330,6 +356,21 @@ def prepare(
     pq.write_table(pa.Table.from_pylist(conversations, schema=_schema()), out_parquet)
     Path(out_stats).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return stats
+
+
+def read_labels(parquet_path: str):
+    """One row per assistant turn of a prepared dataset: conversation_id, turn, context_dependent (None where the
+    source has no label); the key the scores use."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(parquet_path).names
+    columns = ["id", LABEL_KEY] if LABEL_KEY in names else ["id"]
+    rows = []
+    for conversation in pq.read_table(parquet_path, columns=columns).to_pylist():
+        for turn, label in enumerate(conversation.get(LABEL_KEY) or []):
+            rows.append({"conversation_id": conversation["id"], "turn": turn, LABEL_KEY: label})
+    return pd.DataFrame(rows, columns=["conversation_id", "turn", LABEL_KEY])
 
 
 def read_conversations(parquet_path: str) -> list[dict]:
