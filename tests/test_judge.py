@@ -373,3 +373,32 @@ def test_bad_reference_row_names_file_and_line(tmp_path, bad_row, message):
 def test_missing_reference_file_names_the_config_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="evaluation.mtbench.references"):
         load_references(str(tmp_path / "absent.jsonl"))
+
+
+def test_reference_rating_rewards_the_right_fact_and_the_right_form():
+    from ctxaware.judge import reference_rating
+
+    reference = "mira lives in oslo ."
+    assert reference_rating("Mira lives in Oslo. Mira works as a baker.", reference) == 10.0
+    assert reference_rating("mira lives in paris .", reference) == pytest.approx(1 + 8 * 3 / 4)  # wrong fact
+    assert reference_rating("", reference) == 1.0
+    assert reference_rating("the river runs", reference) == 1.0
+
+
+def test_reference_judge_grades_each_turn_against_its_reference_and_fails_without_one():
+    from ctxaware.judge import ReferenceJudge, summarize
+    from ctxaware.local_judge import make_judge
+
+    judge = make_judge({"backend": "reference"})
+    assert isinstance(judge, ReferenceJudge)
+    question = {
+        "question_id": 7,
+        "category": "stem",
+        "turns": ["where does mira live ?", "what is the job of mira ?"],
+        "reference": ["mira lives in oslo .", "mira works as a baker ."],
+    }
+    records = grade(judge, question, ["mira lives in oslo .", "mira works as a pilot ."])
+    assert [r["rating"] for r in records] == [10.0, pytest.approx(1 + 8 * 3 / 4)]  # articles do not count
+    assert summarize(records)["n_failed"] == 0
+    records = grade(judge, {**question, "reference": ["mira lives in oslo ."]}, ["mira lives in oslo .", "x"])
+    assert [r["failed"] for r in records] == [False, True] and "no reference answer for turn 2" in records[1]["error"]

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
-from ctxaware.metrics import parse_rating
+from ctxaware.metrics import normalize_answer, parse_rating
 from ctxaware.tasks.mtbench import judge_messages, judge_prompt_name
 
 
@@ -148,13 +148,47 @@ class OpenAIJudge:
         raise JudgeError(f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}")
 
 
+def reference_rating(answer: str, reference: str) -> float:
+    """1-10 against a reference answer: 10 when the normalised reference is contained in the normalised answer,
+    otherwise 1 + 8 x the share of the reference's words the answer has (right form, wrong fact: in between;
+    empty or unrelated: 1)."""
+    wanted, given = normalize_answer(reference), normalize_answer(answer)
+    if wanted and wanted in given:
+        return 10.0
+    words = wanted.split()
+    present = set(given.split())
+    return 1.0 + 8.0 * (sum(w in present for w in words) / len(words) if words else 0.0)
+
+
+class ReferenceJudge:
+    """A deterministic judge for questions whose answers can be checked against references (the model
+    organism's knowledge questions): each turn is rated by reference_rating against its reference. A question
+    without a reference for the turn is a failed judgment, never a number."""
+
+    model = "reference"
+
+    def judge_turn(self, question: dict, answers: list[str], turn: int) -> str:
+        references = question.get("reference") or []
+        if len(references) < turn:
+            raise JudgeError(f"question {question['question_id']}: no reference answer for turn {turn}")
+        rating = reference_rating(answers[turn - 1], references[turn - 1])
+        return f"Compared with the reference answer {references[turn - 1]!r}. Rating: [[{rating:g}]]"
+
+    def judge(self, messages: list[dict]) -> str:  # the Judge protocol; grade() calls judge_turn
+        raise JudgeError("the reference judge rates answers against references, not judge prompts")
+
+
 def grade(judge: Judge, question: dict, answers: list[str]) -> list[dict]:
-    """Ratings of both turns' answers; an unparsable judgment or a JudgeError is recorded as failed."""
+    """Ratings of both turns' answers; an unparsable judgment or a JudgeError is recorded as failed. Judges
+    with `judge_turn` (the reference judge) rate the answers directly instead of reading a judge prompt."""
     records = []
     for turn in (1, 2):
         error = None
         try:
-            text = judge.judge(judge_messages(question, answers, turn))
+            if hasattr(judge, "judge_turn"):
+                text = judge.judge_turn(question, answers, turn)
+            else:
+                text = judge.judge(judge_messages(question, answers, turn))
         except JudgeError as exc:
             text, error = "", str(exc)
         rating = None if error else parse_rating(text)

@@ -52,9 +52,14 @@ class LocalJudge:
 
 
 def make_judge(settings: dict):
-    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint or a local transformers model."""
+    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint, a local transformers model, or the
+    deterministic reference judge."""
     if settings["backend"] == "local":
         return LocalJudge(settings["model"], settings.get("mode", "generate"))
+    if settings["backend"] == "reference":
+        from ctxaware.judge import ReferenceJudge
+
+        return ReferenceJudge()
     from ctxaware.judge import OpenAIJudge
 
     return OpenAIJudge(
