@@ -14,6 +14,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/organism.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/tag.smk"
@@ -38,4 +39,5 @@ rule all:
         rules.threshold_ablation.output,
         rules.layer_agreement.output,
         rules.instruction_lengths.output,
+        rules.score_validity.output,
         diagnosis_targets(),

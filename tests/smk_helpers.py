@@ -46,6 +46,7 @@ def configured_grid(config: dict) -> list[tuple[str, str, str]]:
         (d, m, x)
         for d, m, x in itertools.product(config["datasets"], config["models"], config["methods"])
         if config["models"][m].get("datasets") is None or d in config["models"][m]["datasets"]
+        if config["models"][m].get("methods") is None or x in config["models"][m]["methods"]
     ]
 
 

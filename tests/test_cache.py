@@ -17,21 +17,24 @@ def test_second_checkout_takes_scores_from_the_cache_without_running_the_scorer(
     first = copy_workflow(tmp_path / "first")
     snakemake(first, SCORES, "--cores", "2", "--cache", env=env)
     assert "scored" in (first / SHARD_LOG).read_text() and "job done" in (first / SEED_LOG).read_text()
-    assert len(list(cache.iterdir())) == 2  # the seed model (a directory) and the one score shard
+    assert len(list(cache.iterdir())) == 3  # the organism's base and the seed model (directories), the score shard
 
     second = copy_workflow(tmp_path / "second")
     plan = snakemake(second, SCORES, "--cores", "2", "--cache", "-n", env=env).stdout
-    assert plan.count("will be obtained from global between-workflow cache") == 2, plan
+    assert plan.count("will be obtained from global between-workflow cache") == 3, plan
     result = snakemake(second, SCORES, "--cores", "2", "--cache", env=env)
     assert (second / SCORES).read_bytes() == (first / SCORES).read_bytes()
-    # the scorer never ran here, nor the seed model's fine-tuning: Snakemake only created their (empty) logs
+    # the scorer never ran here, nor the seed model's fine-tuning or the pretraining: Snakemake only created their
+    # (empty) logs
     assert (second / SHARD_LOG).read_text() == "" and (second / SEED_LOG).read_text() == ""
+    assert (second / "results/logs/pretrain_organism.log").read_text() == ""
     assert "from cache" in result.stderr
     assert (second / "results/models/tiny/sharegpt/vanilla/config.json").exists()
     assert "Nothing to be done" in snakemake(second, "--cores", "2", SCORES, "-n").stdout
 
     # the key covers the params: scores of another layer are not served from the cache
-    config = (second / "config/config.yaml").read_text().replace("layer: 2", "layer: 1")
+    config = (second / "config/config.yaml").read_text().replace("layer: 3", "layer: 1")
+    assert "layer: 1" in config
     (second / "config/layer1.yaml").write_text(config)
     args = (SCORES, "--cores", "2", "--cache", "-n", "--configfile", "config/layer1.yaml")
     plan = snakemake(second, *args, env=env).stdout

@@ -14,6 +14,12 @@ from smk_helpers import configured_grid, copy_workflow, planned_jobs, snakemake
 pytestmark = pytest.mark.workflow
 
 
+def indicator_methods(config) -> tuple[str, str]:
+    """The embedded default's indicator branch of the full fine-tunes and of the qk-lora model."""
+    methods = [m for model in config["models"].values() for m in model["methods"] or config["methods"]]
+    return next(m for m in methods if m.startswith("indicator-")), next(m for m in methods if m.startswith("qk-lora-ind"))
+
+
 def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
     table = pd.read_csv(embedded_run / "results/tables/table4.csv")
@@ -21,7 +27,7 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     expected = set(configured_grid(config))
     assert set(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
     assert len(table) == len(expected)
-    assert {"qk-lora", "qk-lora-indicator-0.6"} <= set(table["method"])  # the embedded default trains every method
+    assert {"vanilla", "qk-lora", *indicator_methods(config)} <= set(table["method"])  # every kind of method
     for column in ["nih", "squad", "quac", "drop", "avg"]:
         assert table[column].between(0, 1).all(), column
     assert table["mt_bench"].between(1, 10).all()
@@ -36,14 +42,16 @@ def test_scores_tagging_and_table3_select_a_real_subset(embedded_run):
     valid = scores["score"].dropna()
     assert valid.between(0, 1).all() and len(valid) > 40
     table3 = pd.read_csv(embedded_run / "results/tables/table3.csv")
-    assert set(table3["beta"]) == {0.5, 0.6, 0.7, 0.8}
+    betas = yaml.safe_load((embedded_run / "config/config.yaml").read_text())["report"]["table3_betas"]
+    assert set(table3["beta"]) == set(betas)
     for _, group in table3.groupby("dataset"):
         assert group.sort_values("beta")["ratio"].is_monotonic_decreasing
     at_06 = table3[table3["beta"] == 0.6]["ratio"]
     assert ((at_06 > 0) & (at_06 < 1)).any()  # thresholds select a real subset, not all or nothing
-    tagged = pd.read_parquet(embedded_run / "results/sft/sharegpt/indicator-0.6.parquet")
+    method = indicator_methods(yaml.safe_load((embedded_run / "config/config.yaml").read_text()))[0]
+    tagged = pd.read_parquet(embedded_run / f"results/sft/sharegpt/{method}.parquet")
     n_tagged = sum(m["content"].endswith(" [IND]") for ms in tagged["messages"] for m in ms if m["role"] == "user")
-    assert n_tagged == round((scores["score"] > 0.6).sum())
+    assert n_tagged == round((scores["score"] > float(method.removeprefix("indicator-"))).sum())
 
 
 def test_figures_and_eval_files_exist(embedded_run):
@@ -53,11 +61,13 @@ def test_figures_and_eval_files_exist(embedded_run):
     for figure in ("threshold_ablation", "layer_agreement", "instruction_lengths"):
         assert (embedded_run / f"results/figures/{figure}.png").stat().st_size > 0
     agreement = pd.read_csv(embedded_run / "results/tables/layer_agreement.csv")
-    assert set(agreement["layer_a"]) == set(range(4))  # every layer of the tiny seed model
+    layers = config["organism"].get("pretraining", {}).get("num_layers", 4)
+    assert set(agreement["layer_a"]) == set(range(layers))  # every layer of the seed model
     assert agreement["disagreement"].between(0, 1).all() and (agreement["rmse"] >= 0).all()
     diagonal = agreement[agreement["layer_a"] == agreement["layer_b"]]
     assert (diagonal["disagreement"] == 0).all() and (diagonal["rmse"] == 0).all()
-    nih = pd.read_json(embedded_run / "results/eval/tiny/sharegpt/indicator-0.6/nih.generations.jsonl", lines=True)
+    method = indicator_methods(config)[0]
+    nih = pd.read_json(embedded_run / f"results/eval/tiny/sharegpt/{method}/nih.generations.jsonl", lines=True)
     assert len(nih) == 9 and nih["prompt_tokens"].gt(0).all()
 
 
@@ -68,7 +78,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     output = snakemake(embedded_run, "-n", "--cores", "2", "--configfile", "config/more-betas.yaml").stdout
     jobs = planned_jobs(output)
     rules = {rule for rule, _ in jobs}
-    assert not rules & {"score_turns", "gather_scores", "score_layers", "prepare_dataset", "build_tiny_model"}
+    assert not rules & {"score_turns", "gather_scores", "score_layers", "prepare_dataset", "pretrain_organism"}
     branch_rules = {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}
     for rule, path in jobs:
         if rule in branch_rules:
@@ -107,7 +117,7 @@ def _indicator_branches_only(jobs):
             assert "indicator-" in path, (rule, path)  # vanilla and qk-lora fine-tunes never depend on the scores
     rules = {rule for rule, _ in jobs}
     assert {"score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "table3", "table4"} <= rules
-    assert not rules & {"build_tiny_model", "prepare_dataset", "vanilla_sft"}
+    assert not rules & {"organism_world", "pretrain_organism", "prepare_dataset", "vanilla_sft"}
     return rules
 
 
@@ -144,12 +154,13 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
-    assert "build_tiny_model" not in counts
+    assert not {"organism_world", "pretrain_organism"} & set(counts)
 
 
 def test_misspelled_config_key_is_named(tmp_path):
     workdir = copy_workflow(tmp_path / "bad")
-    config = (workdir / "config/config.yaml").read_text().replace("learning_rate: 0.001", "learning_rat: 0.001")
+    config = (workdir / "config/config.yaml").read_text().replace("learning_rate:", "learning_rat:", 1)
+    assert "learning_rat:" in config
     (workdir / "config/config.yaml").write_text(config)
     result = snakemake(workdir, "-n", "--cores", "1", check=False)
     assert result.returncode != 0
@@ -189,9 +200,10 @@ def test_json_outputs_are_finite_numbers(embedded_run):
 
 def test_indicator_models_get_ind_on_every_query_and_vanilla_never(embedded_run):
     for task in ("nih", "squad", "quac", "drop", "mtbench"):
-        methods = [("indicator-0.6", True), ("vanilla", False), ("qk-lora-indicator-0.6", True), ("qk-lora", False)]
-        for method, expected in methods:
-            path = embedded_run / f"results/eval/tiny/sharegpt/{method}/{task}.generations.jsonl"
+        indicator, qk_indicator = indicator_methods(yaml.safe_load((embedded_run / "config/config.yaml").read_text()))
+        runs = [("tiny", indicator, True), ("tiny", "vanilla", False), ("tiny-qlora", qk_indicator, True)]
+        for model, method, expected in runs + [("tiny-qlora", "qk-lora", False)]:
+            path = embedded_run / f"results/eval/{model}/sharegpt/{method}/{task}.generations.jsonl"
             records = pd.read_json(path, lines=True)
             assert len(records) > 0
             assert records["prompt"].str.endswith(" [IND]").all() == expected, (task, method)
@@ -240,7 +252,7 @@ def test_diagnosis_targets_cover_section_2(embedded_run):
     allocation = pd.read_csv(embedded_run / "results/tables/attention_allocation.csv")
     assert set(allocation["chat_template"]) == {True, False}
     assert ((allocation["user"] + allocation["assistant"] + allocation["bos"]) - 1).abs().max() < 1e-4
-    assert set(allocation["layer"]) == set(range(config["tiny"]["num_layers"]))
+    assert set(allocation["layer"]) == set(range(config["organism"].get("pretraining", {}).get("num_layers", 4)))
     steering = pd.read_csv(embedded_run / "results/tables/attention_steering.csv")
     assert set(steering["compat"]) == {"none"}
     assert sorted(set(steering.loc[steering["steered"], "alpha"])) == [0.01, 0.1, 0.3, 0.5, 0.7, 0.9]

@@ -10,6 +10,8 @@ from snakemake.utils import validate
 # the checkout's src/ comes first, so this works where only the jobs have the package installed (--sdm conda)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from ctxaware.methods import METHOD_PATTERN, parse_method, training_recipe
+from ctxaware.organism import EVAL_FILES as ORGANISM_EVAL_FILES
+from ctxaware.organism import SFT_FILES as ORGANISM_SFT_FILES
 from ctxaware.provenance import code_digest
 from ctxaware.tasks.nih import resolve_template
 
@@ -25,7 +27,9 @@ TASKS = EVALUATION["tasks"]
 RESOURCES = config["resources"]
 SEED = SCORING["seed_model"]
 SEED_NAME = SEED["name"]
-TINY_DIR = "results/models/base/tiny"
+ORGANISM = config["organism"]
+ORGANISM_DIR = "results/organism"
+ORGANISM_BASE = "results/models/base/organism"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
 ENV = "../../envs/ctxaware.yaml"
@@ -52,6 +56,11 @@ def _check_references():
                 raise ValueError(
                     f"config key models.{name}.datasets: unknown dataset {dataset!r} "
                     f"(datasets: {sorted(DATASETS)})"
+                )
+        for method in model["methods"] or []:
+            if method not in METHODS:
+                raise ValueError(
+                    f"config key models.{name}.methods: {method!r} is not in methods ({METHODS})"
                 )
     if "path" in SEED:
         return
@@ -86,34 +95,28 @@ def canonical(value):
     return value
 
 
-def corpus_files():
-    """The tiny model's corpus as files (directories expanded, sorted): inputs the output cache can checksum."""
-    files = []
-    for entry in config["tiny"]["corpus"]:
-        path = Path(entry)
-        if path.is_dir():
-            files.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file())
-        else:
-            files.append(entry)
-    return files
-
-
 def base_source(model):
-    """Where a base model's weights come from: the tiny model the workflow builds, a local path or a hub id."""
+    """Where a base model's weights come from: the organism the workflow pretrains, a local path or a hub id."""
     source = MODELS[model]["source"]
-    return TINY_DIR if source == "tiny" else source
+    return ORGANISM_BASE if source == "organism" else source
 
 
 def base_input(wildcards):
     """Base model directories that are workflow artifacts become inputs; hub ids are fetched by the job."""
     source = base_source(wildcards.model)
-    return [source] if source == TINY_DIR else []
+    return [source] if source == ORGANISM_BASE else []
+
+
+def is_local(path):
+    """A workflow artifact (results/...) or an existing local file: an input, unlike a hub id."""
+    return path.startswith("results/") or Path(path).exists()
 
 
 def dataset_source_input(wildcards):
-    """A local raw file is an input (editing it reruns preparation); a hub id is fetched by the job."""
+    """A local raw file or a workflow artifact (the organism's sets) is an input (editing it reruns
+    preparation); a hub id is fetched by the job."""
     source = DATASETS[wildcards.dataset]["source"]
-    return [source] if Path(source).exists() else []
+    return [source] if is_local(source) else []
 
 
 def model_dir(model, dataset, method):
@@ -195,7 +198,7 @@ def evaluation_files(wildcards):
                 paths.append(settings["judge"]["model"])
         else:
             paths.append(settings["source"])
-    return [p for p in paths if p.startswith("results/") or Path(p).exists()]
+    return [p for p in paths if is_local(p)]
 
 
 def grid():
@@ -204,6 +207,7 @@ def grid():
         (dataset, model, method)
         for dataset, model, method in itertools.product(DATASETS, MODELS, METHODS)
         if MODELS[model]["datasets"] is None or dataset in MODELS[model]["datasets"]
+        if MODELS[model]["methods"] is None or method in MODELS[model]["methods"]
     ]
 
 
@@ -260,7 +264,7 @@ def pair_inputs(roles):
 
     def inputs(wildcards):
         paths = [pair_model(wildcards.pair, role) for role in roles]
-        return [p for p in paths if p.startswith("results/") or Path(p).exists()]
+        return [p for p in paths if is_local(p)]
 
     return inputs
 
@@ -289,7 +293,7 @@ def steering_files(wildcards):
         s["haystack_dir"] if t == "nih" else s["source"]
         for t, s in steering_tasks(wildcards).items()
     ]
-    return [p for p in paths if Path(p).exists()]
+    return [p for p in paths if is_local(p)]
 
 
 def diagnosis_targets():

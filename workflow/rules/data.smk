@@ -1,21 +1,3 @@
-rule build_tiny_model:
-    """The embedded default's base model: a small Llama and a BPE tokenizer trained on the shipped text."""
-    input:
-        corpus=corpus_files(),
-    output:
-        model=directory(TINY_DIR),
-    log:
-        "results/logs/build_tiny_model.log",
-    conda:
-        ENV
-    resources:
-        **stage_resources("light"),
-    params:
-        settings=canonical({k: v for k, v in config["tiny"].items() if k != "corpus"}),
-    script:
-        "../scripts/build_tiny_model.py"
-
-
 rule prepare_dataset:
     """Raw SFT data (hub id or local file) -> one schema (id, messages) with the paper's filters."""
     input:

@@ -135,3 +135,37 @@ rule instruction_lengths:
         beta=config["report"]["length_beta"],
     script:
         "../scripts/instruction_lengths.py"
+
+
+rule score_validity:
+    """AUROC of the seed model's scores against the datasets' ground-truth labels (the organism's sets carry
+    them; a dataset without labels gets n = 0), at the scoring layer and on every layer of the layer study."""
+    input:
+        data=expand(rules.prepare_dataset.output.parquet, dataset=DATASETS),
+        scores=expand(
+            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+        ),
+        layer_study=expand(rules.score_layers.output.scores, seed=SEED_NAME),
+    output:
+        csv=report(
+            "results/tables/score_validity.csv",
+            caption="../report/score_validity.rst",
+            category="Scoring",
+        ),
+        png=report(
+            "results/figures/score_validity.png",
+            caption="../report/score_validity.rst",
+            category="Scoring",
+        ),
+    log:
+        "results/logs/score_validity.log",
+    conda:
+        ENV
+    resources:
+        **stage_resources("light"),
+    params:
+        datasets=list(DATASETS),
+        layer=SCORING["layer"],
+        layer_dataset=LAYER_STUDY["dataset"],
+    script:
+        "../scripts/score_validity.py"

@@ -1,0 +1,58 @@
+# The embedded default's model organism: its world and corpora, then its base model pretrained on plain text.
+
+
+rule organism_world:
+    """The world of config `organism` (people, facts, the memorised ones) and everything written from it: the
+    pretraining corpus and vocabulary, the labelled SFT sets in the ShareGPT/UltraChat/WizardLM schemas and the
+    held-out evaluation sets in the SQuAD/QuAC/DROP/MT-Bench schemas, and the NIH haystack (its needle is
+    evaluation.nih.needle, a memorised person's fact with another value)."""
+    output:
+        world=f"{ORGANISM_DIR}/world.json",
+        corpus=f"{ORGANISM_DIR}/pretraining.jsonl",
+        vocabulary=f"{ORGANISM_DIR}/vocabulary.txt",
+        summary=f"{ORGANISM_DIR}/summary.json",
+        sft=[f"{ORGANISM_DIR}/{path}" for path in ORGANISM_SFT_FILES.values()],
+        eval=[f"{ORGANISM_DIR}/{path}" for path in ORGANISM_EVAL_FILES.values()],
+        haystack=directory(f"{ORGANISM_DIR}/haystack"),
+    log:
+        "results/logs/organism_world.log",
+    conda:
+        ENV
+    resources:
+        **stage_resources("light"),
+    params:
+        settings=canonical(ORGANISM),
+        needle=EVALUATION["nih"]["needle"],
+        # a function: a plain string with {context} would be taken for wildcards
+        qa_templates=lambda wc: sorted(
+            {t for style in EVALUATION["qa_prompts"].values() for t in style.values()}
+        ),
+        response_prefix=DIAGNOSIS["response_prefix"],
+    script:
+        "../scripts/organism_world.py"
+
+
+rule pretrain_organism:
+    """The organism's base model: a small Llama with a word-level tokenizer over the world's vocabulary, trained
+    from scratch on the plain-text corpus (no chat template). Eligible for the between-workflow cache (--cache;
+    no benchmark file, which Snakemake forbids on cached rules: the log ends with wall time and peak memory).
+    """
+    input:
+        corpus=rules.organism_world.output.corpus,
+        vocabulary=rules.organism_world.output.vocabulary,
+        world=rules.organism_world.output.world,
+    output:
+        model=directory(ORGANISM_BASE),
+    log:
+        "results/logs/pretrain_organism.log",
+    cache: True
+    conda:
+        ENV
+    threads: res("finetune", "cpus_per_task")
+    resources:
+        **stage_resources("finetune"),
+    params:
+        settings=canonical(ORGANISM),
+        code=code_digest("ctxaware.organism.build"),
+    script:
+        "../scripts/pretrain_organism.py"
