@@ -34,22 +34,61 @@ def test_spans_cover_exactly_each_message_content(tiny_model_dir):
         assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"]
 
 
-def test_uniform_attention_gives_hand_computed_score(tiny_model_dir):
-    """With zero query weights every head attends uniformly to the causal prefix, so for a response row q
-    the user mass is (# user tokens at positions <= q) / (q + 1)."""
-    model, tokenizer = load_model(tiny_model_dir)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.zero_()
+def _content_tokens(tokenizer, ids: list[int], messages: list[dict]) -> dict[str, set[int]]:
+    """Token positions of each role's message contents, found in the decoded text (not with the code under test):
+    every token is decoded on its own, and a message's content is the text right after its `<|role|>` line."""
+    pieces = [tokenizer.decode([i]) for i in ids]
+    text = "".join(pieces)
+    assert text == tokenizer.decode(ids)
+    starts = [sum(map(len, pieces[:i])) for i in range(len(pieces))]
+    positions, cursor = {"user": set(), "assistant": set()}, 0
+    for message in messages:
+        header = f"<|{message['role']}|>\n"
+        begin = text.index(header, cursor) + len(header)
+        end = begin + len(message["content"])
+        assert text[begin:end] == message["content"]
+        positions[message["role"]] |= {
+            i
+            for i, (start, piece) in enumerate(zip(starts, pieces, strict=True))
+            if start < end and start + len(piece) > begin
+        }
+        cursor = end
+    return positions
+
+
+def test_scores_are_the_attention_on_user_tokens_located_in_the_decoded_text(tiny_model_dir):
+    """Eq. 2 against transformers' own attention probabilities, with the user columns and response rows located in
+    the decoded text: mean over response tokens of the max over heads of the mass on user tokens."""
+    model, tokenizer = load_model(tiny_model_dir, attn_implementation="eager")
+    layer = 1
+    with torch.no_grad():  # heads that attend differently, so the max over heads is not their mean
+        model.model.layers[layer].self_attn.q_proj.weight.mul_(40.0)
+        model.model.layers[layer].self_attn.k_proj.weight.mul_(10.0)
     plan = plan_conversation(tokenizer, MULTI, max_length=512)
-    expected = []
-    for turn in plan.turns:
-        values = [sum(plan.user_mask[: q + 1]) / (q + 1) for q in turn.rows]
-        expected.append(sum(values) / len(values))
-    # the second response also sees the first user turn, the first one sees only its own instruction
-    assert expected[0] != expected[1]
-    scores = score_conversations(model, tokenizer, [MULTI], layers=[1], max_length=512)
-    assert scores["score"].tolist() == pytest.approx(expected, abs=1e-6)
+    role_tokens = _content_tokens(tokenizer, plan.input_ids, MULTI["messages"])
+    assert role_tokens["user"] and role_tokens["assistant"] and not role_tokens["user"] & role_tokens["assistant"]
+    with torch.no_grad():
+        probabilities = model(torch.tensor([plan.input_ids]), output_attentions=True).attentions[layer][0]
+    user_columns = sorted(role_tokens["user"])
+    user_mass = probabilities[:, :, user_columns].sum(-1)  # (heads, rows)
+    print("per-head user mass at the response rows:", user_mass[:, sorted(role_tokens["assistant"])].mean(1).tolist())
+    # the turns' response rows in order: each assistant message's contiguous run of content tokens
+    response = sorted(role_tokens["assistant"])
+    runs = [[response[0]]]
+    for position in response[1:]:
+        if position == runs[-1][-1] + 1:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    assert len(runs) == 2
+    expected = [float(user_mass[:, rows].amax(0).mean()) for rows in runs]
+    mean_over_heads = [float(user_mass[:, rows].mean(0).mean()) for rows in runs]
+    assert min(abs(e - m) for e, m in zip(expected, mean_over_heads, strict=True)) > 0.02
+    sdpa_model, _ = load_model(tiny_model_dir, attn_implementation="sdpa")
+    sdpa_model.load_state_dict(model.state_dict())
+    scores = score_conversations(sdpa_model, tokenizer, [MULTI], layers=[layer], max_length=512)
+    assert scores["score"].tolist() == pytest.approx(expected, abs=1e-5)
+    assert scores["n_response_tokens"].tolist() == [len(rows) for rows in runs]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_mha_model_dir"])
