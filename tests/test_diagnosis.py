@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ctxaware.attention import Steering, steered_attention, steering_exponents
+from ctxaware.attention import Steering, steer, steered_attention, steering_exponents
 from ctxaware.chat import prepare_tokenizer
 from ctxaware.diagnosis import (
     SteeringGenerator,
@@ -93,19 +93,50 @@ def tiny(tiny_model_dir):
     return model, prepare_tokenizer(tokenizer)
 
 
+# the Zephyr template around one user message, written out by hand (ctxaware.chat.ZEPHYR_TEMPLATE renders it)
+ZEPHYR_HEAD, ZEPHYR_TAIL = "<|system|>\n</s>\n<|user|>\n", "</s>\n<|assistant|>\n"
+CONTENT = "The quick brown fox jumps over the lazy dog. What is the capital of France?"
+
+
+def _with_bos_added(tokenizer):
+    """A copy of the tokenizer that adds BOS to plain text, as Llama tokenizers do."""
+    from tokenizers.processors import TemplateProcessing
+
+    copy = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    copy.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    return prepare_tokenizer(copy)
+
+
+def hand_roles(tokenizer, content: str, use_template: bool, prefix: str) -> tuple[list[int], list[str]]:
+    """The prompt built piece by piece: each piece tokenized on its own and given its role."""
+
+    def piece(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    adds_bos = tokenizer("x", add_special_tokens=True)["input_ids"][0] == tokenizer.bos_token_id
+    pieces = [("bos", [tokenizer.bos_token_id] if use_template or adds_bos else [])]
+    if use_template:
+        pieces += [("template", piece(ZEPHYR_HEAD)), ("user", piece(content)), ("template", piece(ZEPHYR_TAIL))]
+    else:
+        pieces += [("user", piece(content))]
+    pieces.append(("assistant", piece(prefix)))
+    return [i for _, ids in pieces for i in ids], [role for role, ids in pieces for _ in ids]
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
 @pytest.mark.parametrize("use_template", [True, False])
-def test_roles_tokenize_like_the_generator(tiny, use_template):
+@pytest.mark.parametrize("prefix", ["\nParis is", ""])
+def test_roles_are_the_pieces_the_prompt_is_built_from(tiny, use_template, adds_bos, prefix):
     model, tokenizer = tiny
-    content = "The quick brown fox jumps over the lazy dog. What is the capital of France?"
-    ids, roles = encode_roles(tokenizer, content, use_template, "\nParis is")
+    if adds_bos:
+        tokenizer = _with_bos_added(tokenizer)
+    ids, roles = encode_roles(tokenizer, CONTENT, use_template, prefix)
+    assert (ids, roles) == hand_roles(tokenizer, CONTENT, use_template, prefix)
+    assert roles.count("bos") == (use_template or adds_bos) and ("assistant" in roles) == (prefix != "")
     generator = Generator(model, tokenizer)
-    assert ids == generator.encode_chat([{"role": "user", "content": content}], use_template, "\nParis is")
-    user_text = tokenizer.decode([i for i, r in zip(ids, roles, strict=True) if r == "user"])
-    assert user_text.strip() == content
-    assert tokenizer.decode([i for i, r in zip(ids, roles, strict=True) if r == "assistant"]) == "\nParis is"
-    assert (roles[0] == "bos") == (ids[0] == tokenizer.bos_token_id)  # BOS only where the tokenizer adds it
-    assert roles.count("bos") <= 1
-    assert ("template" in roles) == use_template
+    assert ids == generator.encode_chat([{"role": "user", "content": CONTENT}], use_template, prefix)
 
 
 def test_captured_attention_matches_eager_attentions(tiny, tiny_model_dir):
@@ -120,20 +151,43 @@ def test_captured_attention_matches_eager_attentions(tiny, tiny_model_dir):
     torch.testing.assert_close(captured.sum(-1), torch.ones(captured.shape[:2]))
 
 
-def test_steering_generator_unsteered_equals_generator_and_alpha_changes_attention(tiny):
+ALL_HEADS = {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
+
+
+def test_steering_generator_unsteered_equals_generator_and_steering_changes_outputs(tiny):
     model, tokenizer = tiny
     queries = [[{"role": "user", "content": text}] for text in ("What is the capital of France?", "Explain why.")]
     plain = Generator(model, tokenizer, share_prefixes=False)
     expected = plain.generate_ids([plain.encode_chat(q) for q in queries], 6)
     unsteered = SteeringGenerator(model, tokenizer, 4096, None)
     assert unsteered.generate_ids([unsteered.encode_chat(q) for q in queries], 6) == expected
-    steering = Steering(1e-6, {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, 3, 4, "none")
+    steering = Steering(1e-6, ALL_HEADS, 3, 4, "none")
     steered = SteeringGenerator(model, tokenizer, 4096, steering)
     outputs = steered.generate_ids([steered.encode_chat(q) for q in queries], 6)
-    assert len(outputs) == 2 and steering.user.shape[0] == 2
+    assert len(outputs) == 2 and outputs != expected
+    assert steering.user.shape[0] == 2
     # the batch's user mask is left-padded like its prompts: the shorter prompt's padding is not user
     lengths = sorted(len(steered.encode_chat(q)) for q in queries)
     assert not steering.user[0, : lengths[1] - lengths[0]].any()
+    # and the longer prompt's mask is its user tokens
+    ids, roles = hand_roles(tokenizer, queries[0][0]["content"], True, "")
+    assert steering.user[1].tolist() == [r == "user" for r in roles]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.1])
+def test_steering_raises_the_user_attention_at_the_first_answer_token(tiny, alpha):
+    """Eq. 1 at the last prompt position: on layer 0 (same input either way) a steered head's user mass u becomes
+    u / (u + alpha (1 - u)); on every layer every steered head attends more to the user's tokens."""
+    model, tokenizer = tiny
+    ids, roles = hand_roles(tokenizer, CONTENT, True, "")
+    user = torch.tensor([[r == "user" for r in roles]])
+    before = last_token_attention(model, ids)[..., user[0]].sum(-1)  # (layers, heads)
+    steering = Steering(alpha, ALL_HEADS, 3, 4, "none")
+    steering.user = user
+    with steer(model, steering):
+        after = last_token_attention(model, ids)[..., user[0]].sum(-1)
+    torch.testing.assert_close(after[0], before[0] / (before[0] + alpha * (1 - before[0])), atol=1e-5, rtol=1e-5)
+    assert (after > before + 0.05).all()
 
 
 def test_softcapped_attention_matches_hand_computation():
