@@ -211,3 +211,113 @@ def test_render_drops_the_empty_system_message_for_templates_without_one(tiny):
         "{% endif %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
     )
     assert render(strict, [{"role": "user", "content": "hi"}]) == "[user]hi"
+
+
+def _nih_settings(haystack_dir, **overrides) -> dict:
+    (haystack_dir / "essay.txt").write_text("The river runs through the old town. The fox sleeps. " * 12)
+    settings = {
+        "haystack_dir": str(haystack_dir),
+        "needle": "The best thing to do in San Francisco is eat a sandwich.",
+        "question": "What is the best thing to do in San Francisco?",
+        "keywords": ["sandwich"],
+        "metric": "exact",
+        "min_context": 40,
+        "max_context": 60,
+        "n_lengths": 2,
+        "n_depths": 1,
+        "max_new_tokens": 2,
+        "prompt_template": "assistant-document",
+        "batch_tokens": 4096,
+    }
+    return settings | overrides
+
+
+def test_attention_allocation_is_the_retrieval_heads_attention_by_role(tiny, tiny_model_dir, tmp_path):
+    """Figures 3 and 4 against transformers' eager attention at the last prompt token, roles from the prompt's
+    pieces: per layer the head with the most user attention without the template (Eq. 3), and that head's
+    attention on user, assistant (response prefix) and BOS tokens renormalised without template tokens."""
+    from ctxaware.diagnosis import attention_allocation, nih_cases
+
+    model, tokenizer = load_model(tiny_model_dir, attn_implementation="eager")
+    with torch.no_grad():  # heads that differ, so the retrieval head is a real choice
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(40.0)
+            layer.self_attn.k_proj.weight.mul_(10.0)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    settings = _nih_settings(tmp_path)
+    table = attention_allocation(str(model_dir), settings, "Answer:")
+    cases = nih_cases(tokenizer, settings)
+    assert len(table) == len(cases) * 2 * 3  # cases x (without, with template) x layers
+    chosen = set()
+    for case in cases:
+        prompts = {
+            template: hand_roles(tokenizer, case["prompt"], template, "Answer:" if template else "\nAnswer:")
+            for template in (False, True)
+        }
+        last = {}
+        with torch.no_grad():
+            for template, (ids, _) in prompts.items():
+                attentions = model(torch.tensor([ids]), output_attentions=True).attentions
+                last[template] = torch.stack([a[0, :, -1] for a in attentions])  # (layers, heads, keys)
+        plain_roles = prompts[False][1]
+        user_mass = last[False][..., [r == "user" for r in plain_roles]].sum(-1)
+        heads = user_mass.argmax(-1).tolist()
+        chosen |= {(layer, head) for layer, head in enumerate(heads)}
+        for template, (_, roles) in prompts.items():
+            mass = {
+                r: last[template][..., [x == r for x in roles]].sum(-1)
+                for r in ("user", "assistant", "bos", "template")
+            }
+            kept = mass["user"] + mass["assistant"] + mass["bos"]
+            rows = table[(table["case"] == case["id"]) & (table["chat_template"] == template)].sort_values("layer")
+            assert rows["head"].tolist() == heads
+            for layer, head in enumerate(heads):
+                row = rows.iloc[layer]
+                for role in ("user", "assistant", "bos"):
+                    assert row[role] == pytest.approx(float(mass[role][layer, head] / kept[layer, head]), abs=1e-5)
+                assert row["template_raw"] == pytest.approx(float(mass["template"][layer, head]), abs=1e-5)
+            if not template:
+                assert (rows["template_raw"] == 0).all()
+    assert len({head for _, head in chosen}) > 1  # the heads chosen differ across layers or cases
+
+
+# Table 7's columns: (model, chat template, response prefix) of each variant of the NIH template study
+TABLE7 = {
+    "base": ("base", False, True),
+    "no_template": ("instruct", False, True),
+    "template_prefix": ("instruct", True, True),
+    "template_no_prefix": ("instruct", True, False),
+}
+
+
+def test_template_study_variants_switch_model_template_and_prefix_as_table7(
+    tiny_model_dir, tiny_mha_model_dir, tmp_path, monkeypatch
+):
+    from ctxaware import diagnosis
+
+    prompts_seen = []
+    generate_ids = Generator.generate_ids
+
+    def recording(self, prompts, *args, **kwargs):
+        prompts_seen.append((self.model.config.num_key_value_heads, [self.tokenizer.decode(p) for p in prompts]))
+        return generate_ids(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "generate_ids", recording)
+    models = {"base": tiny_model_dir, "instruct": tiny_mha_model_dir}  # 2 and 4 KV heads tell them apart
+    kv_heads = {"base": 2, "instruct": 4}
+    templates = ["assistant-document", "context"]
+    table = diagnosis.nih_template_study("tiny", models, _nih_settings(tmp_path), templates, "Answer:")
+    assert sorted(table["variant"]) == sorted(list(TABLE7) * len(templates))
+    assert len(prompts_seen) == len(table)
+    for (_, row), (heads, texts) in zip(table.iterrows(), prompts_seen, strict=True):
+        role, with_template, with_prefix = TABLE7[row["variant"]]
+        assert row["model"] == models[role] and heads == kv_heads[role]
+        for text in texts:
+            assert text.startswith("<s><|system|>\n</s>\n<|user|>\n") == with_template
+            assert ("<|assistant|>" in text) == with_template
+            end = ("<|assistant|>\n" if with_template else "\n") + ("Answer:" if with_prefix else "")
+            assert text.endswith(end) and text.endswith("Answer:") == with_prefix
+            opening = {"assistant-document": "You are a helpful AI assistant", "context": "Context: \n"}
+            assert opening[row["template"]] in text
