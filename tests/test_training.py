@@ -120,13 +120,33 @@ def test_qk_lora_adapts_only_query_and_key_projections(tiny_model_dir, train_par
     assert json.loads((tmp_path / "m" / MODEL_INFO).read_text())["recipe"] == "lora"
 
 
-def test_full_finetune_saves_a_loadable_model(tiny_model_dir, train_parquet, tmp_path):
-    recipe = dict(RECIPE, method="full", learning_rate=1e-3)
+def _answer_nll(model, tokenizer, conversations) -> float:
+    """Mean negative log-likelihood per token of the assistant answers (and the eos closing them), each answer
+    after its prompt rendered with the generation prompt."""
+    from ctxaware.chat import render
+
+    total, count = 0.0, 0
+    for messages in conversations:
+        prompt = tokenizer(render(tokenizer, messages[:1], add_generation_prompt=True), add_special_tokens=False)
+        answer = tokenizer(messages[1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt["input_ids"] + answer])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, -len(answer) - 1 : -1].float(), dim=-1)
+        total -= logprobs.gather(1, ids[0, -len(answer) :, None]).sum().item()
+        count += len(answer)
+    return total / count
+
+
+def test_full_finetune_lowers_the_nll_of_the_training_answers(tiny_model_dir, train_parquet, tmp_path):
+    recipe = dict(RECIPE, method="full", learning_rate=1e-2, epochs=2)
     log = finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, False)
-    assert log["train_loss"] > 0 and not log["adapter"]
+    assert not log["adapter"] and log["global_step"] == 4
     model, tokenizer = load_model(str(tmp_path / "m"))
     base, _ = load_model(tiny_model_dir)
-    assert not torch.allclose(model.lm_head.weight, base.lm_head.weight)
+    conversations = [list(messages) for messages in pd.read_parquet(train_parquet)["messages"]]
+    before, after = _answer_nll(base, tokenizer, conversations), _answer_nll(model, tokenizer, conversations)
+    print(f"answer NLL before {before:.3f}, after {after:.3f} nats/token")
+    assert after < before - 0.5
     assert IND_TOKEN not in tokenizer.get_vocab()  # vanilla models never see [IND]
 
 
