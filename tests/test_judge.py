@@ -198,6 +198,8 @@ def test_cache_key_depends_on_model(tmp_path):
     assert cache.get("missing") is None
     (tmp_path / "c" / "broken.json").write_text('{"judg')
     assert cache.get("broken") is None
+    (tmp_path / "c" / "cut.json").write_bytes('{"judgment": "Très'.encode()[:-1])  # cut inside a character
+    assert cache.get("cut") is None
 
 
 def test_authorization_header_from_env(server, monkeypatch):
@@ -373,3 +375,78 @@ def test_bad_reference_row_names_file_and_line(tmp_path, bad_row, message):
 def test_missing_reference_file_names_the_config_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="evaluation.mtbench.references"):
         load_references(str(tmp_path / "absent.jsonl"))
+
+
+class _Judge:
+    """A judge whose answers are scripted per turn: text, or a JudgeError to raise."""
+
+    def __init__(self, *answers):
+        self.answers, self.seen = list(answers), []
+
+    def judge(self, messages):
+        self.seen.append(messages)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_grade_records_each_turns_judgment_and_failure():
+    judge = _Judge("Rating: [[3]]", JudgeError("judge at x failed"))
+    records = grade(judge, MATH, ANSWERS)
+    assert judge.seen == [judge_messages(MATH, ANSWERS, 1), judge_messages(MATH, ANSWERS, 2)]
+    assert records == [
+        {
+            "question_id": 111,
+            "turn": 1,
+            "category": "math",
+            "judge_prompt": "single-math-v1",
+            "rating": 3.0,
+            "judgment": "Rating: [[3]]",
+            "failed": False,
+            "error": None,
+        },
+        {
+            "question_id": 111,
+            "turn": 2,
+            "category": "math",
+            "judge_prompt": "single-math-v1-multi-turn",
+            "rating": None,
+            "judgment": "",
+            "failed": True,
+            "error": "judge at x failed",
+        },
+    ]
+
+
+def test_cache_key_is_the_sha256_of_the_sorted_json(tmp_path):
+    """File names stay valid across versions and whatever the key order of the messages (a cache carries over)."""
+    import hashlib
+
+    messages = [{"role": "user", "content": "Rate this."}]
+    blob = '{"messages": [{"content": "Rate this.", "role": "user"}], "model": "gpt-4"}'
+    assert JudgmentCache.key("gpt-4", messages) == hashlib.sha256(blob.encode()).hexdigest()
+    assert JudgmentCache.key("gpt-4", [{"content": "Rate this.", "role": "user"}]) == JudgmentCache.key(
+        "gpt-4", messages
+    )
+
+
+def test_cache_writes_whole_files_through_a_hidden_temporary_in_its_own_directory(tmp_path, monkeypatch):
+    import os
+
+    cache = JudgmentCache(str(tmp_path / "nested" / "cache"))  # parents are created
+    renames, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((src, dst)), replace(src, dst)))
+    value = {"judgment": "Très bien. Rating: [[9]]"}
+    cache.put("k1", value)
+    [(src, dst)] = renames
+    src = Path(src)
+    assert src.parent == tmp_path / "nested" / "cache" and dst == tmp_path / "nested" / "cache" / "k1.json"
+    assert src.name.startswith(".k1.") and src.name.endswith(".tmp")  # never read as a cached judgment
+    assert (
+        tmp_path / "nested" / "cache" / "k1.json"
+    ).read_bytes() == '{"judgment": "Très bien. Rating: [[9]]"}'.encode()
+    assert cache.get("k1") == value
+    with pytest.raises(TypeError):
+        cache.put("k2", {"judgment": {1, 2}})  # not JSON: nothing is left behind
+    assert sorted(p.name for p in (tmp_path / "nested" / "cache").iterdir()) == ["k1.json"]

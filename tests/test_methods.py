@@ -25,7 +25,7 @@ RECIPE = {
 )
 def test_parse_method(name, beta, qk_lora, branch):
     method = parse_method(name)
-    assert (method.beta, method.qk_lora, method.data_branch) == (beta, qk_lora, branch)
+    assert (method.name, method.beta, method.qk_lora, method.data_branch) == (name, beta, qk_lora, branch)
     assert method.with_indicator == (beta is not None)
 
 

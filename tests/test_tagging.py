@@ -53,3 +53,64 @@ def test_missing_scores_are_counted_and_untagged():
 
 def test_helpers():
     assert not is_tagged(math.nan, 0.5) and not is_tagged(None, 0.5) and is_tagged(0.50001, 0.5)
+
+
+def _conversation(cid, *roles):
+    return {"id": cid, "messages": [{"role": r, "content": f"{r} {i}"} for i, r in enumerate(roles)]}
+
+
+def test_turns_are_counted_over_every_assistant_message():
+    """Three turns (scores looked up by turn index), and two assistant messages answering one instruction."""
+    three = _conversation("three", "user", "assistant", "user", "assistant", "user", "assistant")
+    double = _conversation(7, "system", "user", "assistant", "assistant")  # ids are matched as strings
+    scores = pd.DataFrame(
+        {"conversation_id": ["three"] * 3 + ["7", "7"], "turn": [0, 1, 2, 0, 1], "score": [0.1, 0.2, 0.9, 0.8, 0.9]}
+    )
+    tagged, stats = tag_conversations([three, double], scores, beta=0.5)
+    tagged_three = [dict(m) for m in three["messages"]]
+    tagged_three[4]["content"] = "user 4 [IND]"
+    tagged_double = [dict(m) for m in double["messages"]]
+    tagged_double[1]["content"] = "user 1 [IND]"
+    assert tagged == [{"id": "three", "messages": tagged_three}, {"id": 7, "messages": tagged_double}]
+    assert stats == {
+        "beta": 0.5,
+        "n_conversations": 2,
+        "n_assistant_turns": 5,
+        "n_tagged": 2,  # the instruction answered twice above beta carries one [IND]
+        "ratio": 2 / 5,
+        "n_turns_without_score": 0,
+    }
+
+
+def test_nothing_to_tag():
+    tagged, stats = tag_conversations([_conversation("u", "user")], SCORES.iloc[:0], beta=0.5)
+    assert tagged == [_conversation("u", "user")]
+    assert stats == {
+        "beta": 0.5,
+        "n_conversations": 1,
+        "n_assistant_turns": 0,
+        "n_tagged": 0,
+        "ratio": 0.0,
+        "n_turns_without_score": 0,
+    }
+    assert tagged_ratio(SCORES.iloc[:0], 0.5) == 0.0
+    assert tagged_ratio(SCORES.iloc[:1], 0.5) == 1.0 and tagged_ratio(SCORES.iloc[3:], -1.0) == 0.0  # NaN
+
+
+def test_tag_file_writes_the_tagged_conversations_and_their_stats(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ctxaware.tagging import tag_file
+
+    pd.DataFrame(CONVERSATIONS).to_parquet(tmp_path / "data.parquet")
+    SCORES.to_parquet(tmp_path / "scores.parquet")
+    out, stats_path = tmp_path / "tagged.parquet", tmp_path / "stats.json"
+    stats = tag_file(str(tmp_path / "data.parquet"), str(tmp_path / "scores.parquet"), 0.6, str(out), str(stats_path))
+    expected, expected_stats = tag_conversations(CONVERSATIONS, SCORES, beta=0.6)
+    from ctxaware.data import read_conversations
+
+    assert pq.read_schema(out).names == ["id", "messages"]  # nothing but the conversations
+    assert read_conversations(str(out)) == expected
+    assert stats == expected_stats and stats_path.read_text() == json.dumps(stats, indent=2)  # readable

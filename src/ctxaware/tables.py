@@ -32,9 +32,8 @@ def table4_frame(rows: list[dict], result_paths: list[str]) -> pd.DataFrame:
         for column in TASK_COLUMN.values():
             value = scores.get((row["sft_dataset"], row["model"], row["method"], column))
             record[column] = math.nan if value is None else float(value)
-        context = [record[t] for t in CONTEXT_TASKS]
-        # avg is only defined when all four context tasks ran (as in the paper)
-        record["avg"] = sum(context) / 4 if not any(math.isnan(v) for v in context) else math.nan
+        # avg is only defined when all four context tasks ran (as in the paper): a missing one's NaN makes it NaN
+        record["avg"] = sum(record[t] for t in CONTEXT_TASKS) / 4
         records.append(record)
     return pd.DataFrame.from_records(records, columns=TABLE4_COLUMNS)
 
@@ -44,6 +43,9 @@ def _with_paper(frame: pd.DataFrame, paper_csv: str | None) -> pd.DataFrame:
     if not paper_csv:
         return frame
     paper = pd.read_csv(paper_csv)
+    missing = [key for key in TABLE4_COLUMNS[:3] if key not in paper.columns]
+    if missing:
+        raise ValueError(f"config key report.paper_table4: {paper_csv} has no column {', '.join(missing)}")
     value_columns = [c for c in TABLE4_COLUMNS[3:] if c in paper.columns]
     paper = paper.rename(columns={c: f"paper_{c}" for c in value_columns})
     return frame.merge(paper, on=["sft_dataset", "model", "method"], how="left")

@@ -16,8 +16,8 @@ def is_tagged(score: float, beta: float) -> bool:
 
 def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: float) -> tuple[list[dict], dict]:
     score_of = {
-        (str(row.conversation_id), int(row.turn)): float(row.score)
-        for row in scores[["conversation_id", "turn", "score"]].itertuples(index=False)
+        (str(conversation_id), int(turn)): float(score)
+        for conversation_id, turn, score in scores[["conversation_id", "turn", "score"]].to_numpy()
     }
     tagged_conversations, n_turns, n_tagged, n_missing = [], 0, 0, 0
     for conversation in conversations:
@@ -48,19 +48,20 @@ def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: flo
 
 
 def tagged_ratio(scores: pd.DataFrame, beta: float) -> float:
-    """Share of assistant turns tagged at beta (Table 3); unscored turns count as untagged."""
-    if len(scores) == 0:
-        return 0.0
-    return float((scores["score"].fillna(-math.inf) > beta).mean())
+    """Share of assistant turns tagged at beta (Table 3); unscored turns count as untagged (NaN > beta is false)."""
+    return float((scores["score"] > beta).mean()) if len(scores) else 0.0
 
 
 def tag_file(data_parquet: str, scores_parquet: str, beta: float, out_parquet: str, out_stats: str) -> dict:
     import json
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from ctxaware.data import read_conversations
 
     conversations, stats = tag_conversations(read_conversations(data_parquet), pd.read_parquet(scores_parquet), beta)
-    pd.DataFrame(conversations).to_parquet(out_parquet, index=False)
-    with open(out_stats, "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2)
+    pq.write_table(pa.Table.from_pylist(conversations), out_parquet)  # read back by read_conversations
+    Path(out_stats).write_text(json.dumps(stats, indent=2))  # ASCII
     return stats
