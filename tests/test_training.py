@@ -144,14 +144,24 @@ MULTI_TURN = [
 ]
 
 
+# contents that also occur in the Zephyr headers: the oracle must find each after its own header
+HEADER_LIKE_TURNS = [
+    {"role": "user", "content": "user"},
+    {"role": "assistant", "content": "assistant"},
+    {"role": "user", "content": "s"},
+    {"role": "assistant", "content": "a"},
+]
+
+
+@pytest.mark.parametrize("messages", [MULTI_TURN, HEADER_LIKE_TURNS], ids=["plain", "header-like"])
 @pytest.mark.parametrize("loss", ["assistant", "all"])
-def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss):
+def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss, messages):
     path = tmp_path / "train.parquet"
-    pd.DataFrame([{"id": "0", "messages": MULTI_TURN}]).to_parquet(path)
+    pd.DataFrame([{"id": "0", "messages": messages}]).to_parquet(path)
     recipe = dict(RECIPE, method="full", loss=loss)
     trainer, tokenizer, _ = build_trainer(tiny_model_dir, str(path), str(tmp_path / "c"), recipe, True)
     example = trainer.train_dataset[0]
-    encoded = encode_with_spans(tokenizer, MULTI_TURN)
+    encoded = encode_with_spans(tokenizer, messages)
     assert example["input_ids"] == encoded.input_ids
     # assistant content plus the eos that closes it: what the model must learn to generate
     expected = {i for span in encoded.spans if span.role == "assistant" for i in range(span.start, span.end + 1)}

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ctxaware.attention import ATTN_NAME, Steering, attention_modules, capture_last, num_heads, steer
-from ctxaware.chat import render
+from ctxaware.chat import check_no_sentinel, render, sentinel
 from ctxaware.evaluation import run_nih, run_qa
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
@@ -42,14 +42,17 @@ def encode_roles(tokenizer, content: str, use_template: bool, prefix: str) -> tu
     bos, user (the message content), assistant (the response prefix) or template (role markers, system)."""
     messages = [{"role": "user", "content": content}]
     if use_template:
+        # the content's place, not a search for its text, which a header may also hold ("user", "a", "\n")
+        check_no_sentinel(messages)
+        skeleton = render(tokenizer, [{"role": "user", "content": sentinel(0)}], add_generation_prompt=True)
+        user_start = skeleton.find(sentinel(0))
         head = render(tokenizer, messages, add_generation_prompt=True)
+        if user_start < 0 or head != skeleton.replace(sentinel(0), content):
+            raise ValueError("chat template does not copy the message verbatim; cannot locate the user tokens")
         text, special = head + prefix, False
     else:
-        head = content
+        head, user_start = content, 0
         text, special = content + prefix, True
-    user_start = head.rfind(content)
-    if user_start < 0:
-        raise ValueError("chat template does not copy the message verbatim; cannot locate the user tokens")
     encoding = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
     roles = []

@@ -85,9 +85,7 @@ def _peft_model(model, recipe: dict, indicator_id: int | None):
         task_type="CAUSAL_LM",
         # the new [IND] rows must learn: peft trains just those rows (input and untied output embedding),
         # every other row stays frozen
-        trainable_token_indices=(
-            {name: [indicator_id] for name in indicator_rows(model)} if train_indicator else None
-        ),
+        trainable_token_indices=({name: [indicator_id] for name in indicator_rows(model)} if train_indicator else None),
     )
     return get_peft_model(model, config)
 
