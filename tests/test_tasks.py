@@ -111,6 +111,9 @@ def test_qa_loaders_read_the_real_schemas(tmp_path):
             [
                 {
                     "dialogue_id": "d1",
+                    "wikipedia_page_title": "Marco Polo",
+                    "background": "Marco Polo was a Venetian merchant.",
+                    "section_title": "Travels",
                     "context": "He sailed to Rome. CANNOTANSWER",
                     "questions": ["Where did he sail?", "Why?"],
                     "answers": {"texts": [["sailed to Rome"], ["CANNOTANSWER"]], "answer_starts": [[3], [19]]},
@@ -120,7 +123,9 @@ def test_qa_loaders_read_the_real_schemas(tmp_path):
         )
     )
     [item] = qa.load_items("quac", {"source": str(quac)})
-    assert item["context"] == "He sailed to Rome." and item["question"] == "Where did he sail?"
+    # the original's passage: title and background before the section text, without QuAC's no-answer token
+    assert item["context"] == "Title: Marco Polo\nMarco Polo was a Venetian merchant. He sailed to Rome."
+    assert item["question"] == "Where did he sail?"
     assert item["golds"] == ["sailed to Rome", "to Rome"]
     drop = tmp_path / "drop.jsonl"
     rows = [
@@ -135,6 +140,65 @@ def test_qa_loaders_read_the_real_schemas(tmp_path):
     ]
     drop.write_text("\n".join(json.dumps(r) for r in rows))
     assert [i["id"] for i in qa.load_items("drop", {"source": str(drop), "limit": 2})] == ["q0", "q1"]
+
+
+def test_drop_in_the_originals_schema_keeps_its_first_answer(tmp_path):
+    """EleutherAI/drop (the original's source): `answer` plus `validated_answers` as parquet stores them (a dict
+    of parallel lists); the first answer is the dataset's own, as lm-eval's parse_answer reads it."""
+    empty_date = {"day": "", "month": "", "year": ""}
+    rows = [
+        {
+            "section_id": "s",
+            "query_id": "q-spans",
+            "passage": "p",
+            "question": "Who?",
+            "answer": {"number": "", "date": empty_date, "spans": ["Chaz Schilens", "Jason Witten"]},
+            "validated_answers": {
+                "number": ["", ""],
+                "date": [empty_date, empty_date],
+                "spans": [["Schilens"], ["Witten"]],
+            },
+        },
+        {
+            "section_id": "s",
+            "query_id": "q-number",
+            "passage": "p",
+            "question": "How many?",
+            "answer": {"number": "3", "date": empty_date, "spans": []},
+            "validated_answers": [{"number": "three", "date": empty_date, "spans": []}],
+        },
+        {
+            "section_id": "s",
+            "query_id": "q-date",
+            "passage": "p",
+            "question": "When?",
+            "answer": {"number": "", "date": {"day": "4", "month": "July", "year": "1776"}, "spans": []},
+            "validated_answers": {"number": [], "date": [], "spans": []},
+        },
+    ]
+    path = tmp_path / "drop.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    spans, number, date = qa.load_items("drop", {"source": str(path)})
+    assert spans["first_answer"] == ["Chaz Schilens", "Jason Witten"]
+    assert spans["golds"] == ["Chaz Schilens", "Jason Witten", "Schilens", "Witten"]
+    assert number["first_answer"] == ["3"] and number["golds"] == ["3", "three"]
+    assert date["first_answer"] == ["4 July 1776"]
+
+
+def test_drop_original_metric_scores_against_the_first_answer_only():
+    from ctxaware.evaluation import qa_score
+
+    item = {"golds": ["Chaz Schilens", "Witten"], "first_answer": ["Chaz Schilens"]}
+    assert qa_score("drop_original", "It was CHAZ SCHILENS.", item) == 1.0
+    assert qa_score("drop_original", "It was Witten.", item) == 0.0  # a validated answer only
+    assert qa_score("containment", "It was Witten.", item) == 1.0
+
+
+def test_drop_original_on_another_task_is_an_error_naming_the_key():
+    from ctxaware.evaluation import run_qa
+
+    with pytest.raises(ValueError, match="config key evaluation.squad.metric: drop_original"):
+        run_qa("squad", None, {"metric": "drop_original"}, False)
 
 
 def test_qa_loader_names_the_bad_row(tmp_path):

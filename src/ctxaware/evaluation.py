@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ctxaware.chat import append_indicator
 from ctxaware.generation import Generator
-from ctxaware.metrics import containment, containment_raw_regex, first_sentence, keyword_recall
+from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
 from ctxaware.modeling import load_model
 from ctxaware.tasks import nih, qa
 
@@ -48,13 +48,15 @@ def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple
 
 
 def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+    metric = settings["metric"]
+    if metric == "drop_original" and task != "drop":
+        raise ValueError(f"config key evaluation.{task}.metric: drop_original scores DROP answers only")
     items = qa.load_items(task, settings)
     template = settings["prompt_template"]
     queries = [
         user_message(template.format(context=i["context"], question=i["question"]), with_indicator) for i in items
     ]
     outputs = generator.generate_ids([generator.encode_chat([q]) for q in queries], settings["max_new_tokens"])
-    metric = containment_raw_regex if settings["metric"] == "raw_regex" else containment
     records = []
     for item, query, output in zip(items, queries, outputs, strict=True):
         answer = first_sentence(output)
@@ -65,10 +67,20 @@ def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool
                 "golds": item["golds"],
                 "response": output,
                 "answer": answer,
-                "score": metric(answer, item["golds"]),
+                "score": qa_score(metric, answer, item),
             }
         )
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
+
+
+def qa_score(metric: str, answer: str, item: dict) -> float:
+    """containment (normalised, the paper's), raw_regex (lm-eval's case-insensitive regex) or drop_original
+    (raw_regex against the first gold answer's spans, the original's DROP metric)."""
+    if metric == "drop_original":
+        return drop_original(answer, item["first_answer"])
+    if metric == "raw_regex":
+        return containment_raw_regex(answer, item["golds"])
+    return containment(answer, item["golds"])
 
 
 def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:

@@ -41,6 +41,11 @@ scattergather:
 
 def _check_references():
     """Cross-references the schema cannot express; each message names the config key."""
+    for task in ("squad", "quac"):
+        if EVALUATION[task]["metric"] == "drop_original":
+            raise ValueError(
+                f"config key evaluation.{task}.metric: drop_original scores DROP answers only"
+            )
     for name, model in MODELS.items():
         if model["recipe"] not in RECIPES:
             raise ValueError(
