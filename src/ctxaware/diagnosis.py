@@ -104,12 +104,21 @@ def attention_allocation(model_dir: str, settings: dict, response_prefix: str) -
     """Per NIH case and layer: the retrieval head (Eq. 3, chosen without the template, as the paper does) and
     its renormalised attention on user, assistant and BOS tokens without and with the chat template."""
     model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
+    cases = nih_cases(tokenizer, settings)
+    encoded = [
+        (
+            case,
+            encode_roles(tokenizer, case["prompt"], False, prompt_prefix(False, response_prefix)),
+            encode_roles(tokenizer, case["prompt"], True, prompt_prefix(True, response_prefix)),
+        )
+        for case in cases
+    ]
+    longest = max(len(ids) for _, (plain_ids, _), (chat_ids, _) in encoded for ids in (plain_ids, chat_ids))
+    nih.check_window(longest, 0, getattr(model.config, "max_position_embeddings", None))  # one forward, no generation
     rows = []
-    for case in nih_cases(tokenizer, settings):
-        plain_ids, plain_roles = encode_roles(tokenizer, case["prompt"], False, prompt_prefix(False, response_prefix))
+    for case, (plain_ids, plain_roles), (chat_ids, chat_roles) in encoded:
         plain = last_token_attention(model, plain_ids)
         heads = retrieval_heads(plain, [r == "user" for r in plain_roles])
-        chat_ids, chat_roles = encode_roles(tokenizer, case["prompt"], True, prompt_prefix(True, response_prefix))
         chat = last_token_attention(model, chat_ids)
         for template, attention, roles in ((False, plain, plain_roles), (True, chat, chat_roles)):
             masses = role_masses(attention, roles)
@@ -211,6 +220,7 @@ def steering_heads(model, tokenizer, settings: dict, prefix: str, heads: str) ->
     cases = nih_cases(tokenizer, settings)
     case = cases[len(cases) // 2]
     ids, roles = encode_roles(tokenizer, case["prompt"], True, prompt_prefix(True, prefix))
+    nih.check_window(len(ids), 0, getattr(model.config, "max_position_embeddings", None))
     chosen = retrieval_heads(last_token_attention(model, ids), [r == "user" for r in roles])
     return {layer: [head] for layer, head in enumerate(chosen)}
 

@@ -37,6 +37,7 @@ def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple
     cases = nih.build_cases(generator.tokenizer, settings, settings["max_context"])
     queries = [user_message(c["prompt"], with_indicator) for c in cases]
     prompts = [generator.encode_chat([q], settings["use_chat_template"], settings["response_prefix"]) for q in queries]
+    nih.check_window(max(map(len, prompts)), settings["max_new_tokens"], generator.context_window())
     outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
     records = []
     for case, query, prompt, output in zip(cases, queries, prompts, outputs, strict=True):

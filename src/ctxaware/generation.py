@@ -131,6 +131,10 @@ class Generator:
         self.n_generated = 0  # prompts actually run through the model (cache misses)
         self.n_row_prefilled = 0  # of those, prompts prefilled row by row on a shared prefix (prefill_plan)
 
+    def context_window(self) -> int | None:
+        """The most positions the model takes (prompt plus generated tokens), when its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def encode_chat(self, messages: list[dict], use_template: bool = True, response_prefix: str = "") -> list[int]:
         if use_template:
             text = render(self.tokenizer, messages, add_generation_prompt=True)

@@ -129,6 +129,13 @@ class VLLMGenerator(Generator):
         super().__init__(None, tokenizer, batch_tokens=0, cache_path=cache_path)
         self.llm, self.lora_request, self.chunk_prompts = llm, lora_request, chunk_prompts
 
+    def context_window(self) -> int | None:
+        """vLLM's max_model_len (the model's window unless evaluation.vllm.max_model_len lowers it)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except AttributeError:
+            return None
+
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         return [order[i : i + self.chunk_prompts] for i in range(0, len(order), self.chunk_prompts)]

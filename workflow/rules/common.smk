@@ -103,6 +103,12 @@ def corpus_files():
     return files
 
 
+def haystack_input():
+    """The NIH haystack directory as an input (editing an essay reruns NIH); a package's files are not inputs."""
+    haystack = EVALUATION["nih"]["haystack"]
+    return [] if haystack.startswith("package:") else [haystack]
+
+
 def base_source(model):
     """Where a base model's weights come from: the tiny model the workflow builds, a local path or a hub id."""
     source = MODELS[model]["source"]
@@ -191,7 +197,7 @@ def evaluation_files(wildcards):
     paths = []
     for task, settings in evaluation_settings(wildcards).items():
         if task == "nih":
-            paths.append(settings["haystack_dir"])
+            paths.append(settings["haystack"])
         elif task == "mtbench":
             paths.append(settings["questions"])
             if settings["references"]:
@@ -291,7 +297,7 @@ def steering_tasks(wildcards):
 
 def steering_files(wildcards):
     paths = [
-        s["haystack_dir"] if t == "nih" else s["source"]
+        s["haystack"] if t == "nih" else s["source"]
         for t, s in steering_tasks(wildcards).items()
     ]
     return [p for p in paths if Path(p).exists()]
