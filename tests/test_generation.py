@@ -239,3 +239,50 @@ def test_section2_nih_prompts_over_the_window_fail_before_any_forward(tiny_model
         attention_allocation(tiny_model_dir, settings, "Here is")
     with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
         nih_template_study("tiny", {"base": tiny_model_dir, "instruct": tiny_model_dir}, settings, ["context"], "")
+
+
+SAMPLING = {"seed": 0, "top_k": 50, "top_p": 1.0}
+
+
+def test_sampler_draws_from_the_tempered_top_k_distribution():
+    """The Gumbel-max draw of SeededSampler follows softmax(logits / T) restricted to the top k."""
+    import torch
+
+    from ctxaware.generation import SeededSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    temperature, draws = 0.7, 20_000
+    sampler = SeededSampler([temperature], [123], top_k=3, top_p=1.0, device="cpu")
+    counts = torch.zeros(5)
+    for _ in range(draws):
+        counts[sampler(None, logits).argmax()] += 1
+    expected = torch.softmax(torch.tensor([2.0, 1.0, 0.5]) / temperature, -1)
+    assert counts[3:].sum() == 0  # outside the top 3: never drawn
+    assert torch.allclose(counts[:3] / draws, expected, atol=0.015)
+    nucleus = SeededSampler([1.0], [5], top_k=0, top_p=0.5, device="cpu")
+    assert {int(nucleus(None, logits).argmax()) for _ in range(200)} == {0}  # token 0 alone holds p > 0.5
+    greedy = SeededSampler([0.0], [1], top_k=3, top_p=1.0, device="cpu")
+    assert torch.equal(greedy(None, logits), logits)
+
+
+def test_seeded_sampling_is_equal_across_reruns_batches_and_resumes(tiny_model_dir, tmp_path):
+    model, tokenizer = load_model(tiny_model_dir)
+    batched = Generator(model, tokenizer, batch_tokens=10_000, cache_path=str(tmp_path / "cache.jsonl"))
+    prompts = _prompts(batched)
+    temperatures = [1.5, 0.0, 1.5, 1.5]
+    sampled = batched.generate_ids(prompts, 16, None, temperatures, SAMPLING)
+    single = Generator(model, tokenizer, batch_tokens=1)  # every prompt alone, in other company
+    assert single.generate_ids(prompts, 16, None, temperatures, SAMPLING) == sampled
+    resumed = Generator(model, tokenizer, batch_tokens=10_000)
+    assert resumed.generate_ids(prompts[2:], 16, None, temperatures[2:], SAMPLING) == sampled[2:]
+    # the greedy row is the greedy answer; a sampled row differs from it at this temperature
+    greedy = Generator(model, tokenizer).generate_ids(prompts, 16)
+    assert sampled[1] == greedy[1] and sampled != greedy
+    other_seed = Generator(model, tokenizer).generate_ids(prompts, 16, None, temperatures, {**SAMPLING, "seed": 1})
+    assert other_seed != sampled and other_seed[1] == sampled[1]
+    # the cache keys on the sampling settings: the greedy run did not read the sampled answers back
+    cached = GenerationCache(str(tmp_path / "cache.jsonl"))
+    assert len(cached.entries) == 4
+    rerun = Generator(model, tokenizer, cache_path=str(tmp_path / "cache.jsonl"))
+    assert rerun.generate_ids(prompts, 16, None, temperatures, SAMPLING) == sampled and rerun.n_generated == 0
+    assert rerun.generate_ids(prompts, 16) == greedy and rerun.n_generated == 3  # the greedy row was cached

@@ -163,16 +163,16 @@ class SteeringGenerator(Generator):
         self.user[tuple(ids)] = [r == "user" for r in roles]
         return ids
 
-    def _generate_batch(self, prompts, max_new_tokens, stops):
+    def _generate_batch(self, prompts, max_new_tokens, stops, temperatures=None, sampling=None):
         if self.steering is None:
-            return super()._generate_batch(prompts, max_new_tokens, stops)
+            return super()._generate_batch(prompts, max_new_tokens, stops, temperatures, sampling)
         width = max(len(p) for p in prompts)
         user = torch.zeros(len(prompts), width, dtype=torch.bool)
         for row, prompt in enumerate(prompts):  # left padding, as the batch is built
             user[row, width - len(prompt) :] = torch.tensor(self.user[tuple(prompt)])
         self.steering.user = user
         with steer(self.model, self.steering):
-            return super()._generate_batch(prompts, max_new_tokens, stops)
+            return super()._generate_batch(prompts, max_new_tokens, stops, temperatures, sampling)
 
 
 def nih_settings(settings: dict, template: str, use_template: bool, prefix: str) -> dict:

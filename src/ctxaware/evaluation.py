@@ -87,14 +87,22 @@ def qa_score(metric: str, answer: str, item: dict) -> float:
 def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
     from ctxaware.judge import grade, summarize
     from ctxaware.local_judge import make_judge
-    from ctxaware.tasks.mtbench import load_question_source
+    from ctxaware.tasks.mtbench import answer_temperature, load_question_source
 
     questions = load_question_source(settings["questions"], settings.get("limit"), settings.get("references"))
+    # greedy, or FastChat's per-category temperatures with a seed of each prompt's own (reruns are equal)
+    temperatures = [answer_temperature(q["category"], settings["answer_sampling"]) for q in questions]
+    sampling = {
+        "seed": settings["sampling_seed"],
+        "top_k": settings["sampling_top_k"],
+        "top_p": settings["sampling_top_p"],
+    }
     conversations = [[] for _ in questions]
     for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
         for conversation, question in zip(conversations, questions, strict=True):
             conversation.append(user_message(question["turns"][turn], with_indicator))
-        outputs = generator.generate_ids([generator.encode_chat(c) for c in conversations], settings["max_new_tokens"])
+        prompts = [generator.encode_chat(c) for c in conversations]
+        outputs = generator.generate_ids(prompts, settings["max_new_tokens"], None, temperatures, sampling)
         for conversation, output in zip(conversations, outputs, strict=True):
             conversation.append({"role": "assistant", "content": output})
     judge = make_judge(settings["judge"])
