@@ -14,7 +14,7 @@ import torch
 
 from ctxaware.attention import ATTN_NAME, Steering, attention_modules, capture_last, num_heads, steer
 from ctxaware.chat import check_no_sentinel, render, sentinel
-from ctxaware.evaluation import run_nih, run_qa
+from ctxaware.evaluation import load_task_inputs, run_nih, run_qa
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
 from ctxaware.tasks import nih
@@ -235,11 +235,12 @@ def attention_steering(
     prefix: str,
 ) -> pd.DataFrame:
     """Table 1 for one instruct model: each task with the chat template, unsteered (alpha 1) and per alpha."""
-    model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
     if heads == "retrieval" and "nih" not in task_settings:
         raise ValueError(
             "config key diagnosis.steering.heads: retrieval heads are chosen on an NIH prompt; add nih to tasks"
         )
+    inputs = load_task_inputs(task_settings)  # a source that cannot load fails before the model loads
+    model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
     selected = steering_heads(model, tokenizer, task_settings.get("nih", {}), prefix, heads)
     rows = []
     for alpha in [1.0, *alphas]:
@@ -252,7 +253,7 @@ def attention_steering(
                 run = nih_settings(settings, settings["prompt_template"], True, prefix)
                 summary, _ = run_nih(generator, run, False)
             else:
-                summary, _ = run_qa(task, generator, settings, False)
+                summary, _ = run_qa(task, generator, settings, False, inputs[task])
             rows.append(
                 {
                     "pair": pair,

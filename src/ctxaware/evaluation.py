@@ -48,11 +48,33 @@ def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
 
 
-def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+def load_task_inputs(settings_by_task: dict[str, dict]) -> dict:
+    """Every task's data, read before any model loads, so a source that cannot load (a hub repository with a
+    loading script, a missing package) stops the job at its start, naming the config key: QA items, MT-Bench
+    questions, and the NIH haystack (checked here, tokenised per model later)."""
+    from ctxaware.tasks.mtbench import load_question_source
+
+    inputs = {}
+    for task, settings in settings_by_task.items():
+        if task == "nih":
+            nih.load_haystack(settings["haystack"])
+            inputs[task] = None
+        elif task == "mtbench":
+            inputs[task] = load_question_source(
+                settings["questions"], settings.get("limit"), settings.get("references")
+            )
+        else:
+            inputs[task] = qa.load_items(task, settings)
+    return inputs
+
+
+def run_qa(
+    task: str, generator: Generator, settings: dict, with_indicator: bool, items: list[dict] | None = None
+) -> tuple[dict, list[dict]]:
     metric = settings["metric"]
     if metric == "drop_original" and task != "drop":
         raise ValueError(f"config key evaluation.{task}.metric: drop_original scores DROP answers only")
-    items = qa.load_items(task, settings)
+    items = qa.load_items(task, settings) if items is None else items
     template = settings["prompt_template"]
     queries = [
         user_message(template.format(context=i["context"], question=i["question"]), with_indicator) for i in items
@@ -84,12 +106,15 @@ def qa_score(metric: str, answer: str, item: dict) -> float:
     return containment(answer, item["golds"])
 
 
-def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+def run_mtbench(
+    generator: Generator, settings: dict, with_indicator: bool, questions: list[dict] | None = None
+) -> tuple[dict, list[dict]]:
     from ctxaware.judge import grade, summarize
     from ctxaware.local_judge import make_judge
     from ctxaware.tasks.mtbench import answer_temperature, load_question_source
 
-    questions = load_question_source(settings["questions"], settings.get("limit"), settings.get("references"))
+    if questions is None:
+        questions = load_question_source(settings["questions"], settings.get("limit"), settings.get("references"))
     # greedy, or FastChat's per-category temperatures with a seed of each prompt's own (reruns are equal)
     temperatures = [answer_temperature(q["category"], settings["answer_sampling"]) for q in questions]
     sampling = {
@@ -159,11 +184,16 @@ def evaluate_all(
     if unknown:
         raise ValueError(f"unknown evaluation task(s) {sorted(unknown)}; expected some of {TASKS}")
     results = {}
+    if (engine or {}).get("backend") == "vllm":
+        from ctxaware.vllm_backend import import_vllm
+
+        import_vllm()  # the missing-package error first
+    inputs = load_task_inputs(settings_by_task)
     with generators(model_dir, engine, cache_dir) as make_generator:
         for task, settings in settings_by_task.items():
             cache_path = str(Path(cache_dir) / f"{task}.jsonl") if cache_dir else None
             generator = make_generator(settings["batch_tokens"], cache_path)
-            summary, records = evaluate_task(task, generator, settings, with_indicator)
+            summary, records = evaluate_task(task, generator, settings, with_indicator, inputs[task])
             results[task] = {
                 "task": task,
                 **summary,
@@ -180,14 +210,16 @@ def evaluate_all(
     return results
 
 
-def evaluate_task(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
-    """(summary with `score` and `n`, one record per prompt) of one task."""
+def evaluate_task(
+    task: str, generator: Generator, settings: dict, with_indicator: bool, inputs=None
+) -> tuple[dict, list[dict]]:
+    """(summary with `score` and `n`, one record per prompt) of one task; `inputs`: its load_task_inputs."""
     if task == "nih":
         summary, records = run_nih(generator, settings, with_indicator)
     elif task == "mtbench":
-        summary, records = run_mtbench(generator, settings, with_indicator)
+        summary, records = run_mtbench(generator, settings, with_indicator, inputs)
     else:
-        summary, records = run_qa(task, generator, settings, with_indicator)
+        summary, records = run_qa(task, generator, settings, with_indicator, inputs)
     return summary, records
 
 

@@ -263,7 +263,7 @@ def load_question_source(source: str, limit: int | None = None, references: str 
     else:
         from ctxaware.data import load_raw
 
-        rows = [from_prompts_row(row) for row in load_raw(source, split="train")]
+        rows = [from_prompts_row(row) for row in load_raw(source, split="train", key="evaluation.mtbench.questions")]
         for index, row in enumerate(rows):
             problem = _check_row(row)
             if problem:

@@ -106,6 +106,13 @@ ITEMS = {"squad": squad_items, "quac": quac_items, "drop": drop_items}
 
 
 def load_items(task: str, settings: dict) -> list[dict]:
-    rows = load_raw(settings["source"], settings.get("split", "validation"), settings.get("hub_config"))
+    rows = load_raw(
+        settings["source"],
+        settings.get("split", "validation"),
+        settings.get("hub_config"),
+        settings.get("revision"),
+        settings.get("data_files"),
+        key=f"evaluation.{task}.source",
+    )
     items = ITEMS[task](rows, settings["source"])
     return items[: settings["limit"]] if settings.get("limit") else items
