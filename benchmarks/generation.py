@@ -61,7 +61,7 @@ def embedded_nih_settings() -> dict:
     model = next(iter(config["models"].values()))
     dataset = next(iter(config["datasets"].values()))
     settings["max_context"] = min(c for c in (model["nih_max_context"], dataset["nih_max_context"]) if c)
-    settings["haystack_dir"] = str(ROOT / settings["haystack_dir"])
+    settings["haystack"] = str(ROOT / settings["haystack"])
     settings["batch_tokens"] = config["evaluation"]["batch_tokens"]
     return settings
 
@@ -88,7 +88,7 @@ def read_context_files(tokenizer, haystack_dir: str, max_context: int) -> str:
     context = ""
     while len(tokenizer(context, add_special_tokens=False)["input_ids"]) < max_context:
         for file in sorted(Path(haystack_dir).glob("*.txt")):
-            context += file.read_text(encoding="utf-8")
+            context += file.read_text(encoding="utf-8").replace("\n", " ")
     return context
 
 
@@ -106,10 +106,11 @@ def run_original(model, tokenizer, settings: dict, period_ids: set[int]) -> list
     outputs = []
     for length in lengths:
         for depth in depths:
-            haystack = read_context_files(tokenizer, settings["haystack_dir"], max(lengths))
+            haystack = read_context_files(tokenizer, settings["haystack"], max(lengths))
             haystack_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]  # encode_and_trim
             needle_ids = tokenizer(" " + settings["needle"].strip() + " ", add_special_tokens=False)["input_ids"]
-            context = tokenizer.decode(nih.insert_needle(haystack_ids, needle_ids, length, depth, period_ids))
+            budget = nih.context_budget(length, settings["context_buffer"], len(needle_ids))
+            context = tokenizer.decode(nih.insert_needle(haystack_ids, needle_ids, budget, depth, period_ids))
             prompt = template.format(context=context, question=settings["question"])
             ids = encoder.encode_chat([{"role": "user", "content": prompt}], settings["use_chat_template"])
             generated = model.generate(
@@ -194,7 +195,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         model, tokenizer = build_model(args, work, device, dtype)
         n_params = sum(p.numel() for p in model.parameters())
-        haystack_ids = tokenizer(nih.load_haystack(settings["haystack_dir"]), add_special_tokens=False)["input_ids"]
+        haystack_ids = tokenizer(nih.load_haystack(settings["haystack"]), add_special_tokens=False)["input_ids"]
         period_ids = nih.sentence_end_ids(tokenizer, haystack_ids)
         n_prompts = settings["n_lengths"] * settings["n_depths"]
         print(

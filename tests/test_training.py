@@ -22,6 +22,7 @@ RECIPE = dict(
     epochs=1,
     max_steps=None,
     gradient_checkpointing=False,
+    precision="auto",
     loss="all",
     save_steps=100,
     indicator_embedding="trainable",
@@ -164,14 +165,24 @@ MULTI_TURN = [
 ]
 
 
+# contents that also occur in the Zephyr headers: the oracle must find each after its own header
+HEADER_LIKE_TURNS = [
+    {"role": "user", "content": "user"},
+    {"role": "assistant", "content": "assistant"},
+    {"role": "user", "content": "s"},
+    {"role": "assistant", "content": "a"},
+]
+
+
+@pytest.mark.parametrize("messages", [MULTI_TURN, HEADER_LIKE_TURNS], ids=["plain", "header-like"])
 @pytest.mark.parametrize("loss", ["assistant", "all"])
-def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss):
+def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss, messages):
     path = tmp_path / "train.parquet"
-    pd.DataFrame([{"id": "0", "messages": MULTI_TURN}]).to_parquet(path)
+    pd.DataFrame([{"id": "0", "messages": messages}]).to_parquet(path)
     recipe = dict(RECIPE, method="full", loss=loss)
     trainer, tokenizer, _ = build_trainer(tiny_model_dir, str(path), str(tmp_path / "c"), recipe, True)
     example = trainer.train_dataset[0]
-    encoded = encode_with_spans(tokenizer, MULTI_TURN)
+    encoded = encode_with_spans(tokenizer, messages)
     assert example["input_ids"] == encoded.input_ids
     # assistant content plus the eos that closes it: what the model must learn to generate
     expected = {i for span in encoded.spans if span.role == "assistant" for i in range(span.start, span.end + 1)}
@@ -305,3 +316,83 @@ def test_lora_finetune_is_reproducible_whatever_the_rng_state_before(tiny_model_
         finetune(tiny_model_dir, train_parquet, str(out), str(tmp_path / f"c{run}"), recipe, with_indicator=True)
         weights.append((out / "adapter_model.safetensors").read_bytes())
     assert weights[0] == weights[1]
+
+
+def _layer_update(out_dir, init: dict) -> torch.Tensor:
+    """Every decoder-layer weight's change from the base model's initial value, flattened."""
+    trained = load_file(f"{out_dir}/model.safetensors")
+    keys = [k for k in init if ".layers." in k]
+    return torch.cat([(trained[k].float() - init[k].to(trained[k].dtype).float()).flatten() for k in keys])
+
+
+def test_bf16_mixed_full_finetune_moves_the_weights_as_fp32_does(tiny_model_dir, train_parquet, tmp_path):
+    """Full fine-tuning at the paper's lr 2e-5 (TinyLlama): AdamW on fp32 weights with bf16 autocast moves
+    nearly every weight, as an fp32 run does; on bf16 weights (std 0.02) most updates round away."""
+    init = load_file(f"{tiny_model_dir}/model.safetensors")
+    recipe = dict(RECIPE, method="full", learning_rate=2e-5, lr_scheduler="constant", max_steps=20)
+    recipe.update(per_device_batch_size=2, global_batch_size=2)
+    updates, logs = {}, {}
+    for precision in ("fp32", "bf16-mixed", "bf16"):
+        out = tmp_path / precision
+        logs[precision] = finetune(
+            tiny_model_dir,
+            train_parquet,
+            str(out),
+            str(tmp_path / f"c-{precision}"),
+            {**recipe, "precision": precision},
+            False,
+        )
+        updates[precision] = _layer_update(out, init)
+        assert json.loads((out / "train_log.json").read_text())["param_dtype"] == logs[precision]["param_dtype"]
+    assert (logs["bf16-mixed"]["param_dtype"], logs["bf16-mixed"]["compute_dtype"]) == (
+        "torch.float32",
+        "torch.bfloat16",
+    )
+    assert (logs["fp32"]["param_dtype"], logs["fp32"]["compute_dtype"]) == ("torch.float32", "torch.float32")
+    assert logs["bf16"]["param_dtype"] == "torch.bfloat16"
+
+    def moved(update):
+        return float((update != 0).float().mean())
+
+    def agreement(update):  # (movement relative to fp32's, cosine with fp32's update)
+        reference = updates["fp32"]
+        return float(update.norm() / reference.norm()), float(
+            torch.nn.functional.cosine_similarity(update, reference, 0)
+        )
+
+    assert moved(updates["fp32"]) >= 0.9
+    assert moved(updates["bf16-mixed"]) >= 0.9
+    ratio, cosine = agreement(updates["bf16-mixed"])
+    assert 0.95 <= ratio <= 1.05 and cosine >= 0.99
+    assert not torch.equal(updates["bf16-mixed"], updates["fp32"])  # the autocast really ran in bf16
+    # pure bf16 fails the same bar: most weights never move, and the movement is not fp32's
+    ratio, cosine = agreement(updates["bf16"])
+    assert moved(updates["bf16"]) < 0.5 and ratio < 0.8 and cosine < 0.8
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_bf16_mixed_adapters_train_in_fp32_with_bf16_compute(tiny_model_dir, train_parquet, tmp_path, method):
+    recipe = dict(RECIPE, method=method, precision="bf16-mixed", max_steps=2)
+    trainer, _, _ = build_trainer(tiny_model_dir, train_parquet, str(tmp_path / "c"), recipe, True)
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)  # TRL's bf16 cast of QLoRA adapters undone
+    assert trainer.args.bf16  # bf16 autocast
+    assert trainer.precision == {
+        "precision": "bf16-mixed",
+        "param_dtype": "torch.float32",
+        "frozen_dtype": "torch.bfloat16" if method == "lora" else "torch.float32",  # peft upcasts a 4-bit base's rest
+        "compute_dtype": "torch.bfloat16",
+    }
+    trainer.train()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_auto_precision_is_bf16_mixed_on_a_gpu_and_fp32_on_the_cpu():
+    from ctxaware.training import precision_dtypes, resolve_precision
+
+    assert resolve_precision("auto", "cuda") == "bf16-mixed" and resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cuda") == "bf16"
+    assert precision_dtypes("bf16-mixed", "full") == (torch.float32, torch.bfloat16, True)
+    assert precision_dtypes("bf16-mixed", "qlora") == (torch.bfloat16, torch.bfloat16, True)
+    with pytest.raises(ValueError, match="config key recipes.<recipe>.precision: 'fp16'"):
+        resolve_precision("fp16", "cuda")

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from ctxaware.attention import ATTN_NAME, Steering, attention_modules, capture_last, num_heads, steer
-from ctxaware.chat import render
-from ctxaware.evaluation import run_nih, run_qa
+from ctxaware.chat import check_no_sentinel, render, sentinel
+from ctxaware.evaluation import load_task_inputs, run_nih, run_qa
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
 from ctxaware.tasks import nih
@@ -42,14 +42,17 @@ def encode_roles(tokenizer, content: str, use_template: bool, prefix: str) -> tu
     bos, user (the message content), assistant (the response prefix) or template (role markers, system)."""
     messages = [{"role": "user", "content": content}]
     if use_template:
+        # the content's place, not a search for its text, which a header may also hold ("user", "a", "\n")
+        check_no_sentinel(messages)
+        skeleton = render(tokenizer, [{"role": "user", "content": sentinel(0)}], add_generation_prompt=True)
+        user_start = skeleton.find(sentinel(0))
         head = render(tokenizer, messages, add_generation_prompt=True)
+        if user_start < 0 or head != skeleton.replace(sentinel(0), content):
+            raise ValueError("chat template does not copy the message verbatim; cannot locate the user tokens")
         text, special = head + prefix, False
     else:
-        head = content
+        head, user_start = content, 0
         text, special = content + prefix, True
-    user_start = head.rfind(content)
-    if user_start < 0:
-        raise ValueError("chat template does not copy the message verbatim; cannot locate the user tokens")
     encoding = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
     roles = []
@@ -101,12 +104,21 @@ def attention_allocation(model_dir: str, settings: dict, response_prefix: str) -
     """Per NIH case and layer: the retrieval head (Eq. 3, chosen without the template, as the paper does) and
     its renormalised attention on user, assistant and BOS tokens without and with the chat template."""
     model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
+    cases = nih_cases(tokenizer, settings)
+    encoded = [
+        (
+            case,
+            encode_roles(tokenizer, case["prompt"], False, prompt_prefix(False, response_prefix)),
+            encode_roles(tokenizer, case["prompt"], True, prompt_prefix(True, response_prefix)),
+        )
+        for case in cases
+    ]
+    longest = max(len(ids) for _, (plain_ids, _), (chat_ids, _) in encoded for ids in (plain_ids, chat_ids))
+    nih.check_window(longest, 0, getattr(model.config, "max_position_embeddings", None))  # one forward, no generation
     rows = []
-    for case in nih_cases(tokenizer, settings):
-        plain_ids, plain_roles = encode_roles(tokenizer, case["prompt"], False, prompt_prefix(False, response_prefix))
+    for case, (plain_ids, plain_roles), (chat_ids, chat_roles) in encoded:
         plain = last_token_attention(model, plain_ids)
         heads = retrieval_heads(plain, [r == "user" for r in plain_roles])
-        chat_ids, chat_roles = encode_roles(tokenizer, case["prompt"], True, prompt_prefix(True, response_prefix))
         chat = last_token_attention(model, chat_ids)
         for template, attention, roles in ((False, plain, plain_roles), (True, chat, chat_roles)):
             masses = role_masses(attention, roles)
@@ -151,16 +163,16 @@ class SteeringGenerator(Generator):
         self.user[tuple(ids)] = [r == "user" for r in roles]
         return ids
 
-    def _generate_batch(self, prompts, max_new_tokens, stops):
+    def _generate_batch(self, prompts, max_new_tokens, stops, temperatures=None, sampling=None):
         if self.steering is None:
-            return super()._generate_batch(prompts, max_new_tokens, stops)
+            return super()._generate_batch(prompts, max_new_tokens, stops, temperatures, sampling)
         width = max(len(p) for p in prompts)
         user = torch.zeros(len(prompts), width, dtype=torch.bool)
         for row, prompt in enumerate(prompts):  # left padding, as the batch is built
             user[row, width - len(prompt) :] = torch.tensor(self.user[tuple(prompt)])
         self.steering.user = user
         with steer(self.model, self.steering):
-            return super()._generate_batch(prompts, max_new_tokens, stops)
+            return super()._generate_batch(prompts, max_new_tokens, stops, temperatures, sampling)
 
 
 def nih_settings(settings: dict, template: str, use_template: bool, prefix: str) -> dict:
@@ -208,6 +220,7 @@ def steering_heads(model, tokenizer, settings: dict, prefix: str, heads: str) ->
     cases = nih_cases(tokenizer, settings)
     case = cases[len(cases) // 2]
     ids, roles = encode_roles(tokenizer, case["prompt"], True, prompt_prefix(True, prefix))
+    nih.check_window(len(ids), 0, getattr(model.config, "max_position_embeddings", None))
     chosen = retrieval_heads(last_token_attention(model, ids), [r == "user" for r in roles])
     return {layer: [head] for layer, head in enumerate(chosen)}
 
@@ -222,11 +235,12 @@ def attention_steering(
     prefix: str,
 ) -> pd.DataFrame:
     """Table 1 for one instruct model: each task with the chat template, unsteered (alpha 1) and per alpha."""
-    model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
     if heads == "retrieval" and "nih" not in task_settings:
         raise ValueError(
             "config key diagnosis.steering.heads: retrieval heads are chosen on an NIH prompt; add nih to tasks"
         )
+    inputs = load_task_inputs(task_settings)  # a source that cannot load fails before the model loads
+    model, tokenizer = load_model(model_dir, attn_implementation=ATTN_NAME)
     selected = steering_heads(model, tokenizer, task_settings.get("nih", {}), prefix, heads)
     rows = []
     for alpha in [1.0, *alphas]:
@@ -239,7 +253,7 @@ def attention_steering(
                 run = nih_settings(settings, settings["prompt_template"], True, prefix)
                 summary, _ = run_nih(generator, run, False)
             else:
-                summary, _ = run_qa(task, generator, settings, False)
+                summary, _ = run_qa(task, generator, settings, False, inputs[task])
             rows.append(
                 {
                     "pair": pair,

@@ -33,9 +33,7 @@ class Method:
 
 def parse_method(name: str) -> Method:
     if not re.fullmatch(METHOD_PATTERN, name):
-        raise ValueError(
-            f"method {name!r}: expected vanilla, indicator-<beta>, qk-lora or qk-lora-indicator-<beta>"
-        )
+        raise ValueError(f"method {name!r}: expected vanilla, indicator-<beta>, qk-lora or qk-lora-indicator-<beta>")
     qk_lora = name.startswith(QK_LORA)
     rest = name.removeprefix(QK_LORA).removeprefix("-")
     beta = rest.removeprefix("indicator-") if rest.startswith("indicator-") else None

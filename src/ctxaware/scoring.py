@@ -57,8 +57,10 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     """Token ids, user columns and response rows of one conversation.
 
     compat="none": user = user-message content tokens; response = assistant content tokens.
-    compat="original": user = system and user segments (headers included) minus newline/BOS/EOS tokens;
-    response = assistant content plus its trailing EOS, as the original implementation counted them.
+    compat="original", as the original implementation counted them (it matched the header token sequences and
+    zeroed them): user = the system and user segments without their headers, minus newline/BOS/EOS tokens;
+    response = the assistant segment without its header, i.e. the content and the closing up to the next
+    header (Zephyr: eos and newline).
     """
     encoded = encode_with_spans(tokenizer, conversation["messages"], max_length=max_length)
     n = len(encoded.input_ids)
@@ -67,15 +69,15 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     turns: list[Turn] = []
     instruction_tokens = 0
     for span in encoded.spans:
+        # the original's spans run from the content to the next header; ours are the content alone
+        end = span.segment_end if compat == "original" else span.end
         if span.role == "user":
             instruction_tokens = span.end - span.start
         if span.role == "user" or (compat == "original" and span.role == "system"):
-            lo, hi = (span.segment_start, span.segment_end) if compat == "original" else (span.start, span.end)
-            for position in range(lo, min(hi, n)):
+            for position in range(span.start, min(end, n)):
                 if encoded.input_ids[position] not in excluded:
                     user_mask[position] = True
         elif span.role == "assistant":
-            end = span.end + 1 if compat == "original" else span.end
             truncated = end > n
             rows = [] if truncated else list(range(span.start, end))
             turns.append(Turn(len(turns), rows, truncated, instruction_tokens))

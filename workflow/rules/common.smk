@@ -41,6 +41,11 @@ scattergather:
 
 def _check_references():
     """Cross-references the schema cannot express; each message names the config key."""
+    for task in ("squad", "quac"):
+        if EVALUATION[task]["metric"] == "drop_original":
+            raise ValueError(
+                f"config key evaluation.{task}.metric: drop_original scores DROP answers only"
+            )
     for name, model in MODELS.items():
         if model["recipe"] not in RECIPES:
             raise ValueError(
@@ -96,6 +101,12 @@ def corpus_files():
         else:
             files.append(entry)
     return files
+
+
+def haystack_input():
+    """The NIH haystack directory as an input (editing an essay reruns NIH); a package's files are not inputs."""
+    haystack = EVALUATION["nih"]["haystack"]
+    return [] if haystack.startswith("package:") else [haystack]
 
 
 def base_source(model):
@@ -186,7 +197,7 @@ def evaluation_files(wildcards):
     paths = []
     for task, settings in evaluation_settings(wildcards).items():
         if task == "nih":
-            paths.append(settings["haystack_dir"])
+            paths.append(settings["haystack"])
         elif task == "mtbench":
             paths.append(settings["questions"])
             if settings["references"]:
@@ -286,7 +297,7 @@ def steering_tasks(wildcards):
 
 def steering_files(wildcards):
     paths = [
-        s["haystack_dir"] if t == "nih" else s["source"]
+        s["haystack"] if t == "nih" else s["source"]
         for t, s in steering_tasks(wildcards).items()
     ]
     return [p for p in paths if Path(p).exists()]

@@ -35,5 +35,7 @@ rule prepare_dataset:
         split=lambda wc: DATASETS[wc.dataset]["split"],
         hub_config=lambda wc: DATASETS[wc.dataset]["hub_config"],
         max_conversations=lambda wc: DATASETS[wc.dataset]["max_conversations"],
+        revision=lambda wc: DATASETS[wc.dataset]["revision"],
+        data_files=lambda wc: DATASETS[wc.dataset]["data_files"],
     script:
         "../scripts/prepare_dataset.py"

@@ -8,7 +8,7 @@ rule nih_template_study:
     """
     input:
         models=pair_inputs(["base", "instruct"]),
-        haystack=EVALUATION["nih"]["haystack_dir"],
+        haystack=haystack_input(),
     output:
         csv="results/diagnosis/{pair}/nih_template_study.csv",
     log:
@@ -35,7 +35,7 @@ rule attention_allocation:
     """
     input:
         models=pair_inputs(["instruct"]),
-        haystack=EVALUATION["nih"]["haystack_dir"],
+        haystack=haystack_input(),
     output:
         csv="results/diagnosis/{pair}/attention_allocation.csv",
     log:
