@@ -227,7 +227,8 @@ def test_render_drops_the_empty_system_message_for_templates_without_one(tiny):
 def _nih_settings(haystack_dir, **overrides) -> dict:
     (haystack_dir / "essay.txt").write_text("The river runs through the old town. The fox sleeps. " * 12)
     settings = {
-        "haystack_dir": str(haystack_dir),
+        "haystack": str(haystack_dir),
+        "context_buffer": 0,
         "needle": "The best thing to do in San Francisco is eat a sandwich.",
         "question": "What is the best thing to do in San Francisco?",
         "keywords": ["sandwich"],

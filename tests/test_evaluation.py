@@ -38,7 +38,10 @@ class ScriptedGenerator(Generator):
         super().__init__(None, tokenizer, batch_tokens)
         self.answer, self.prompts = answer, []
 
-    def _generate_batch(self, prompts, max_new_tokens, stops):
+    def context_window(self):
+        return None
+
+    def _generate_batch(self, prompts, max_new_tokens, stops, temperatures=None, sampling=None):
         texts = [self.tokenizer.decode(p) for p in prompts]
         self.prompts += texts
         return [self.answer(text) for text in texts]
@@ -101,7 +104,8 @@ def test_qa_scores_the_gold_one_and_a_wrong_answer_zero(tiny_model_dir, task, wi
 
 def _nih_settings(**overrides) -> dict:
     settings = {
-        "haystack_dir": str(ROOT / "resources" / "haystack"),
+        "haystack": str(ROOT / "resources" / "haystack"),
+        "context_buffer": 0,
         "needle": NEEDLE,
         "question": "What is the best thing to do in San Francisco?",
         "keywords": ["eat", "sandwich", "sit", "dolores", "park", "sunny", "day"],
@@ -214,6 +218,10 @@ def test_mtbench_score_is_the_mean_rating_of_each_turns_answer(tiny_model_dir, r
         "references": None,
         "max_new_tokens": 32,
         "batch_tokens": 4096,
+        "answer_sampling": "greedy",
+        "sampling_seed": 0,
+        "sampling_top_k": 50,
+        "sampling_top_p": 1.0,
         "judge": {
             "backend": "openai",
             "base_url": rating_judge.url,
@@ -274,6 +282,7 @@ INDICATOR_RECIPE = dict(
     gradient_checkpointing=False,
     loss="assistant",
     save_steps=1000,
+    precision="auto",
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj"]),
     qk_lora=dict(target_modules=["q_proj", "k_proj"], learning_rate=None),

@@ -159,7 +159,7 @@ def test_vllm_generator_chunks_length_sorted_prompts_and_returns_them_in_order(t
     assert outputs == [_expected(p) for p in prompts]  # in the caller's order, cut at the stop and stripped
     assert [[len(p) for p in call["prompts"]] for call in llm.calls] == [[3, 4], [5, 8], [10]]  # shortest first
     assert all(call["lora"] is request for call in llm.calls)
-    params = llm.calls[0]["params"].kwargs
+    params = llm.calls[0]["params"][0].kwargs
     assert params["temperature"] == 0.0 and params["max_tokens"] == 12 and params["stop"] == [" STOP"]
     assert generator.n_generated == 5 and len(cache.read_text().splitlines()) == 5  # cached after each chunk
     # a rerun with the same cache asks the engine only for the prompts it has not answered
