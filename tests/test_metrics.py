@@ -118,8 +118,9 @@ def test_keyword_recall_punctuation_splits_words():
 def test_keyword_recall_rejects_bad_arguments():
     with pytest.raises(ValueError, match="method"):
         keyword_recall("x", KEYWORDS, "fuzzy")
-    with pytest.raises(ValueError, match="keyword"):
+    with pytest.raises(ValueError, match="^keyword_recall needs at least one keyword$"):
         keyword_recall("x", [])
+    assert keyword_recall("Visit the park today.", KEYWORDS) == pytest.approx(1 / 7)  # exact by default
 
 
 @pytest.mark.parametrize(
@@ -133,6 +134,7 @@ def test_keyword_recall_rejects_bad_arguments():
         ("Rating: [[11]]", None),
         ("Rating: [[0]]", None),
         ("Rating: [[10]]", 10.0),
+        ("Rating: [[1]]", 1.0),
     ],
 )
 def test_parse_rating(judgment, expected):

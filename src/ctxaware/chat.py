@@ -44,16 +44,21 @@ def prepare_tokenizer(tokenizer, with_indicator: bool = False):
     return tokenizer
 
 
+def _text(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The chat template's text of `messages` as they are."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation with the empty system message added, or without it for templates that reject a system
     role (Gemma, Mistral: the paper's Section 2 renders the official instruct models with their own templates)."""
     full = with_system(messages)
     try:
-        return tokenizer.apply_chat_template(full, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return _text(tokenizer, full, add_generation_prompt)
     except Exception:  # jinja2's raise_exception in the template: "System role not supported"
         if full[0]["content"]:
             raise
-        return tokenizer.apply_chat_template(full[1:], tokenize=False, add_generation_prompt=add_generation_prompt)
+        return _text(tokenizer, full[1:], add_generation_prompt)
 
 
 @dataclass
@@ -99,12 +104,11 @@ def content_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple
     the sentinel render with the contents put back, i.e. the template copies content verbatim.
     """
     check_no_sentinel(messages)
-    markers = [sentinel(index) for index in range(len(messages))]
-    marked = [{"role": m["role"], "content": s} for m, s in zip(messages, markers, strict=True)]
-    skeleton = tokenizer.apply_chat_template(marked, tokenize=False)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    skeleton = _text(tokenizer, [{"role": m["role"], "content": sentinel(i)} for i, m in enumerate(messages)])
+    text = _text(tokenizer, messages)
     pieces, char_spans, cursor, length = [], [], 0, 0
-    for message, marker in zip(messages, markers, strict=True):
+    for index, message in enumerate(messages):
+        marker = sentinel(index)
         at = skeleton.find(marker, cursor)
         if at < 0:
             raise ValueError("chat template does not render each message's content once, in order; cannot locate roles")
@@ -127,7 +131,7 @@ def segment_char_starts(tokenizer, messages: list[dict], text: str, char_spans: 
     for index in range(1, len(messages)):
         lower, upper = char_spans[index - 1][1], char_spans[index][0]
         try:
-            before = tokenizer.apply_chat_template(messages[:index], tokenize=False)
+            before = _text(tokenizer, messages[:index])
         except Exception:  # jinja2's raise_exception: a template that rejects this prefix of the conversation
             before = None
         fits = before is not None and text.startswith(before) and lower <= len(before) <= upper
@@ -163,7 +167,4 @@ def encode_with_spans(tokenizer, messages: list[dict], max_length: int | None = 
             end += 1
         spans.append(Span(message["role"], start, end, segment_start, max(segment_end, end)))
         segment_start = max(segment_end, end)
-    n_tokens = len(ids)
-    if max_length is not None and n_tokens > max_length:
-        ids = ids[:max_length]
-    return Encoded(list(ids), spans, n_tokens)
+    return Encoded(list(ids[:max_length]), spans, len(ids))  # max_length None keeps every token

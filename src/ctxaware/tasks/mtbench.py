@@ -112,7 +112,7 @@ def _check_row(row) -> str | None:
 def _read_checked_jsonl(path: str, check, limit: int | None = None):
     """(line number, row) of a JSON-lines file, each row validated by `check` (the problem, or None); a bad
     line is an error naming the file and line."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # JSON lines are UTF-8; json.loads decodes them
         rows = 0
         for lineno, line in enumerate(handle, start=1):
             if limit is not None and rows >= limit:
@@ -121,7 +121,7 @@ def _read_checked_jsonl(path: str, check, limit: int | None = None):
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as error:
+            except ValueError as error:  # bad JSON or bad UTF-8
                 raise ValueError(f"{path}, line {lineno}: invalid JSON ({error})") from None
             problem = check(row)
             if problem:
@@ -268,7 +268,7 @@ def load_question_source(source: str, limit: int | None = None, references: str 
             problem = _check_row(row)
             if problem:
                 raise ValueError(f"{source} row {index}: {problem}")
-        questions = rows[:limit] if limit else rows
+        questions = rows[:limit]  # None: all
     questions = with_references(questions, load_references(references)) if references else questions
     check_references(questions)
     return questions

@@ -41,7 +41,7 @@ def load_haystack(source: str, key: str = "evaluation.nih.haystack") -> str:
     files = sorted(directory.glob("*.txt"))
     if not files:
         raise FileNotFoundError(f"config key {key}: NIH haystack directory {directory} has no .txt files")
-    return "".join(f.read_text(encoding="utf-8").replace("\n", " ") for f in files)
+    return "".join(f.read_bytes().decode().replace("\n", " ") for f in files)  # UTF-8
 
 
 def haystack_ids(tokenizer, text: str, needed: int) -> list[int]:
