@@ -22,15 +22,16 @@ SCORES = {
 }
 
 
-def _results(root) -> list[str]:
-    paths = []
+def _rows(root, rows=ROWS) -> list[dict]:
+    """The rows with their `results` as the workflow hands them over: {task: evaluation json} per row."""
+    results = {}
     for (model, dataset, method), tasks in SCORES.items():
         for task, score in tasks.items():
             path = root / "results" / "eval" / model / dataset / method / f"{task}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"task": task, "score": score, "n": 9}))
-            paths.append(str(path))
-    return paths
+            results.setdefault((dataset, model, method), {})[task] = str(path)
+    return [{**row, "results": results[(row["sft_dataset"], row["model"], row["method"])]} for row in rows]
 
 
 EXPECTED = [
@@ -41,7 +42,7 @@ EXPECTED = [
 
 
 def test_table4_puts_each_evaluation_in_its_row_and_column(tmp_path):
-    frame = table4_frame(ROWS, _results(tmp_path))
+    frame = table4_frame(_rows(tmp_path))
     expected = pd.DataFrame(EXPECTED, columns=TABLE4_COLUMNS)
     assert list(frame.columns) == TABLE4_COLUMNS
     pd.testing.assert_frame_equal(frame, expected)
@@ -51,7 +52,7 @@ def test_written_table4_csv_markdown_and_latex(tmp_path):
     paper = tmp_path / "paper.csv"
     paper.write_text("sft_dataset,model,method,nih,mt_bench\nsharegpt,tiny,vanilla,0.9,5.5\n")
     out = {suffix: tmp_path / f"table4.{suffix}" for suffix in ("csv", "md", "tex")}
-    frame = write_table4(ROWS, None, _results(tmp_path), out["csv"], out["md"], out["tex"], str(paper))
+    frame = write_table4(_rows(tmp_path), out["csv"], out["md"], out["tex"], str(paper))
     pd.testing.assert_frame_equal(frame, pd.DataFrame(EXPECTED, columns=TABLE4_COLUMNS))
     assert out["csv"].read_text().splitlines() == [
         ",".join(TABLE4_COLUMNS),
@@ -79,21 +80,21 @@ def test_written_table4_csv_markdown_and_latex(tmp_path):
 
 def test_latex_escapes_names_and_a_paper_table_needs_its_keys(tmp_path):
     out = {suffix: tmp_path / f"table4.{suffix}" for suffix in ("csv", "md", "tex")}
-    rows = [{"sft_dataset": "wizard_lm", "model": "tiny&co", "method": "vanilla"}]
-    write_table4(rows, None, [], out["csv"], out["md"], out["tex"])
+    rows = [{"sft_dataset": "wizard_lm", "model": "tiny&co", "method": "vanilla", "results": {}}]
+    write_table4(rows, out["csv"], out["md"], out["tex"])
     assert r"wizard\_lm & tiny\&co & vanilla & -- &" in out["tex"].read_text()
     paper = tmp_path / "paper.csv"
     paper.write_text("nih\n0.9\n")
     with pytest.raises(ValueError, match=r"report.paper_table4: .*paper.csv has no column sft_dataset, model, method$"):
-        write_table4(rows, None, [], out["csv"], out["md"], out["tex"], str(paper))
+        write_table4(rows, out["csv"], out["md"], out["tex"], str(paper))
     paper.write_text("sft_dataset,model,method,mt_bench\nwizard_lm,tiny&co,vanilla,5.0\n")  # any value columns
-    write_table4(rows, None, [], out["csv"], out["md"], out["tex"], str(paper))
+    write_table4(rows, out["csv"], out["md"], out["tex"], str(paper))
     assert r"wizard\_lm & tiny\&co & vanilla & -- & -- & -- & -- & -- & -- & 5.0000 \\" in out["tex"].read_text()
 
 
 def test_table4_without_a_paper_table(tmp_path):
     out = {suffix: tmp_path / f"table4.{suffix}" for suffix in ("csv", "md", "tex")}
-    write_table4(ROWS[:1], None, _results(tmp_path), out["csv"], out["md"], out["tex"])
+    write_table4(_rows(tmp_path, ROWS[:1]), out["csv"], out["md"], out["tex"])
     header = [cell.strip() for cell in out["md"].read_text().splitlines()[0].strip("|").split("|")]
     assert header == TABLE4_COLUMNS and "paper" not in out["tex"].read_text()
 
@@ -135,12 +136,12 @@ def test_table3_of_no_datasets_has_its_columns():
     assert list(frame.columns) == ["dataset", "beta", "ratio"] and frame.empty
 
 
-@pytest.mark.parametrize("task", ["nih", "mtbench"])
-def test_table4_reads_the_coordinates_from_the_path(tmp_path, task):
-    path = tmp_path / "deep" / "results" / "eval" / "m" / "d" / "qk-lora" / f"{task}.json"
+@pytest.mark.parametrize(("task", "column"), [("nih", "nih"), ("quac", "quac"), ("mtbench", "mt_bench")])
+def test_table4_takes_the_coordinates_from_the_row_not_the_path(tmp_path, task, column):
+    path = tmp_path / "anywhere" / "score.json"  # nothing in the path says which row or task it is
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"score": 0.5}))
-    frame = table4_frame([{"sft_dataset": "d", "model": "m", "method": "qk-lora"}], [str(path)])
-    column = {"nih": "nih", "mtbench": "mt_bench"}[task]
+    frame = table4_frame([{"sft_dataset": "d", "model": "m", "method": "qk-lora", "results": {task: str(path)}}])
+    assert frame.loc[0, ["sft_dataset", "model", "method"]].tolist() == ["d", "m", "qk-lora"]
     assert frame.loc[0, column] == 0.5
     assert frame.drop(columns=[column]).iloc[0, 3:].isna().all()

@@ -2,7 +2,7 @@ import math
 
 import pandas as pd
 
-from ctxaware.tagging import is_tagged, tag_conversations, tagged_ratio
+from ctxaware.tagging import tag_conversations, tagged_mask, tagged_ratio
 
 CONVERSATIONS = [
     {
@@ -51,8 +51,10 @@ def test_missing_scores_are_counted_and_untagged():
     assert stats["n_turns_without_score"] == 3 and stats["n_tagged"] == 1
 
 
-def test_helpers():
-    assert not is_tagged(math.nan, 0.5) and not is_tagged(None, 0.5) and is_tagged(0.50001, 0.5)
+def test_tagged_mask_is_strictly_above_beta_and_never_nan():
+    scores = pd.Series([math.nan, 0.5, 0.50001, -1.0, 1.0])
+    assert tagged_mask(scores, 0.5).tolist() == [False, False, True, False, True]
+    assert tagged_mask(scores, -2.0).tolist() == [False, True, True, True, True]
 
 
 def _conversation(cid, *roles):

@@ -1,4 +1,5 @@
-"""Figures: NIH recall heatmaps and the threshold ablation."""
+"""Figures: NIH recall heatmaps, the threshold ablation, layer agreement and instruction lengths. Importing this
+module sets matplotlib's file-only backend; other figure modules take `plt` from here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctxaware.methods import parse_method  # noqa: E402
+from ctxaware.tables import TASK_COLUMN  # noqa: E402
+from ctxaware.tagging import tagged_mask  # noqa: E402
 
 
 def nih_heatmap(generations_jsonl: str, out_png: str, title: str) -> pd.DataFrame:
@@ -37,10 +40,10 @@ def threshold_ablation(table4_csv: str, out_png: str) -> pd.DataFrame:
     """Each task's score against beta per (dataset, model); vanilla drawn as beta = 1.0 like the paper's Table 9."""
     table = pd.read_csv(table4_csv)
     methods = [parse_method(m) for m in table["method"]]
-    table["beta"] = [float(m.beta) if m.with_indicator else 1.0 for m in methods]
+    table["beta"] = [m.threshold.value if m.with_indicator else 1.0 for m in methods]
     # qk-lora methods are their own line: their vanilla reference is qk-lora, not the recipe's vanilla
     table["training"] = ["qk-lora" if m.qk_lora else "recipe" for m in methods]
-    columns = [c for c in ["nih", "squad", "quac", "drop", "mt_bench"] if table[c].notna().any()]
+    columns = [c for c in TASK_COLUMN.values() if table[c].notna().any()]
     figure, axes = plt.subplots(1, max(1, len(columns)), figsize=(3.2 * max(1, len(columns)), 3), squeeze=False)
     for axis, column in zip(axes[0], columns, strict=False):
         for (dataset, model, training), group in table.groupby(["sft_dataset", "model", "training"]):
@@ -83,7 +86,7 @@ def instruction_lengths(scores_by_dataset: dict[str, str], beta: float, out_png:
     rows = []
     for axis, (dataset, path) in zip(axes[0], scores_by_dataset.items(), strict=True):
         scores = pd.read_parquet(path)
-        tagged = scores[scores["score"] > beta]
+        tagged = scores[tagged_mask(scores["score"], beta)]
         bins = 20
         axis.hist(scores["n_instruction_tokens"], bins=bins, alpha=0.6, density=True, label=f"all ({len(scores)})")
         axis.hist(

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from ctxaware.chat import append_indicator
 
 
-def is_tagged(score: float, beta: float) -> bool:
-    """Strictly above beta; a missing or NaN score (truncated response) is never tagged."""
-    return score is not None and not math.isnan(score) and score > beta
+def tagged_mask(scores: pd.Series, beta: float) -> pd.Series:
+    """Which turns are tagged: score strictly above beta; a NaN score (truncated response) never is (NaN > beta
+    is false)."""
+    return scores > beta
 
 
 def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: float) -> tuple[list[dict], dict]:
-    score_of = {
-        (str(conversation_id), int(turn)): float(score)
-        for conversation_id, turn, score in scores[["conversation_id", "turn", "score"]].to_numpy()
+    """[IND] on the instruction of every tagged turn; a turn without a row in `scores` is counted and untagged."""
+    tagged = tagged_mask(scores["score"], beta)
+    tagged_of = {
+        (str(conversation_id), int(turn)): bool(is_tagged)
+        for conversation_id, turn, is_tagged in zip(scores["conversation_id"], scores["turn"], tagged, strict=True)
     }
     tagged_conversations, n_turns, n_tagged, n_missing = [], 0, 0, 0
     for conversation in conversations:
@@ -27,10 +28,10 @@ def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: flo
             if message["role"] == "user":
                 last_user = index
             elif message["role"] == "assistant":
-                score = score_of.get((str(conversation["id"]), turn))
-                n_missing += score is None
+                is_tagged = tagged_of.get((str(conversation["id"]), turn))
+                n_missing += is_tagged is None
                 n_turns += 1
-                if last_user is not None and is_tagged(score, beta):
+                if last_user is not None and is_tagged:
                     messages[last_user]["content"] = append_indicator(messages[last_user]["content"])
                     n_tagged += 1
                     last_user = None  # one [IND] per instruction
@@ -48,8 +49,8 @@ def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: flo
 
 
 def tagged_ratio(scores: pd.DataFrame, beta: float) -> float:
-    """Share of assistant turns tagged at beta (Table 3); unscored turns count as untagged (NaN > beta is false)."""
-    return float((scores["score"] > beta).mean()) if len(scores) else 0.0
+    """Share of assistant turns tagged at beta (Table 3); unscored (NaN) turns count as untagged."""
+    return float(tagged_mask(scores["score"], beta).mean()) if len(scores) else 0.0
 
 
 def tag_file(data_parquet: str, scores_parquet: str, beta: float, out_parquet: str, out_stats: str) -> dict:

@@ -1,3 +1,4 @@
+from ctxaware.methods import parse_threshold
 from ctxaware.smk import job
 from ctxaware.tagging import tag_file
 
@@ -5,7 +6,7 @@ with job(snakemake):
     tag_file(
         snakemake.input.data,
         snakemake.input.scores[0],
-        float(snakemake.wildcards.beta),
+        parse_threshold(snakemake.wildcards.threshold).value,
         snakemake.output.sft,
         snakemake.output.stats,
     )
