@@ -9,16 +9,17 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from smk_helpers import configured_grid, copy_workflow, planned_jobs, snakemake
+from smk_helpers import configured_plan, copy_workflow, planned_jobs, snakemake
+
+from ctxaware.tables import TASK_COLUMN
 
 pytestmark = pytest.mark.workflow
 
 
 def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
-    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
     table = pd.read_csv(embedded_run / "results/tables/table4.csv")
     assert list(table.columns) == ["sft_dataset", "model", "method", "nih", "squad", "quac", "drop", "avg", "mt_bench"]
-    expected = set(configured_grid(config))
+    expected = set(configured_plan(embedded_run / "config/config.yaml").grid())
     assert set(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
     assert len(table) == len(expected)
     assert {"qk-lora", "qk-lora-indicator-0.6"} <= set(table["method"])  # the embedded default trains every method
@@ -29,11 +30,8 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     for suffix in ("md", "tex"):
         assert (embedded_run / f"results/tables/table4.{suffix}").stat().st_size > 0
     for row in table.itertuples(index=False):
-        for task, column in TABLE4_TASKS.items():
+        for task, column in TASK_COLUMN.items():
             assert getattr(row, column) == pytest.approx(eval_score(embedded_run, row, task), abs=5e-5), (row, task)
-
-
-TABLE4_TASKS = {"nih": "nih", "squad": "squad", "quac": "quac", "drop": "drop", "mtbench": "mt_bench"}
 
 
 def eval_score(workdir, row, task) -> float:
@@ -71,8 +69,7 @@ def test_scores_tagging_and_table3_select_a_real_subset(embedded_run):
 
 def test_figures_and_eval_files_exist(embedded_run):
     figures = list((embedded_run / "results/figures/nih").rglob("*.png"))
-    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
-    assert len(figures) == len(configured_grid(config))
+    assert len(figures) == len(configured_plan(embedded_run / "config/config.yaml").grid())
     for figure in ("threshold_ablation", "layer_agreement", "instruction_lengths"):
         assert (embedded_run / f"results/figures/{figure}.png").stat().st_size > 0
     agreement = pd.read_csv(embedded_run / "results/tables/layer_agreement.csv")
@@ -96,7 +93,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
             assert "indicator-0.7" in path, (rule, path)
     assert {rule for rule, _ in jobs} >= branch_rules
     counts = {rule: sum(r == rule for r, _ in jobs) for rule in rules}
-    pairs = {(d, m) for d, m, _ in configured_grid(config)}
+    pairs = {(d, m) for d, m, _ in configured_plan(embedded_run / "config/more-betas.yaml").grid()}
     assert counts["tag_indicator"] == len(config["datasets"])
     assert counts["finetune"] == counts["evaluate"] == counts["nih_heatmap"] == len(pairs)
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
@@ -116,8 +113,7 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
 
     jobs = plan_with(embedded_run, "squad-tokens", change)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
-    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
-    assert counts["evaluate"] == len(configured_grid(config))  # every model is evaluated on SQuAD
+    assert counts["evaluate"] == len(configured_plan(embedded_run / "config/config.yaml").grid())  # all on SQuAD
     assert set(counts) <= {"evaluate", "nih_heatmap", "table4", "threshold_ablation", "all"}
     assert "table4" in counts
 
@@ -234,7 +230,7 @@ def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_ru
     assert not re.search(r"<(?:script|link|img)[^>]+(?:src|href)=\"https?://", html)  # self-contained
     results = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.DOTALL).group(1))
     config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
-    figures = [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in configured_grid(config)]
+    figures = configured_plan(embedded_run / "config/config.yaml").nih_heatmaps()
     figures += [f"results/figures/{n}.png" for n in ("threshold_ablation", "layer_agreement", "instruction_lengths")]
     figures += ["results/figures/nih_template_study.png", "results/figures/attention_allocation.png"]
     tables = [f"results/tables/{n}.csv" for n in ("table4", "table3", "nih_template_study", "attention_steering")]

@@ -1,9 +1,9 @@
 rule build_tiny_model:
     """The embedded default's base model: a small Llama and a BPE tokenizer trained on the shipped text."""
     input:
-        corpus=corpus_files(),
+        corpus=PLAN.corpus_files(),
     output:
-        model=directory(TINY_DIR),
+        model=directory(TINY_MODEL),
     log:
         "results/logs/build_tiny_model.log",
     conda:
@@ -11,7 +11,7 @@ rule build_tiny_model:
     resources:
         **stage_resources("light"),
     params:
-        settings=canonical({k: v for k, v in config["tiny"].items() if k != "corpus"}),
+        settings=PLAN.tiny_settings(),
     script:
         "../scripts/build_tiny_model.py"
 
@@ -21,8 +21,8 @@ rule prepare_dataset:
     input:
         raw=dataset_source_input,
     output:
-        parquet="results/data/{dataset}.parquet",
-        stats="results/data/{dataset}.stats.json",
+        parquet=DATA,
+        stats=DATA_STATS,
     log:
         "results/logs/prepare_dataset/{dataset}.log",
     conda:

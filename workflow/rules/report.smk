@@ -1,7 +1,7 @@
 rule table4:
     """The paper's Table 4: one row per (SFT dataset, model, method)."""
     input:
-        results=eval_results(),
+        results=PLAN.eval_results(),
         paper=config["report"]["paper_table4"] or [],
     output:
         csv=report(
@@ -18,8 +18,7 @@ rule table4:
     resources:
         **stage_resources("light"),
     params:
-        rows=[{"sft_dataset": d, "model": m, "method": x} for d, m, x in grid()],
-        tasks=TASKS,
+        rows=PLAN.table4_rows(),
     script:
         "../scripts/table4.py"
 
@@ -28,7 +27,7 @@ rule table3:
     """Share of assistant turns tagged per dataset at each beta (paper Table 3)."""
     input:
         scores=expand(
-            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+            rules.gather_scores.output.scores, dataset=DATASETS, scorer=SCORER
         ),
     output:
         csv=report(
@@ -55,7 +54,7 @@ rule nih_heatmap:
         generations=expand(EVAL_GENERATIONS, task="nih", allow_missing=True),
     output:
         png=report(
-            "results/figures/nih/{model}/{dataset}/{method}.png",
+            NIH_HEATMAP,
             caption="../report/nih_heatmap.rst",
             category="NIH",
         ),
@@ -92,7 +91,7 @@ rule threshold_ablation:
 rule layer_agreement:
     """Disagreement of the top-scored subsets and score RMSE between every pair of layers (paper Figure 5)."""
     input:
-        scores=expand(rules.score_layers.output.scores, seed=SEED_NAME),
+        scores=expand(rules.score_layers.output.scores, scorer=SCORER),
     output:
         csv="results/tables/layer_agreement.csv",
         png=report(
@@ -116,7 +115,7 @@ rule instruction_lengths:
     """Instruction lengths of all turns vs the turns tagged at beta, per dataset (paper Figures 6-8)."""
     input:
         scores=expand(
-            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+            rules.gather_scores.output.scores, dataset=DATASETS, scorer=SCORER
         ),
     output:
         png=report(

@@ -3,7 +3,7 @@ rule vanilla_sft:
     input:
         data=rules.prepare_dataset.output.parquet,
     output:
-        sft="results/sft/{dataset}/vanilla.parquet",
+        sft=fill(SFT, branch="vanilla"),
     log:
         "results/logs/sft/{dataset}/vanilla.log",
     conda:
@@ -17,13 +17,13 @@ rule tag_indicator:
     input:
         data=rules.prepare_dataset.output.parquet,
         scores=expand(
-            rules.gather_scores.output.scores, seed=SEED_NAME, allow_missing=True
+            rules.gather_scores.output.scores, scorer=SCORER, allow_missing=True
         ),
     output:
-        sft="results/sft/{dataset}/indicator-{beta}.parquet",
-        stats="results/sft/{dataset}/indicator-{beta}.stats.json",
+        sft=fill(SFT, branch=TAGGED_BRANCH),
+        stats=fill(SFT_STATS, branch=TAGGED_BRANCH),
     log:
-        "results/logs/sft/{dataset}/indicator-{beta}.log",
+        "results/logs/sft/{dataset}/indicator-{threshold}.log",
     conda:
         ENV
     resources:
