@@ -8,13 +8,8 @@ import torch
 
 from ctxaware.attention import Steering, steer, steered_attention, steering_exponents
 from ctxaware.chat import prepare_tokenizer
-from ctxaware.diagnosis import (
-    SteeringGenerator,
-    encode_roles,
-    last_token_attention,
-    retrieval_heads,
-    role_masses,
-)
+from ctxaware.diagnosis.roles import encode_roles, last_token_attention, retrieval_heads, role_masses
+from ctxaware.diagnosis.steering import SteeringGenerator
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
 
@@ -248,7 +243,8 @@ def test_attention_allocation_is_the_retrieval_heads_attention_by_role(tiny, tin
     """Figures 3 and 4 against transformers' eager attention at the last prompt token, roles from the prompt's
     pieces: per layer the head with the most user attention without the template (Eq. 3), and that head's
     attention on user, assistant (response prefix) and BOS tokens renormalised without template tokens."""
-    from ctxaware.diagnosis import attention_allocation, nih_cases
+    from ctxaware.diagnosis.allocation import attention_allocation
+    from ctxaware.diagnosis.roles import nih_cases
 
     model, tokenizer = load_model(tiny_model_dir, attn_implementation="eager")
     with torch.no_grad():  # heads that differ, so the retrieval head is a real choice
@@ -307,7 +303,7 @@ TABLE7 = {
 def test_template_study_variants_switch_model_template_and_prefix_as_table7(
     tiny_model_dir, tiny_mha_model_dir, tmp_path, monkeypatch
 ):
-    from ctxaware import diagnosis
+    from ctxaware.diagnosis.template_study import nih_template_study
 
     prompts_seen = []
     generate_ids = Generator.generate_ids
@@ -320,7 +316,7 @@ def test_template_study_variants_switch_model_template_and_prefix_as_table7(
     models = {"base": tiny_model_dir, "instruct": tiny_mha_model_dir}  # 2 and 4 KV heads tell them apart
     kv_heads = {"base": 2, "instruct": 4}
     templates = ["assistant-document", "context"]
-    table = diagnosis.nih_template_study("tiny", models, _nih_settings(tmp_path), templates, "Answer:")
+    table = nih_template_study("tiny", models, _nih_settings(tmp_path), templates, "Answer:")
     assert sorted(table["variant"]) == sorted(list(TABLE7) * len(templates))
     assert len(prompts_seen) == len(table)
     for (_, row), (heads, texts) in zip(table.iterrows(), prompts_seen, strict=True):

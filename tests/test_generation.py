@@ -232,7 +232,8 @@ def test_nih_prompts_over_the_window_fail_before_generating_and_the_buffer_makes
 
 
 def test_section2_nih_prompts_over_the_window_fail_before_any_forward(tiny_model_dir):
-    from ctxaware.diagnosis import attention_allocation, nih_template_study
+    from ctxaware.diagnosis.allocation import attention_allocation
+    from ctxaware.diagnosis.template_study import nih_template_study
 
     settings = {**_window_settings(buffer=0), "batch_tokens": 4096}
     with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
