@@ -72,7 +72,7 @@ def build_data(args, out_dir: Path) -> str:
 
 def recipe_for(method: str, args) -> dict:
     return {
-        "method": method,
+        "finetuning": method,
         "learning_rate": 1e-4,
         "lr_scheduler": "constant",
         "warmup_ratio": 0.0,

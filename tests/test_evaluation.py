@@ -235,6 +235,7 @@ def test_mtbench_score_is_the_mean_rating_of_each_turns_answer(tiny_model_dir, r
     generator = ScriptedGenerator(load_tokenizer(tiny_model_dir), answer)
     summary, records = evaluate_task("mtbench", generator, settings, False)
     assert len(generator.prompts) == 8 and len(rating_judge.prompts) == 8
+    assert len(list((tmp_path / "judgments").glob("*.json"))) == 8  # the judge the settings ask for, its cache
     # turn 2 is generated after the model's own first answer
     second = [p for p in generator.prompts if "rate me 1." in p]
     assert len(second) == 1 and questions[0]["turns"][1] in second[0]
@@ -270,7 +271,7 @@ def _indicator_data(path: Path) -> str:
 
 
 INDICATOR_RECIPE = dict(
-    method="full",
+    finetuning="full",
     learning_rate=3e-3,
     lr_scheduler="constant",
     warmup_ratio=0.0,
@@ -349,10 +350,13 @@ def _judge_model(base_dir: str, out: Path, logits: dict[str, float]) -> str:
     ("favoured", "logits"), [(3, {"3": 4.0}), (8, {"8": 4.0, "3": 2.0}), (5, {"5": 4.0, "6": 3.9})]
 )
 def test_constrained_local_judge_returns_the_rating_its_model_favours(tiny_model_dir, tmp_path, favoured, logits):
+    from ctxaware.evaluation import make_judge
     from ctxaware.judge import grade
     from ctxaware.local_judge import LocalJudge
 
-    judge = LocalJudge(_judge_model(tiny_model_dir, tmp_path / "judge", logits), mode="constrained")
+    settings = {"backend": "local", "model": _judge_model(tiny_model_dir, tmp_path / "judge", logits)}
+    judge = make_judge({**settings, "mode": "constrained"})  # as evaluation.mtbench.judge asks for it
+    assert isinstance(judge, LocalJudge) and make_judge(settings).mode == "generate"
     question = {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter."]}
     records = grade(judge, question, ["A poem.", "Short."])
     assert [r["rating"] for r in records] == [favoured, favoured] and not any(r["failed"] for r in records)

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
+from ctxaware.batching import token_budget_batches
 from ctxaware.chat import encode_with_spans, with_system
 from ctxaware.modeling import load_model
-from ctxaware.scoring import plan_conversation, reference_scores, score_conversations, token_budget_batches
+from ctxaware.scoring import plan_conversation, reference_scores, score_conversations
 
 SINGLE = {
     "id": "single",

@@ -13,9 +13,8 @@ from ctxaware.chat import append_indicator
 from ctxaware.generation import Generator
 from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
 from ctxaware.modeling import load_model
-from ctxaware.tasks import nih, qa
+from ctxaware.tasks import TASKS, nih, qa
 
-TASKS = ("nih", "squad", "quac", "drop", "mtbench")
 BACKENDS = ("transformers", "vllm")
 
 
@@ -110,7 +109,6 @@ def run_mtbench(
     generator: Generator, settings: dict, with_indicator: bool, questions: list[dict] | None = None
 ) -> tuple[dict, list[dict]]:
     from ctxaware.judge import grade, summarize
-    from ctxaware.local_judge import make_judge
     from ctxaware.tasks.mtbench import answer_temperature, load_question_source
 
     if questions is None:
@@ -139,6 +137,24 @@ def run_mtbench(
             records.append({**record, "prompt": conversation[2 * (turn - 1)]["content"], "answer": answers[turn - 1]})
     summary = summarize(records)
     return {**summary, "n": len(questions)}, records
+
+
+def make_judge(settings: dict):
+    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint or a local transformers model."""
+    if settings["backend"] == "local":
+        from ctxaware.local_judge import LocalJudge
+
+        return LocalJudge(settings["model"], settings.get("mode", "generate"))
+    from ctxaware.judge import OpenAIJudge
+
+    return OpenAIJudge(
+        base_url=settings["base_url"],
+        model=settings["model"],
+        api_key_env=settings["api_key_env"],
+        timeout_s=settings["timeout_s"],
+        max_retries=settings["max_retries"],
+        cache_dir=settings.get("cache_dir"),
+    )
 
 
 @contextmanager

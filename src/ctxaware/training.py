@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,6 @@ from ctxaware import IND_TOKEN
 from ctxaware.chat import prepare_tokenizer, with_system
 from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, load_tokenizer
 
-RECIPES = ("full", "lora", "qlora")
 PRECISIONS = ("auto", "bf16-mixed", "fp32", "bf16")
 
 
@@ -50,7 +50,7 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def precision_dtypes(precision: str, method: str) -> tuple[torch.dtype, torch.dtype, bool]:
+def precision_dtypes(precision: str, finetuning: str) -> tuple[torch.dtype, torch.dtype, bool]:
     """(dtype the base weights load in, compute dtype, bf16 autocast or not) of a resolved precision.
 
     bf16-mixed: what DeepSpeed/AMP bf16 training does, trained weights and optimizer state in fp32 with bf16
@@ -61,15 +61,16 @@ def precision_dtypes(precision: str, method: str) -> tuple[torch.dtype, torch.dt
         return torch.float32, torch.float32, False
     if precision == "bf16":
         return torch.bfloat16, torch.bfloat16, False
-    return (torch.float32 if method == "full" else torch.bfloat16), torch.bfloat16, True
+    return (torch.float32 if finetuning == "full" else torch.bfloat16), torch.bfloat16, True
 
 
 def _load_base(base: str, recipe: dict, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    weights_dtype, compute_dtype, _ = precision_dtypes(resolve_precision(recipe["precision"], device), recipe["method"])
+    precision = resolve_precision(recipe["precision"], device)
+    weights_dtype, compute_dtype, _ = precision_dtypes(precision, recipe["finetuning"])
     kwargs = {"dtype": weights_dtype}
-    if recipe["method"] == "qlora":
+    if recipe["finetuning"] == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -98,7 +99,7 @@ def _peft_model(model, recipe: dict, indicator_id: int | None):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = recipe["lora"]
-    if recipe["method"] == "qlora":
+    if recipe["finetuning"] == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe["gradient_checkpointing"])
     train_indicator = indicator_id is not None and recipe["indicator_embedding"] == "trainable"
     config = LoraConfig(
@@ -178,7 +179,7 @@ def build_trainer(
     model = _load_base(base, recipe, device)
     indicator_id = tokenizer.convert_tokens_to_ids(IND_TOKEN) if with_indicator else None
     add_token_rows(model, len(tokenizer), [indicator_id] if with_indicator else [])
-    adapter = recipe["method"] in ("lora", "qlora")
+    adapter = recipe["finetuning"] in ("lora", "qlora")
     if adapter:
         model = _peft_model(model, recipe, indicator_id)
     elif indicator_id is not None and recipe["indicator_embedding"] == "frozen_mean":
@@ -186,7 +187,7 @@ def build_trainer(
 
     per_device = recipe["per_device_batch_size"]
     precision = resolve_precision(recipe["precision"], device)
-    _, compute_dtype, autocast = precision_dtypes(precision, recipe["method"])
+    _, compute_dtype, autocast = precision_dtypes(precision, recipe["finetuning"])
     args = SFTConfig(
         output_dir=checkpoint_dir,
         max_length=recipe["max_length"],
@@ -197,7 +198,7 @@ def build_trainer(
         warmup_steps=recipe["warmup_ratio"],  # a float below 1 is a fraction of the total steps
         num_train_epochs=recipe["epochs"],
         max_steps=recipe.get("max_steps") or -1,
-        gradient_checkpointing=recipe["gradient_checkpointing"],
+        **{_checkpointing_argument(SFTConfig): recipe["gradient_checkpointing"]},
         assistant_only_loss=recipe["loss"] == "assistant",
         bf16=autocast,  # bf16 autocast over fp32 trained weights (bf16-mixed)
         use_cpu=device == "cpu",
@@ -223,7 +224,7 @@ def build_trainer(
     )
     info = {
         "base": base,
-        "recipe": recipe["method"],
+        "recipe": recipe["finetuning"],
         "adapter": adapter,
         "with_indicator": with_indicator,
         "indicator_token_id": indicator_id,
@@ -231,6 +232,13 @@ def build_trainer(
     cast_trained_parameters(trainer.model, precision)
     trainer.precision = {"precision": precision, **parameter_dtypes(trainer.model), "compute_dtype": str(compute_dtype)}
     return trainer, tokenizer, info
+
+
+def _checkpointing_argument(config_class) -> str:
+    """transformers 5 renamed TrainingArguments' gradient_checkpointing (still taken, with a warning) to
+    activation_checkpointing."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def parameter_dtypes(model) -> dict:
