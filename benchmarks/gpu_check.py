@@ -134,7 +134,9 @@ def check_full_sft(shape: dict, settings: dict, device: str) -> list[list]:
 
     weights_dtype, compute_dtype, _ = precision_dtypes("bf16-mixed", "full")
     model = random_model(shape, device, weights_dtype)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # activation_checkpointing_enable: transformers 5's name of gradient_checkpointing_enable (deprecated there)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.0)

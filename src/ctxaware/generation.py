@@ -4,6 +4,8 @@ prefilled once, and a per-prompt cache so an interrupted evaluation resumes."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -12,8 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxaware.batching import token_budget_batches
 from ctxaware.chat import render
-from ctxaware.scoring import token_budget_batches
+
+
+@functools.cache
+def kv_cache_name() -> str:
+    """What transformers calls the KV cache, as a model argument and an output field: `cache` since transformers 5
+    renamed `past_key_values`, which it still takes with a deprecation warning, or `past_key_values` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    names = {field.name for field in dataclasses.fields(CausalLMOutputWithPast)}
+    return "cache" if "cache" in names else "past_key_values"
 
 
 def cut_at_stops(text: str, stops: list[str]) -> str:
@@ -249,7 +261,7 @@ class Generator:
         generated = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=cache,  # all but each row's last token, when prefilled row by row
+            **{kv_cache_name(): cache},  # all but each row's last token, when prefilled row by row
             max_new_tokens=max_new_tokens,
             do_sample=False,  # sampled rows are drawn by the SeededSampler, then picked by the argmax
             num_beams=1,
@@ -274,9 +286,9 @@ class Generator:
         spine_layers = None
         if prefix:
             out = self.model(input_ids=torch.tensor([prompts[spine][:prefix]], device=device), logits_to_keep=1)
-            if not _plain_cache(out.past_key_values):
+            if not _plain_cache(getattr(out, kv_cache_name())):
                 return None
-            spine_layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            spine_layers = [(layer.keys, layer.values) for layer in getattr(out, kv_cache_name()).layers]
         width = max(len(p) for p in prompts) - 1
         batch_layers = None
         for row, (prompt, length) in enumerate(zip(prompts, shared, strict=True)):
@@ -285,7 +297,8 @@ class Generator:
                 cache.update(keys[:, :, :length], values[:, :, :length], index)
             if len(prompt) - 1 > length:
                 rest = torch.tensor([prompt[length:-1]], device=device)
-                cache = self.model(input_ids=rest, past_key_values=cache, logits_to_keep=1).past_key_values
+                out = self.model(input_ids=rest, **{kv_cache_name(): cache}, logits_to_keep=1)
+                cache = getattr(out, kv_cache_name())
                 if not _plain_cache(cache):
                     return None
             size = len(prompt) - 1
