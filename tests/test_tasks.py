@@ -140,7 +140,7 @@ def test_a_missing_haystack_package_is_an_error_naming_the_key():
 def test_nih_templates_are_the_papers_table8():
     templates = nih.NIH_TEMPLATES
     assert len(templates) == 4 and nih.DEFAULT_TEMPLATE == "assistant-document"
-    # the default is the original code's (design.md §3), the one behind the paper's main results
+    # the default is the original code's (docs/architecture.md, Evaluation tasks), behind the paper's main results
     assert nih.resolve_template("assistant-document") == (
         "You are a helpful AI assistant that answers a question using only the provided document: "
         "\n{context}\n\nQuestion: {question}"

@@ -1,4 +1,5 @@
-"""MT-Bench judges (design.md §3): an OpenAI-compatible HTTP judge with a disk cache; grading, summary."""
+"""MT-Bench judges (docs/architecture.md, Evaluation tasks): an OpenAI-compatible HTTP judge with a disk cache;
+grading, summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Scores for the evaluation tasks (design.md §3): QA containment, NIH keyword recall, MT-Bench ratings."""
+"""Scores for the evaluation tasks (docs/architecture.md, Evaluation tasks): QA containment, NIH keyword recall,
+MT-Bench ratings."""
 
 from __future__ import annotations
 

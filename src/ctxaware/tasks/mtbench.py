@@ -1,4 +1,5 @@
-"""MT-Bench single-answer grading (design.md §3): questions and FastChat's judge prompts."""
+"""MT-Bench single-answer grading (docs/architecture.md, Evaluation tasks): questions and FastChat's judge
+prompts."""
 
 from __future__ import annotations
 

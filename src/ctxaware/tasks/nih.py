@@ -1,12 +1,13 @@
-"""Needle in a haystack (design.md §3): a needle at a sentence boundary in a haystack of a given token length."""
+"""Needle in a haystack (docs/architecture.md, Evaluation tasks): a needle at a sentence boundary in a haystack of
+a given token length."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# The paper's Table 8: the four NIH prompt templates. The first is the original code's (design.md §3) and the one
-# behind the paper's main results; the table's text lost its line breaks, so the other three take the first's
-# (context on its own line, a blank line before the question).
+# The paper's Table 8: the four NIH prompt templates. The first is the original code's (docs/architecture.md,
+# Evaluation tasks) and the one behind the paper's main results; the table's text lost its line breaks, so the other
+# three take the first's (context on its own line, a blank line before the question).
 NIH_TEMPLATES = {
     "assistant-document": "You are a helpful AI assistant that answers a question using only the provided document: "
     "\n{context}\n\nQuestion: {question}",
