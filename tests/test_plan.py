@@ -72,7 +72,12 @@ def test_table4_rows_carry_their_evaluation_per_task_and_the_targets_follow_the_
             "mtbench": "results/eval/big/wizardlm/qk-lora/mtbench.json",
         },
     }
-    assert len(rows) == 12 and plan.eval_results() == [p for row in rows for p in row["results"].values()]
+    assert len(rows) == 12 and len(plan.eval_results()) == 24  # every row's result of every task, row by row
+    assert plan.eval_results()[:3] == [
+        "results/eval/small/sharegpt/vanilla/squad.json",
+        "results/eval/small/sharegpt/vanilla/mtbench.json",
+        "results/eval/small/sharegpt/indicator-0.6/squad.json",
+    ]
     assert plan.nih_heatmaps() == []  # no NIH task, no heatmaps
     heatmaps = plan_of().nih_heatmaps()
     assert len(heatmaps) == 12 and heatmaps[0] == "results/figures/nih/small/sharegpt/vanilla.png"

@@ -10,8 +10,9 @@ stored, frozen); without it the model's recipe trains. A number has one spelling
 trailing zeros after the point: `0.6`, never `0.60`), so one threshold is one branch of paths.
 
 The schema defers to this module: `check_methods` validates `methods` at start-up and the wildcard constraints
-are METHOD_PATTERN and THRESHOLD_PATTERN. A second threshold kind is one entry of THRESHOLD_KINDS (its prefix
-in names); `Threshold.kind` tells the tagging which it is.
+are METHOD_PATTERN and THRESHOLD_PATTERN. Extending the grammar: a second threshold kind is one entry of
+THRESHOLD_KINDS (its prefix in names; `Threshold.kind` tells the tagging job which it is); a second score would be
+a table like it whose names the branch writes before the threshold, and a field of Method.
 """
 
 from __future__ import annotations

@@ -134,9 +134,6 @@ class Plan:
             if self.models[model]["datasets"] is None or dataset in self.models[model]["datasets"]
         ]
 
-    def eval_results(self) -> list[str]:
-        return [fill(EVAL_RESULT, **run._asdict(), task=task) for run in self.grid() for task in self.tasks]
-
     def table4_rows(self) -> list[dict]:
         """Table 4's rows: a fine-tune's coordinates and its evaluation json per task."""
         return [
@@ -148,6 +145,9 @@ class Plan:
             }
             for run in self.grid()
         ]
+
+    def eval_results(self) -> list[str]:
+        return [path for row in self.table4_rows() for path in row["results"].values()]
 
     def nih_heatmaps(self) -> list[str]:
         return [fill(NIH_HEATMAP, **run._asdict()) for run in self.grid()] if "nih" in self.tasks else []
