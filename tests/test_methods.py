@@ -107,3 +107,18 @@ def test_qk_lora_on_a_qlora_recipe_stays_4bit_and_keeps_its_rate_when_none_is_se
     qlora = dict(copy.deepcopy(RECIPE), finetuning="qlora", qk_lora=qk_lora)
     recipe = training_recipe(qlora, "qk-lora")
     assert recipe["finetuning"] == "qlora" and recipe["learning_rate"] == 2e-5
+
+
+def test_a_second_threshold_kind_is_one_entry_of_the_table(monkeypatch):
+    """How a quantile threshold (`indicator-q0.3`) would enter the grammar: its prefix in THRESHOLD_KINDS."""
+    from ctxaware import methods
+
+    monkeypatch.setitem(methods.THRESHOLD_KINDS, "quantile", "q")
+    assert methods._read_threshold("q0.30") == Threshold("quantile", 0.3, "q0.3")
+    assert methods._read_threshold("0.3") == Threshold("beta", 0.3, "0.3")
+    pattern = methods._method_pattern(methods.CANONICAL_NUMBER)
+    assert re.fullmatch(pattern, "qk-lora-indicator-q0.3") and re.fullmatch(pattern, "indicator-0.3")
+    assert not re.fullmatch(pattern, "indicator-q0.30") and not re.fullmatch(pattern, "indicator-x0.3")
+    assert methods.parse_method("indicator-q0.3").threshold == Threshold("quantile", 0.3, "q0.3")
+    with pytest.raises(ValueError, match=r"^method 'indicator-q0.30': write it 'indicator-q0.3' "):
+        methods.parse_method("indicator-q0.30")

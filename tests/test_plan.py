@@ -2,13 +2,16 @@
 does it: the grid, each job's settings, which paths are inputs, and the errors that name a config key."""
 
 import copy
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from smk_helpers import ROOT
 
+import ctxaware
 from ctxaware.plan import TINY_MODEL, Plan, canonical, fill, is_local, task_files
 from ctxaware.tasks import TASKS
 
@@ -211,6 +214,23 @@ def test_section2_settings_per_pair():
     assert plan_of(change=own_limit).steering_tasks("p")["quac"]["limit"] == 5  # the evaluation's own limit
 
 
+def test_section2_inputs_are_the_local_models_and_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in ("resources/haystack/essay.txt", "data/drop.jsonl", "models/base/config.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    pairs = {"p": {"base": "models/base", "instruct": TINY_MODEL}, "hub": {"base": "org/a", "instruct": "org/b"}}
+
+    def change(config):
+        config.update(diagnosis={"pairs": pairs})
+        config["evaluation"]["drop"]["source"] = "data/drop.jsonl"
+
+    plan = plan_of(change=change)
+    assert plan.steering_files("p") == ["resources/haystack", "data/drop.jsonl"]  # QuAC is a hub id
+    assert plan.pair_models("hub", ["base", "instruct"]) == ["org/a", "org/b"]
+    assert plan.haystack_inputs() == ["resources/haystack"]
+
+
 def test_stage_resources_ask_for_a_gpu_model_only_with_a_gpu():
     def resources(stage_settings):
         return plan_of(change=lambda c: c.update(resources={"score": stage_settings})).stage_resources("score")
@@ -302,4 +322,6 @@ def test_the_shipped_configs_plan_their_grids():
 def test_the_plan_and_the_gather_jobs_import_no_ml_library():
     modules = ["ctxaware.plan", "ctxaware.diagnosis.gather", "ctxaware.tables", "ctxaware.figures", "ctxaware.tagging"]
     code = f"import sys, {', '.join(modules)}; print(sorted({{'torch', 'transformers'}} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(ctxaware.__file__).parents[1])}  # the package these tests import
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout == "[]\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 QK_LORA = "qk-lora"
 VANILLA = "vanilla"
@@ -68,9 +69,7 @@ class Method:
 
 def canonical_number(text: str) -> str:
     """`0.60` -> `0.6`, `01` -> `1`, `2.0` -> `2`: the spelling names and paths use."""
-    whole, _, fraction = text.partition(".")
-    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
-    return f"{whole}.{fraction}" if fraction else whole
+    return format(Decimal(text).normalize(), "f")
 
 
 def _read_threshold(text: str) -> Threshold:

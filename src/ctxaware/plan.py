@@ -216,7 +216,7 @@ class Plan:
 
     def task_settings(self, task: str, max_context: int | None = None, qa_prompt_style: str = "default") -> dict:
         """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes."""
-        settings = dict(self.evaluation[task]) if task in self.evaluation else {}
+        settings = dict(self.evaluation[task])
         settings["batch_tokens"] = self.evaluation["batch_tokens"]
         if task == "nih":
             settings["max_context"] = max_context

@@ -15,11 +15,8 @@ def tagged_mask(scores: pd.Series, beta: float) -> pd.Series:
 
 def tag_conversations(conversations: list[dict], scores: pd.DataFrame, beta: float) -> tuple[list[dict], dict]:
     """[IND] on the instruction of every tagged turn; a turn without a row in `scores` is counted and untagged."""
-    tagged = tagged_mask(scores["score"], beta)
-    tagged_of = {
-        (str(conversation_id), int(turn)): bool(is_tagged)
-        for conversation_id, turn, is_tagged in zip(scores["conversation_id"], scores["turn"], tagged, strict=True)
-    }
+    rows = scores.assign(tagged=tagged_mask(scores["score"], beta))[["conversation_id", "turn", "tagged"]]
+    tagged_of = {(str(conversation_id), int(turn)): bool(tagged) for conversation_id, turn, tagged in rows.to_numpy()}
     tagged_conversations, n_turns, n_tagged, n_missing = [], 0, 0, 0
     for conversation in conversations:
         messages = [dict(m) for m in conversation["messages"]]
