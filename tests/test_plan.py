@@ -189,6 +189,66 @@ def test_base_models_and_the_scorer():
     assert built.scorer_inputs() == ["results/models/x/y/z"]
 
 
+BOTH_SCORES = ["vanilla", "indicator-0.6", "indicator-q0.3", "indicator-lr-q0.3", "qk-lora-indicator-lr-q0.3"]
+
+
+def test_a_run_scores_with_attention_and_with_each_score_its_methods_tag_by():
+    plan = plan_of()
+    assert plan.score_methods() == ["attention"] and plan.scorers() == {"small-sharegpt": "attention"}
+    both = plan_of(change=lambda c: c.update(methods=BOTH_SCORES))
+    assert both.score_methods() == ["attention", "likelihood_ratio"]
+    assert both.scorers() == {"small-sharegpt": "attention", "small-sharegpt-lr": "likelihood_ratio"}
+    only_lr = plan_of(change=lambda c: c.update(methods=["vanilla", "indicator-lr-0.5"]))
+    assert only_lr.score_methods() == ["attention", "likelihood_ratio"]  # Table 3 and the figures report attention
+    assert both.scores_path("ultrachat") == "results/scores/ultrachat/small-sharegpt.parquet"  # the paper's paths
+    assert both.scores_path("ultrachat", "likelihood_ratio") == "results/scores/ultrachat/small-sharegpt-lr.parquet"
+    assert both.tagging_scores("wizardlm", "0.6") == "results/scores/wizardlm/small-sharegpt.parquet"
+    assert both.tagging_scores("wizardlm", "q0.3") == "results/scores/wizardlm/small-sharegpt.parquet"
+    assert both.tagging_scores("wizardlm", "lr-q0.3") == "results/scores/wizardlm/small-sharegpt-lr.parquet"
+    assert both.sft_path("sharegpt", "qk-lora-indicator-lr-q0.3") == "results/sft/sharegpt/indicator-lr-q0.3.parquet"
+    assert both.score_module("small-sharegpt") == "ctxaware.scoring"
+    assert both.score_module("small-sharegpt-lr") == "ctxaware.likelihood_ratio"
+    with pytest.raises(KeyError):
+        plan.score_settings("small-sharegpt-lr")  # a score no method uses has no jobs
+
+
+def test_each_scorer_settings_hold_its_own_keys_only():
+    """A scorer's jobs rerun when its own settings change, never another's: the layer is the attention score's,
+    the instruction the likelihood ratio's."""
+    both = plan_of(change=lambda c: c.update(methods=BOTH_SCORES))
+    assert both.score_settings("small-sharegpt") == {"compat": "none", "layer": 15, "method": "attention"}
+    assert both.score_settings("small-sharegpt-lr") == {
+        "instruction": "last_turn",
+        "method": "likelihood_ratio",
+        "split": None,
+    }
+
+    def change(config):
+        config.update(methods=BOTH_SCORES)
+        config["scoring"].update(layer=3, compat="original", likelihood_ratio={"instruction": "split", "split": "Q:"})
+
+    changed = plan_of(change=change)
+    assert changed.score_settings("small-sharegpt") == {"compat": "original", "layer": 3, "method": "attention"}
+    assert changed.score_settings("small-sharegpt-lr") == {
+        "instruction": "split",
+        "method": "likelihood_ratio",
+        "split": "Q:",
+    }
+    assert list(changed.score_settings("small-sharegpt-lr")) == ["instruction", "method", "split"]  # sorted keys
+
+
+def test_table3_adds_the_quantile_and_likelihood_ratio_taggings_of_the_methods():
+    assert plan_of().table3_taggings() == []  # indicator-0.6: a beta on the attention score, the paper's rows
+    methods = [*BOTH_SCORES, "qk-lora-indicator-q0.3", "indicator-0.7", "indicator-lr-0.5"]
+    rows = plan_of(change=lambda c: c.update(methods=methods)).table3_taggings()
+    assert rows[:3] == [
+        {"dataset": "sharegpt", "tagging": "q0.3", "scores": "results/scores/sharegpt/small-sharegpt.parquet"},
+        {"dataset": "sharegpt", "tagging": "lr-q0.3", "scores": "results/scores/sharegpt/small-sharegpt-lr.parquet"},
+        {"dataset": "sharegpt", "tagging": "lr-0.5", "scores": "results/scores/sharegpt/small-sharegpt-lr.parquet"},
+    ]
+    assert len(rows) == 9 and [row["dataset"] for row in rows[3::3]] == ["ultrachat", "wizardlm"]
+
+
 def test_each_method_trains_on_its_data_branch():
     plan = plan_of()
     assert plan.sft_path("wizardlm", "vanilla") == "results/sft/wizardlm/vanilla.parquet"
@@ -288,6 +348,22 @@ def test_layer_study_defaults_to_the_first_dataset():
             r"config key methods: method 'indicator-0.60': write it 'indicator-0.6' ",
         ),
         (lambda c: c.update(methods=["lora"]), r"config key methods: method 'lora': expected vanilla, "),
+        (
+            lambda c: c.update(methods=["indicator-lr-q1.5"]),
+            r"config key methods: method 'indicator-lr-q1.5': quantile 'q1.5': at most 1 ",
+        ),
+        (
+            lambda c: c["scoring"].update(likelihood_ratio={"instruction": "split"}),
+            r"config key scoring.likelihood_ratio.split: instruction split cuts the user message at a regular ",
+        ),
+        (
+            lambda c: c["scoring"].update(likelihood_ratio={"split": "Q:"}),
+            r"config key scoring.likelihood_ratio.split: read only with instruction: split \(instruction is last_turn",
+        ),
+        (
+            lambda c: c["scoring"].update(likelihood_ratio={"instruction": "split", "split": "(Q"}),
+            r"config key scoring.likelihood_ratio.split: '\(Q' is not a regular expression \(missing \)",
+        ),
     ],
 )
 def test_config_errors_name_the_key(change, message):
@@ -320,7 +396,14 @@ def test_the_shipped_configs_plan_their_grids():
 
 
 def test_the_plan_and_the_gather_jobs_import_no_ml_library():
-    modules = ["ctxaware.plan", "ctxaware.diagnosis.gather", "ctxaware.tables", "ctxaware.figures", "ctxaware.tagging"]
+    modules = [
+        "ctxaware.plan",
+        "ctxaware.diagnosis.gather",
+        "ctxaware.tables",
+        "ctxaware.figures",
+        "ctxaware.tagging",
+        "ctxaware.without_context",
+    ]
     code = f"import sys, {', '.join(modules)}; print(sorted({{'torch', 'transformers'}} & set(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(Path(ctxaware.__file__).parents[1])}  # the package these tests import
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -131,6 +131,36 @@ def test_table3_is_the_share_of_turns_above_each_beta(tmp_path):
     ]
 
 
+def test_table3_adds_quantile_and_likelihood_ratio_taggings_by_the_tagging_rule(tmp_path):
+    attention = tmp_path / "attention.parquet"
+    pd.DataFrame({"conversation_id": list("abcd"), "turn": 0, "score": [0.9, 0.7, 0.7, 0.2]}).to_parquet(attention)
+    lr = tmp_path / "lr.parquet"
+    pd.DataFrame(
+        {
+            "conversation_id": list("abcd"),
+            "turn": 0,
+            "score": [2.0, 0.0, 1.0, math.nan],
+            "no_context": [False, True, False, False],
+        }
+    ).to_parquet(lr)
+    taggings = [
+        {"dataset": "sharegpt", "tagging": "q0.5", "scores": str(attention)},  # quota 2 would split the 0.7 tie
+        {"dataset": "sharegpt", "tagging": "lr-q0.5", "scores": str(lr)},  # 2 eligible turns: quota 1
+        {"dataset": "sharegpt", "tagging": "lr-0.5", "scores": str(lr)},
+        {"dataset": "other", "tagging": "lr-q1", "scores": str(lr)},  # another dataset's row
+    ]
+    out = tmp_path / "table3.csv"
+    frame = write_table3({"sharegpt": str(attention)}, [0.6], str(out), taggings)
+    assert out.read_text().splitlines() == [
+        "dataset,beta,ratio,score,threshold",
+        "sharegpt,0.6000,0.7500,attention,0.6",
+        "sharegpt,,0.2500,attention,q0.5",
+        "sharegpt,,0.2500,likelihood_ratio,q0.5",
+        "sharegpt,0.5000,0.5000,likelihood_ratio,0.5",
+    ]
+    assert list(frame["score"]) == ["attention", "attention", "likelihood_ratio", "likelihood_ratio"]
+
+
 def test_table3_of_no_datasets_has_its_columns():
     frame = table3_frame({}, [0.5])
     assert list(frame.columns) == ["dataset", "beta", "ratio"] and frame.empty

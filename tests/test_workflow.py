@@ -145,6 +145,26 @@ def test_changing_the_seed_model_reruns_scoring_and_indicator_branches(embedded_
     assert all("tiny-ultrachat" in path for rule, path in jobs if rule in {"score_turns", "score_layers"})
 
 
+def test_changing_the_score_method_reruns_scoring_and_indicator_branches(embedded_run):
+    """The indicator branches tagged by the likelihood ratio instead of the attention score: new scores (beside the
+    attention score's, which stay), tagging and the indicator fine-tunes; the vanilla and qk-lora fine-tunes and
+    the attention score's reports (layer study, instruction lengths) are not rerun."""
+
+    def change(config):
+        config["methods"] = [method.replace("indicator-0.6", "indicator-lr-q0.3") for method in config["methods"]]
+
+    jobs = plan_with(embedded_run, "likelihood-ratio", change)
+    rules = _indicator_branches_only(jobs)
+    assert not rules & {"score_layers", "layer_agreement", "instruction_lengths"}
+    seed = config_of(embedded_run)["scoring"]["seed_model"]["name"]
+    scored = {path for rule, path in jobs if rule in {"score_turns", "gather_scores"}}
+    assert len(scored) == 2 * len(config_of(embedded_run)["datasets"])
+    assert all(f"/{seed}-lr" in path for path in scored), scored  # the attention scores are not recomputed
+    for rule, path in jobs:
+        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+            assert "indicator-lr-q0.3" in path, (rule, path)
+
+
 def test_nothing_to_do_after_a_complete_run(embedded_run):
     output = snakemake(embedded_run, "-n", "--cores", "2").stdout
     assert "Nothing to be done" in output, output[-2000:]
@@ -162,6 +182,31 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert "build_tiny_model" not in counts
+
+
+def test_paper_config_plans_both_scores_when_asked(tmp_path):
+    """config/paper.yaml's documented change: the likelihood ratio's top 30% beside the paper's indicator-0.6."""
+    workdir = copy_workflow(tmp_path / "paper")
+    config = yaml.safe_load((workdir / "config/paper.yaml").read_text())
+    config["methods"] = [*config["methods"], "indicator-lr-q0.3"]
+    (workdir / "config/both.yaml").write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/both.yaml").stdout)
+    counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
+    assert counts["finetune"] == counts["evaluate"] == 3 * 3 * 3
+    assert counts["score_turns"] == counts["gather_scores"] == counts["tag_indicator"] == 2 * 3
+    assert counts["score_layers"] == 1 and counts["table3"] == 1 and counts["prepare_dataset"] == 3
+    scores = sorted(path for rule, path in jobs if rule == "gather_scores")
+    assert scores == sorted(
+        f"results/scores/{dataset}/tinyllama-sharegpt{suffix}.parquet"
+        for dataset in ("sharegpt", "ultrachat", "wizardlm")
+        for suffix in ("", "-lr")
+    )
+    tagged = sorted(path for rule, path in jobs if rule == "tag_indicator")
+    assert tagged == sorted(
+        f"results/sft/{dataset}/{branch}.parquet"
+        for dataset in ("sharegpt", "ultrachat", "wizardlm")
+        for branch in ("indicator-0.6", "indicator-lr-q0.3")
+    )
 
 
 def test_misspelled_config_key_is_named(tmp_path):

@@ -10,10 +10,21 @@ compare by value. A rule that needs the config gets one method here (docs/archit
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import NamedTuple
 
-from ctxaware.methods import INDICATOR, check_methods, parse_method, training_recipe
+from ctxaware.methods import (
+    ATTENTION,
+    BETA,
+    INDICATOR,
+    LIKELIHOOD_RATIO,
+    SCORE_METHODS,
+    check_methods,
+    parse_method,
+    parse_tagging,
+    training_recipe,
+)
 from ctxaware.tasks import QA_TASKS
 from ctxaware.tasks.nih import resolve_template
 
@@ -26,7 +37,7 @@ SCORES = "results/scores/{dataset}/{scorer}.parquet"
 LAYER_SCORES = "results/scores/layers/{dataset}/{scorer}.parquet"
 SFT = "results/sft/{dataset}/{branch}.parquet"
 SFT_STATS = "results/sft/{dataset}/{branch}.stats.json"
-TAGGED_BRANCH = INDICATOR + "{threshold}"
+TAGGED_BRANCH = INDICATOR + "{tagging}"
 MODEL = "results/models/{model}/{dataset}/{method}"
 CHECKPOINTS = "results/checkpoints/{model}/{dataset}/{method}"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
@@ -96,6 +107,7 @@ def check_references(config: dict) -> None:
                 raise ValueError(
                     f"config key models.{name}.datasets: unknown dataset {dataset!r} (datasets: {sorted(datasets)})"
                 )
+    check_likelihood_ratio(config["scoring"]["likelihood_ratio"])
     scorer = config["scoring"]["seed_model"]
     if "path" in scorer:
         return
@@ -105,6 +117,21 @@ def check_references(config: dict) -> None:
                 f"config key scoring.seed_model.{key}: {scorer.get(key)!r} is not in {key}s "
                 f"({sorted(table)}); give a {key} of the grid, or scoring.seed_model.path"
             )
+
+
+def check_likelihood_ratio(settings: dict) -> None:
+    """`split` is the regular expression of `instruction: split`, and only of it."""
+    key = "config key scoring.likelihood_ratio"
+    split = settings["split"]
+    if settings["instruction"] == "split" and not split:
+        raise ValueError(f"{key}.split: instruction split cuts the user message at a regular expression; give it")
+    if settings["instruction"] != "split" and split is not None:
+        raise ValueError(f"{key}.split: read only with instruction: split (instruction is {settings['instruction']})")
+    if split:
+        try:
+            re.compile(split)
+        except re.error as error:
+            raise ValueError(f"{key}.split: {split!r} is not a regular expression ({error})") from None
 
 
 class Plan:
@@ -196,6 +223,52 @@ class Plan:
         (like a hub id): the output cache can only checksum files, not directories."""
         path = self.scorer_model()
         return [path] if is_artifact(path) else []
+
+    def score_methods(self) -> list[str]:
+        """The scores the run computes: the attention score (the paper's; Table 3, the instruction-length figure
+        and the layer study report it) and every score an indicator method tags with, in SCORE_METHODS' order."""
+        used = {ATTENTION} | {method.score for method in check_methods(self.methods) if method.score}
+        return [score for score in SCORE_METHODS if score in used]
+
+    def scorer_name(self, score: str = ATTENTION) -> str:
+        """The `{scorer}` of a score's paths: the seed model's name, then the score's short name (`-lr`); the
+        attention score's is the seed model's name alone, as in the paper's runs."""
+        short = SCORE_METHODS[score]
+        return f"{self.scorer}-{short}" if short else self.scorer
+
+    def scorers(self) -> dict[str, str]:
+        """{scorer name: score} of every score the run computes."""
+        return {self.scorer_name(score): score for score in self.score_methods()}
+
+    def score_settings(self, scorer: str) -> dict:
+        """What one scorer's jobs compute, and nothing of another's (changing the layer never reruns the
+        likelihood ratio): `method` and its settings, the keyword arguments of its module's `score_file`."""
+        score = self.scorers()[scorer]
+        if score == ATTENTION:
+            return {"compat": self.scoring["compat"], "layer": self.scoring["layer"], "method": ATTENTION}
+        return canonical({"method": LIKELIHOOD_RATIO, **self.scoring["likelihood_ratio"]})
+
+    def score_module(self, scorer: str) -> str:
+        """The module that computes a scorer's scores (its code digest reruns them when it changes)."""
+        return "ctxaware.scoring" if self.scorers()[scorer] == ATTENTION else "ctxaware.likelihood_ratio"
+
+    def scores_path(self, dataset: str, score: str = ATTENTION) -> str:
+        return fill(SCORES, dataset=dataset, scorer=self.scorer_name(score))
+
+    def tagging_scores(self, dataset: str, tagging: str) -> str:
+        """The scores a tagged branch (`{tagging}`: `0.6`, `lr-q0.3`) selects its turns by."""
+        return self.scores_path(dataset, parse_tagging(tagging).score)
+
+    def table3_taggings(self) -> list[dict]:
+        """Table 3's rows beyond the paper's betas on the attention score: every tagging of the methods with a
+        quantile or another score, per dataset, with the scores it reads."""
+        taggings = [m.tagging for m in check_methods(self.methods) if m.tagging]
+        extra = [t for t in dict.fromkeys(taggings) if t.score != ATTENTION or t.threshold.kind != BETA]
+        return [
+            {"dataset": dataset, "tagging": t.text, "scores": self.scores_path(dataset, t.score)}
+            for dataset in self.datasets
+            for t in extra
+        ]
 
     def sft_path(self, dataset: str, method: str) -> str:
         """The training data of a method: its dataset's vanilla copy or tagged set."""

@@ -1,4 +1,4 @@
-"""Tables: the paper's Table 4 (csv, markdown, LaTeX) and Table 3 (share of tagged turns per beta)."""
+"""Tables: the paper's Table 4 (csv, markdown, LaTeX) and Table 3 (share of tagged turns per threshold)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctxaware.methods import ATTENTION, BETA, canonical_number, parse_tagging
 from ctxaware.tagging import tagged_ratio
 from ctxaware.tasks import CONTEXT_TASKS, TASKS
 
@@ -55,16 +56,41 @@ def write_table4(rows: list[dict], out_csv: str, out_md: str, out_tex: str, pape
     return frame
 
 
-def table3_frame(scores_by_dataset: dict[str, str], betas: list[float]) -> pd.DataFrame:
+TABLE3_COLUMNS = ["dataset", "beta", "ratio"]  # the paper's; `score` and `threshold` follow when taggings are added
+
+
+def table3_frame(scores_by_dataset: dict[str, str], betas: list[float], taggings: list[dict] = ()) -> pd.DataFrame:
+    """The share of assistant turns tagged per dataset at each beta on the attention score (paper Table 3), then
+    at each of `taggings` ({dataset, tagging, scores}: a quantile or another score, `Plan.table3_taggings`), by
+    the tagging rule itself. With taggings the table says each row's `score` and `threshold` (as in branch names);
+    a quantile has no `beta`."""
     records = []
     for dataset, path in scores_by_dataset.items():
         scores = pd.read_parquet(path)
         for beta in betas:
-            records.append({"dataset": dataset, "beta": beta, "ratio": tagged_ratio(scores, beta)})
-    return pd.DataFrame.from_records(records, columns=["dataset", "beta", "ratio"])
+            row = {"dataset": dataset, "beta": beta, "ratio": tagged_ratio(scores, beta)}
+            records.append({**row, "score": ATTENTION, "threshold": canonical_number(str(beta))})
+        for row in taggings:
+            if row["dataset"] != dataset:
+                continue
+            tagging = parse_tagging(row["tagging"])
+            threshold = tagging.threshold
+            records.append(
+                {
+                    "dataset": dataset,
+                    "beta": threshold.value if threshold.kind == BETA else math.nan,
+                    "ratio": tagged_ratio(pd.read_parquet(row["scores"]), threshold),
+                    "score": tagging.score,
+                    "threshold": threshold.text,
+                }
+            )
+    columns = TABLE3_COLUMNS + (["score", "threshold"] if taggings else [])
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
-def write_table3(scores_by_dataset: dict[str, str], betas: list[float], out_csv: str) -> pd.DataFrame:
-    frame = table3_frame(scores_by_dataset, betas)
+def write_table3(
+    scores_by_dataset: dict[str, str], betas: list[float], out_csv: str, taggings: list[dict] = ()
+) -> pd.DataFrame:
+    frame = table3_frame(scores_by_dataset, betas, taggings)
     frame.to_csv(out_csv, index=False, float_format="%.4f")
     return frame

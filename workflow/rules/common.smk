@@ -9,7 +9,7 @@ from snakemake.utils import validate
 # the plan, the method grammar and code digests come from the package (no ML libraries are imported here);
 # the checkout's src/ comes first, so this works where only the jobs have the package installed (--sdm conda)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from ctxaware.methods import METHOD_PATTERN, THRESHOLD_PATTERN, parse_method
+from ctxaware.methods import METHOD_PATTERN, TAGGING_PATTERN, parse_method
 from ctxaware.plan import (
     CHECKPOINTS,
     DATA,
@@ -60,9 +60,9 @@ wildcard_constraints:
     dataset=_choice(DATASETS),
     model=_choice(MODELS),
     method=METHOD_PATTERN,
-    threshold=THRESHOLD_PATTERN,
+    tagging=TAGGING_PATTERN,
     task=_choice(ALL_TASKS),
-    scorer=re.escape(SCORER),
+    scorer=_choice(PLAN.scorers()),
     pair=_choice(PAIRS),
 
 
@@ -85,6 +85,18 @@ def base_input(wildcards):
 
 def seed_input(wildcards):
     return PLAN.scorer_inputs()
+
+
+def score_settings(wildcards):
+    return PLAN.score_settings(wildcards.scorer)
+
+
+def score_code(wildcards):
+    return code_digest(PLAN.score_module(wildcards.scorer))
+
+
+def tagging_scores(wildcards):
+    return PLAN.tagging_scores(wildcards.dataset, wildcards.tagging)
 
 
 def haystack_input():

@@ -24,11 +24,13 @@ rule table4:
 
 
 rule table3:
-    """Share of assistant turns tagged per dataset at each beta (paper Table 3)."""
+    """Share of assistant turns tagged per dataset at each beta (paper Table 3), and at each quantile or
+    likelihood-ratio tagging of the methods."""
     input:
         scores=expand(
             rules.gather_scores.output.scores, dataset=DATASETS, scorer=SCORER
         ),
+        taggings=list(dict.fromkeys(row["scores"] for row in PLAN.table3_taggings())),
     output:
         csv=report(
             "results/tables/table3.csv",
@@ -44,6 +46,7 @@ rule table3:
     params:
         datasets=list(DATASETS),
         betas=config["report"]["table3_betas"],
+        taggings=PLAN.table3_taggings(),
     script:
         "../scripts/table3.py"
 

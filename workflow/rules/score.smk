@@ -1,6 +1,7 @@
 rule score_turns:
-    """Context-dependency score (paper Eq. 2) of every assistant turn with the seed model, one shard of the
-    dataset per job (scoring.shards, or --set-scatter score=N) so a cluster scores on N GPUs at once.
+    """Context-dependency score of every assistant turn with the seed model, one shard of the dataset per job
+    (scoring.shards, or --set-scatter score=N) so a cluster scores on N GPUs at once: the attention score (paper
+    Eq. 2) for the scorer named after the seed model, the likelihood ratio for `<name>-lr`.
     Eligible for the between-workflow cache (--cache): the key covers the data, the seed model's provenance,
     the params (the shard among them) and the scorer's code; no benchmark file, as Snakemake forbids it on
     cached rules (the log records the wall time and peak memory instead).
@@ -20,12 +21,11 @@ rule score_turns:
         **stage_resources("score"),
     params:
         seed_model=PLAN.scorer_model(),
-        layer=config["scoring"]["layer"],
+        score=score_settings,
         max_length=config["scoring"]["max_length"],
-        compat=config["scoring"]["compat"],
         batch_tokens=config["scoring"]["batch_tokens"],
         shard="{scatteritem}",
-        code=code_digest("ctxaware.scoring"),
+        code=score_code,
     script:
         "../scripts/score_turns.py"
 

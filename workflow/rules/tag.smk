@@ -13,17 +13,15 @@ rule vanilla_sft:
 
 
 rule tag_indicator:
-    """[IND] appended to each user turn whose response scored strictly above beta."""
+    """[IND] appended to each user turn whose response the branch's threshold selects on its score."""
     input:
         data=rules.prepare_dataset.output.parquet,
-        scores=expand(
-            rules.gather_scores.output.scores, scorer=SCORER, allow_missing=True
-        ),
+        scores=tagging_scores,
     output:
         sft=fill(SFT, branch=TAGGED_BRANCH),
         stats=fill(SFT_STATS, branch=TAGGED_BRANCH),
     log:
-        "results/logs/sft/{dataset}/indicator-{threshold}.log",
+        "results/logs/sft/{dataset}/indicator-{tagging}.log",
     conda:
         ENV
     resources:
