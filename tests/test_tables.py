@@ -144,10 +144,10 @@ def test_table3_adds_quantile_and_likelihood_ratio_taggings_by_the_tagging_rule(
         }
     ).to_parquet(lr)
     taggings = [
+        {"dataset": "other", "tagging": "lr-q1", "scores": str(lr)},  # another dataset's row
         {"dataset": "sharegpt", "tagging": "q0.5", "scores": str(attention)},  # quota 2 would split the 0.7 tie
         {"dataset": "sharegpt", "tagging": "lr-q0.5", "scores": str(lr)},  # 2 eligible turns: quota 1
         {"dataset": "sharegpt", "tagging": "lr-0.5", "scores": str(lr)},
-        {"dataset": "other", "tagging": "lr-q1", "scores": str(lr)},  # another dataset's row
     ]
     out = tmp_path / "table3.csv"
     frame = write_table3({"sharegpt": str(attention)}, [0.6], str(out), taggings)

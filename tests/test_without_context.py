@@ -30,6 +30,10 @@ def test_instruction_of(message, instruction, split, kept):
     assert instruction_of(message, instruction, split) == kept
 
 
+def test_the_default_instruction_is_the_whole_turn():
+    assert instruction_of("Passage.\n\nWhat?") == "Passage.\n\nWhat?"
+
+
 def test_split_patterns_and_their_errors():
     assert INSTRUCTIONS == ("last_turn", "last_paragraph", "last_line", "split")
     assert split_pattern("last_turn") is None and split_pattern("last_turn", "ignored") is None
@@ -83,8 +87,8 @@ def test_two_answers_to_one_instruction_and_an_answer_without_one():
     assert without_context(double) == [None, [_m("user", "Q"), _m("assistant", "B")]]
     leading = [_m("assistant", "Welcome."), _m("user", "Q"), _m("assistant", "A")]
     assert without_context(leading) == [None, [_m("user", "Q"), _m("assistant", "A")]]
-    system_first = [_m("system", "S"), _m("assistant", "Welcome.")]
-    assert without_context(system_first) == [None]
+    system_first = [_m("system", "S"), _m("assistant", "Welcome."), _m("assistant", "Again.")]
+    assert without_context(system_first) == [None, [_m("system", "S"), _m("assistant", "Again.")]]
     assert without_context([]) == [] and without_context([_m("user", "unanswered")]) == []
 
 

@@ -142,13 +142,15 @@ def _read_threshold(text: str) -> Threshold | None:
 
 
 def _read_tagging(text: str) -> Tagging:
-    """The score and threshold a text writes (`lr-q0.3`), in any spelling of its number."""
-    for score in SCORE_METHODS:  # one reading at most: a threshold starts with a digit or its kind's prefix
-        prefix = score_prefix(score)
-        threshold = _read_threshold(text.removeprefix(prefix)) if text.startswith(prefix) else None
-        if threshold is not None:
-            return Tagging(score, threshold)
-    raise ValueError(f"tagging {text!r}: expected a threshold such as 0.6 or q0.3, after lr- for the likelihood ratio")
+    """The score and threshold a text writes (`lr-q0.3`), in any spelling of its number: the score whose prefix
+    the text starts with (the attention score has none)."""
+    score = next((s for s in SCORE_METHODS if SCORE_METHODS[s] and text.startswith(score_prefix(s))), ATTENTION)
+    threshold = _read_threshold(text.removeprefix(score_prefix(score)))
+    if threshold is None:
+        raise ValueError(
+            f"tagging {text!r}: expected a threshold such as 0.6 or q0.3, after lr- for the likelihood ratio"
+        )
+    return Tagging(score, threshold)
 
 
 def _one_spelling(written: str, canonical: str) -> str:

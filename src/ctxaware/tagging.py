@@ -42,7 +42,7 @@ def cutoff(scores: pd.DataFrame, threshold: Threshold | float) -> float:
         return float(threshold)
     if threshold.kind == BETA:
         return threshold.value
-    values = np.sort(scores.loc[eligible(scores), "score"].to_numpy(dtype=float))[::-1]
+    values = np.sort(scores.loc[eligible(scores), "score"].to_numpy())[::-1]
     k = quota(threshold, len(values))
     return float(values[k]) if k < len(values) else -math.inf
 
@@ -55,9 +55,9 @@ def tagged_mask(scores: pd.DataFrame, threshold: Threshold | float) -> pd.Series
 def _threshold_stats(scores: pd.DataFrame, threshold: Threshold | float) -> dict:
     """The threshold as the stats file records it: a beta as `beta` (the paper's), a quantile with its cutoff
     (None when it tags every eligible turn) and how many turns it could choose from."""
-    if not isinstance(threshold, Threshold) or threshold.kind == BETA:
-        return {"beta": cutoff(scores, threshold)}
     value = cutoff(scores, threshold)
+    if not isinstance(threshold, Threshold) or threshold.kind == BETA:
+        return {"beta": value}
     return {
         "quantile": threshold.value,
         "cutoff": None if value == -math.inf else value,
