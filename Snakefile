@@ -35,7 +35,7 @@ rule all:
     input:
         rules.table4.output,
         rules.table3.output,
-        nih_heatmaps(),
+        PLAN.nih_heatmaps(),
         rules.threshold_ablation.output,
         rules.layer_agreement.output,
         rules.instruction_lengths.output,

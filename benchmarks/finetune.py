@@ -72,7 +72,7 @@ def build_data(args, out_dir: Path) -> str:
 
 def recipe_for(method: str, args) -> dict:
     return {
-        "method": method,
+        "finetuning": method,
         "learning_rate": 1e-4,
         "lr_scheduler": "constant",
         "warmup_ratio": 0.0,
@@ -82,6 +82,7 @@ def recipe_for(method: str, args) -> dict:
         "epochs": 1,
         "max_steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "precision": "auto",  # bf16-mixed on a GPU, fp32 on the CPU, as the workflow's recipes
         "loss": "all",
         "save_steps": 10**6,
         "indicator_embedding": "trainable",

@@ -63,7 +63,7 @@ def embedded_nih_settings() -> dict:
     settings["max_context"] = min(c for c in (model["nih_max_context"], dataset["nih_max_context"]) if c)
     # the shipped essays: the organism's haystack is a workflow artifact (results/organism/haystack), and this
     # benchmark times generation, not the world
-    settings["haystack_dir"] = str(ROOT / "resources" / "haystack")
+    settings["haystack"] = str(ROOT / "resources" / "haystack")
     settings["batch_tokens"] = config["evaluation"]["batch_tokens"]
     return settings
 
@@ -90,7 +90,7 @@ def read_context_files(tokenizer, haystack_dir: str, max_context: int) -> str:
     context = ""
     while len(tokenizer(context, add_special_tokens=False)["input_ids"]) < max_context:
         for file in sorted(Path(haystack_dir).glob("*.txt")):
-            context += file.read_text(encoding="utf-8")
+            context += file.read_text(encoding="utf-8").replace("\n", " ")
     return context
 
 
@@ -108,10 +108,11 @@ def run_original(model, tokenizer, settings: dict, period_ids: set[int]) -> list
     outputs = []
     for length in lengths:
         for depth in depths:
-            haystack = read_context_files(tokenizer, settings["haystack_dir"], max(lengths))
+            haystack = read_context_files(tokenizer, settings["haystack"], max(lengths))
             haystack_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]  # encode_and_trim
             needle_ids = tokenizer(" " + settings["needle"].strip() + " ", add_special_tokens=False)["input_ids"]
-            context = tokenizer.decode(nih.insert_needle(haystack_ids, needle_ids, length, depth, period_ids))
+            budget = nih.context_budget(length, settings["context_buffer"], len(needle_ids))
+            context = tokenizer.decode(nih.insert_needle(haystack_ids, needle_ids, budget, depth, period_ids))
             prompt = template.format(context=context, question=settings["question"])
             ids = encoder.encode_chat([{"role": "user", "content": prompt}], settings["use_chat_template"])
             generated = model.generate(
@@ -196,7 +197,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         model, tokenizer = build_model(args, work, device, dtype)
         n_params = sum(p.numel() for p in model.parameters())
-        haystack_ids = tokenizer(nih.load_haystack(settings["haystack_dir"]), add_special_tokens=False)["input_ids"]
+        haystack_ids = tokenizer(nih.load_haystack(settings["haystack"]), add_special_tokens=False)["input_ids"]
         period_ids = nih.sentence_end_ids(tokenizer, haystack_ids)
         n_prompts = settings["n_lengths"] * settings["n_depths"]
         print(

@@ -23,8 +23,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ctxaware.batching import token_budget_batches
 from ctxaware.benchmarking import PeakMemory
-from ctxaware.scoring import Plan, Turn, score_plans, token_budget_batches
+from ctxaware.scoring import Plan, Turn, score_plans
 
 SHAREGPT_TOKENS = 93_645 * 1_567.68  # paper Table 2: conversations x mean length (TinyLlama tokens)
 

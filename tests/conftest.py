@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 from smk_helpers import copy_workflow, snakemake
 
@@ -41,7 +44,11 @@ def tiny_mha_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory):
-    """The embedded default run once, completely, with the local executor, in a copy of the workflow."""
+    """The embedded default run once, completely, with the local executor, in a copy of the workflow; or, with
+    CTXAWARE_EMBEDDED_RUN=<dir>, a finished run of it in that directory (to check a run of your own against the
+    science tests, or a planted fault without rerunning everything: `pytest -m workflow tests/test_science.py`)."""
+    if os.environ.get("CTXAWARE_EMBEDDED_RUN"):
+        return Path(os.environ["CTXAWARE_EMBEDDED_RUN"]).resolve()
     workdir = copy_workflow(tmp_path_factory.mktemp("embedded"))
     snakemake(workdir, "--cores", "2")
     return workdir

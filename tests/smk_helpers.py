@@ -1,12 +1,15 @@
 """Running Snakemake on copies of the workflow, shared by the workflow, cache, reproducibility and Slurm tests."""
 
-import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
+
+from ctxaware.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "resources", "envs", "profiles"]
@@ -40,14 +43,14 @@ def snakemake(
     return result
 
 
-def configured_grid(config: dict) -> list[tuple[str, str, str]]:
-    """(dataset, model, method) of every fine-tune the config asks for."""
-    return [
-        (d, m, x)
-        for d, m, x in itertools.product(config["datasets"], config["models"], config["methods"])
-        if config["models"][m].get("datasets") is None or d in config["models"][m]["datasets"]
-        if config["models"][m].get("methods") is None or x in config["models"][m]["methods"]
-    ]
+def configured_plan(config_file: Path) -> Plan:
+    """The workflow's plan of a config file, validated against the schema (defaults filled in) as the Snakefile
+    does it."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path(config_file).read_text())
+    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    return Plan(config)
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:

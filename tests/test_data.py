@@ -411,3 +411,89 @@ def test_a_label_that_is_not_a_boolean_makes_the_row_malformed():
     assert stats["malformed_examples"] == [
         "l.json row 0 (id x): message 1 'context_dependent' is str, expected a boolean"
     ]
+
+
+def _script_only_dataset(tmp_path):
+    """A dataset directory as the hub's script datasets are: a loading script and no data files."""
+    folder = tmp_path / "quac"
+    folder.mkdir()
+    (folder / "quac.py").write_text("import datasets\n\nclass Quac(datasets.GeneratorBasedBuilder):\n    pass\n")
+    (folder / "README.md").write_text("QuAC\n")
+    return folder
+
+
+def test_a_source_with_only_a_loading_script_is_an_error_naming_the_config_key(tmp_path):
+    folder = _script_only_dataset(tmp_path)
+    with pytest.raises(DataError, match=r"config key evaluation.quac.source: .*only a loading script \(quac.py\)"):
+        load_raw(str(folder), "validation", key="evaluation.quac.source")
+    from ctxaware.tasks import qa
+
+    with pytest.raises(DataError, match="config key evaluation.quac.source"):
+        qa.load_items("quac", {"source": str(folder), "split": "validation"})
+    with pytest.raises(DataError, match="config key datasets.sharegpt.source"):
+        prepare(
+            str(folder),
+            "sharegpt",
+            str(tmp_path / "o.parquet"),
+            str(tmp_path / "o.json"),
+            key="datasets.sharegpt.source",
+        )
+
+
+def test_an_unloadable_source_stops_the_evaluation_before_the_model_loads(tmp_path):
+    from ctxaware.evaluation import evaluate_all
+
+    folder = _script_only_dataset(tmp_path)
+    settings = {"quac": {"source": str(folder), "split": "validation", "metric": "containment"}}
+    out = {"quac": str(tmp_path / "quac.json")}
+    with pytest.raises(DataError, match="config key evaluation.quac.source"):  # not a model-loading error
+        evaluate_all(str(tmp_path / "no-such-model"), settings, False, out, out)
+
+
+def test_hub_load_errors_name_the_config_key_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"config key evaluation.drop.source: some-org/no-such-set \(split validation"):
+        load_raw("some-org/no-such-set", "validation", key="evaluation.drop.source")
+    with pytest.raises(DataError, match="config key evaluation.quac.source: data_files name no files for split"):
+        load_raw("allenai/quac", "validation", data_files={"train": "x.parquet"}, key="evaluation.quac.source")
+
+
+def test_data_files_are_read_by_the_file_builder_at_the_pinned_revision(monkeypatch):
+    """A hub repository with a loading script is read through datasets' parquet builder on its files alone."""
+    import datasets
+
+    calls = []
+
+    class Rows:
+        def to_list(self):
+            return [{"row": 1}]
+
+    def fake_load_dataset(path, *args, **kwargs):  # the third-party boundary: record what we ask for
+        calls.append((path, args, kwargs))
+        return Rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = load_raw(
+        "allenai/quac",
+        "validation",
+        revision="f0afadd97c1b0234ed5dc589b2259b9c2efa1743",
+        data_files={"validation": "plain_text/validation-*.parquet"},
+    )
+    assert rows == [{"row": 1}]
+    url = "hf://datasets/allenai/quac@f0afadd97c1b0234ed5dc589b2259b9c2efa1743/plain_text/validation-*.parquet"
+    assert calls == [("parquet", (), {"data_files": {"validation": [url]}, "split": "validation"})]
+    load_raw("EleutherAI/drop", "validation", revision="main")
+    assert calls[-1] == ("EleutherAI/drop", (None,), {"split": "validation", "revision": "main"})
+
+
+def test_paper_config_hub_sources_avoid_loading_scripts():
+    """Every hub source of config/paper.yaml that once needed a loading script is pinned to data files."""
+    import yaml
+
+    paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "paper.yaml").read_text())
+    quac = paper["evaluation"]["quac"]
+    assert (
+        quac["source"] == "allenai/quac" and quac["revision"] and quac["data_files"]["validation"].endswith(".parquet")
+    )
+    assert paper["evaluation"]["drop"] == {"source": "EleutherAI/drop", "metric": "drop_original"}

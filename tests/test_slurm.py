@@ -177,9 +177,15 @@ def test_every_cluster_job_went_through_sbatch(slurm_run):
         assert "cpu=1," in tres and "mem=3000M" in tres, (rule, tres)
 
 
-def test_slurm_run_gives_the_local_table4(slurm_run, embedded_run):
+def test_slurm_run_gives_the_local_results(slurm_run, embedded_run):
+    """Table 4, the scores, every generation and every fine-tuned model's weights, byte for byte."""
     workdir = slurm_run["workdir"]
-    for path in ("results/tables/table4.csv", "results/scores/sharegpt/tiny-sharegpt.parquet"):
+    paths = ["results/tables/table4.csv", "results/scores/sharegpt/tiny-sharegpt.parquet"]
+    for pattern in ("results/eval/**/*.generations.jsonl", "results/models/**/*.safetensors"):
+        local = sorted(str(p.relative_to(embedded_run)) for p in embedded_run.glob(pattern))
+        assert local and sorted(str(p.relative_to(workdir)) for p in workdir.glob(pattern)) == local, pattern
+        paths += local
+    for path in paths:
         assert (workdir / path).read_bytes() == (embedded_run / path).read_bytes(), path
 
 

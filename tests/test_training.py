@@ -12,7 +12,7 @@ from ctxaware.modeling import MODEL_INFO, add_token_rows, load_model, load_token
 from ctxaware.training import _load_base, _peft_model, build_trainer, finetune, gradient_accumulation, launch_finetune
 
 RECIPE = dict(
-    method="qlora",
+    finetuning="qlora",
     learning_rate=1e-2,
     lr_scheduler="constant",
     warmup_ratio=0.0,
@@ -22,6 +22,7 @@ RECIPE = dict(
     epochs=1,
     max_steps=None,
     gradient_checkpointing=False,
+    precision="auto",
     loss="all",
     save_steps=100,
     indicator_embedding="trainable",
@@ -75,13 +76,13 @@ def _changed_rows(after: torch.Tensor, before: torch.Tensor) -> list[int]:
     return torch.nonzero((after - before).abs().amax(dim=1) > 1e-7).flatten().tolist()
 
 
-@pytest.mark.parametrize("method", ["qlora", "lora"])
-def test_adapter_finetune_trains_only_the_indicator_rows_and_lora(tiny_model_dir, train_parquet, tmp_path, method):
+@pytest.mark.parametrize("finetuning", ["qlora", "lora"])
+def test_adapter_finetune_trains_only_the_indicator_rows_and_lora(tiny_model_dir, train_parquet, tmp_path, finetuning):
     out, checkpoints = tmp_path / "model", tmp_path / "checkpoints"
-    recipe = dict(RECIPE, method=method)
+    recipe = dict(RECIPE, finetuning=finetuning)
     log = finetune(tiny_model_dir, train_parquet, str(out), str(checkpoints), recipe, with_indicator=True)
     info = json.loads((out / MODEL_INFO).read_text())
-    assert info["adapter"] and info["recipe"] == method and log["global_step"] == 2
+    assert info["adapter"] and info["recipe"] == finetuning and log["global_step"] == 2
     assert not checkpoints.exists()  # removed once the model is saved
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
@@ -98,9 +99,9 @@ def test_adapter_finetune_trains_only_the_indicator_rows_and_lora(tiny_model_dir
     assert _changed_rows(model.lm_head.weight, base.lm_head.weight) == [ind]
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_frozen_mean_keeps_the_indicator_rows_at_the_mean(tiny_model_dir, train_parquet, tmp_path, method):
-    recipe = dict(RECIPE, method=method, indicator_embedding="frozen_mean", learning_rate=1e-2)
+@pytest.mark.parametrize("finetuning", ["lora", "full"])
+def test_frozen_mean_keeps_the_indicator_rows_at_the_mean(tiny_model_dir, train_parquet, tmp_path, finetuning):
+    recipe = dict(RECIPE, finetuning=finetuning, indicator_embedding="frozen_mean", learning_rate=1e-2)
     finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, with_indicator=True)
     model, tokenizer = load_model(str(tmp_path / "m"))
     ind = tokenizer.convert_tokens_to_ids(IND_TOKEN)
@@ -108,25 +109,45 @@ def test_frozen_mean_keeps_the_indicator_rows_at_the_mean(tiny_model_dir, train_
     for after, before in [(model.get_input_embeddings(), base.get_input_embeddings()), (model.lm_head, base.lm_head)]:
         torch.testing.assert_close(after.weight[ind], before.weight[ind], rtol=0, atol=0)
         torch.testing.assert_close(before.weight[ind], before.weight[:ind].mean(0))
-    if method == "full":  # everything else trained
+    if finetuning == "full":  # everything else trained
         assert len(_changed_rows(model.lm_head.weight, base.lm_head.weight)) > ind // 2
 
 
 def test_qk_lora_adapts_only_query_and_key_projections(tiny_model_dir, train_parquet, tmp_path):
-    recipe = training_recipe(dict(RECIPE, method="full"), "qk-lora-indicator-0.6")
+    recipe = training_recipe(dict(RECIPE, finetuning="full"), "qk-lora-indicator-0.6")
     finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, with_indicator=True)
     adapted = {k.split(".")[-3] for k in load_file(tmp_path / "m" / "adapter_model.safetensors") if "lora_" in k}
     assert adapted == {"q_proj", "k_proj"}
     assert json.loads((tmp_path / "m" / MODEL_INFO).read_text())["recipe"] == "lora"
 
 
-def test_full_finetune_saves_a_loadable_model(tiny_model_dir, train_parquet, tmp_path):
-    recipe = dict(RECIPE, method="full", learning_rate=1e-3)
+def _answer_nll(model, tokenizer, conversations) -> float:
+    """Mean negative log-likelihood per token of the assistant answers (and the eos closing them), each answer
+    after its prompt rendered with the generation prompt."""
+    from ctxaware.chat import render
+
+    total, count = 0.0, 0
+    for messages in conversations:
+        prompt = tokenizer(render(tokenizer, messages[:1], add_generation_prompt=True), add_special_tokens=False)
+        answer = tokenizer(messages[1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt["input_ids"] + answer])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, -len(answer) - 1 : -1].float(), dim=-1)
+        total -= logprobs.gather(1, ids[0, -len(answer) :, None]).sum().item()
+        count += len(answer)
+    return total / count
+
+
+def test_full_finetune_lowers_the_nll_of_the_training_answers(tiny_model_dir, train_parquet, tmp_path):
+    recipe = dict(RECIPE, finetuning="full", learning_rate=1e-2, epochs=2)
     log = finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, False)
-    assert log["train_loss"] > 0 and not log["adapter"]
+    assert not log["adapter"] and log["global_step"] == 4
     model, tokenizer = load_model(str(tmp_path / "m"))
     base, _ = load_model(tiny_model_dir)
-    assert not torch.allclose(model.lm_head.weight, base.lm_head.weight)
+    conversations = [list(messages) for messages in pd.read_parquet(train_parquet)["messages"]]
+    before, after = _answer_nll(base, tokenizer, conversations), _answer_nll(model, tokenizer, conversations)
+    print(f"answer NLL before {before:.3f}, after {after:.3f} nats/token")
+    assert after < before - 0.5
     assert IND_TOKEN not in tokenizer.get_vocab()  # vanilla models never see [IND]
 
 
@@ -144,14 +165,24 @@ MULTI_TURN = [
 ]
 
 
+# contents that also occur in the Zephyr headers: the oracle must find each after its own header
+HEADER_LIKE_TURNS = [
+    {"role": "user", "content": "user"},
+    {"role": "assistant", "content": "assistant"},
+    {"role": "user", "content": "s"},
+    {"role": "assistant", "content": "a"},
+]
+
+
+@pytest.mark.parametrize("messages", [MULTI_TURN, HEADER_LIKE_TURNS], ids=["plain", "header-like"])
 @pytest.mark.parametrize("loss", ["assistant", "all"])
-def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss):
+def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tmp_path, loss, messages):
     path = tmp_path / "train.parquet"
-    pd.DataFrame([{"id": "0", "messages": MULTI_TURN}]).to_parquet(path)
-    recipe = dict(RECIPE, method="full", loss=loss)
+    pd.DataFrame([{"id": "0", "messages": messages}]).to_parquet(path)
+    recipe = dict(RECIPE, finetuning="full", loss=loss)
     trainer, tokenizer, _ = build_trainer(tiny_model_dir, str(path), str(tmp_path / "c"), recipe, True)
     example = trainer.train_dataset[0]
-    encoded = encode_with_spans(tokenizer, MULTI_TURN)
+    encoded = encode_with_spans(tokenizer, messages)
     assert example["input_ids"] == encoded.input_ids
     # assistant content plus the eos that closes it: what the model must learn to generate
     expected = {i for span in encoded.spans if span.role == "assistant" for i in range(span.start, span.end + 1)}
@@ -179,11 +210,11 @@ def _preempt_after_first_checkpoint():
     return Preempt()
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("finetuning", ["full", "lora"])
 def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
-    tiny_model_dir, train_parquet, tmp_path, method
+    tiny_model_dir, train_parquet, tmp_path, finetuning
 ):
-    recipe = dict(RECIPE, method=method, epochs=2, save_steps=1, lr_scheduler="cosine", warmup_ratio=0.25)
+    recipe = dict(RECIPE, finetuning=finetuning, epochs=2, save_steps=1, lr_scheduler="cosine", warmup_ratio=0.25)
     recipe["lora"] = dict(RECIPE["lora"], dropout=0.1)  # dropout draws random numbers: the RNG state must resume
     args = dict(base=tiny_model_dir, train_parquet=train_parquet, recipe=recipe, with_indicator=True)
     finetune(out_dir=str(tmp_path / "straight"), checkpoint_dir=str(tmp_path / "c1"), **args)
@@ -212,7 +243,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
 
 
 def test_checkpoints_of_other_settings_are_not_resumed(tiny_model_dir, train_parquet, tmp_path):
-    recipe = dict(RECIPE, method="full", save_steps=1)
+    recipe = dict(RECIPE, finetuning="full", save_steps=1)
     args = dict(base=tiny_model_dir, train_parquet=train_parquet, with_indicator=False)
     with pytest.raises(_Preempted):
         finetune(
@@ -227,7 +258,7 @@ def test_checkpoints_of_other_settings_are_not_resumed(tiny_model_dir, train_par
 
 def test_data_parallel_launch_trains_one_model_over_two_processes(tiny_model_dir, train_parquet, tmp_path):
     """torchrun with two CPU processes (gloo), as a two-GPU job would run; the global batch stays 4."""
-    recipe = dict(RECIPE, method="lora", per_device_batch_size=1)
+    recipe = dict(RECIPE, finetuning="lora", per_device_batch_size=1)
     launch_finetune(
         processes=2,
         base=tiny_model_dir,
@@ -277,7 +308,7 @@ def test_other_model_families_fine_tune_with_the_indicator(tiny_model_dir, train
 
 
 def test_lora_finetune_is_reproducible_whatever_the_rng_state_before(tiny_model_dir, train_parquet, tmp_path):
-    recipe = dict(RECIPE, method="lora")
+    recipe = dict(RECIPE, finetuning="lora")
     weights = []
     for run in range(2):
         torch.manual_seed(run)  # the state an earlier job or import left behind must not matter
@@ -285,3 +316,83 @@ def test_lora_finetune_is_reproducible_whatever_the_rng_state_before(tiny_model_
         finetune(tiny_model_dir, train_parquet, str(out), str(tmp_path / f"c{run}"), recipe, with_indicator=True)
         weights.append((out / "adapter_model.safetensors").read_bytes())
     assert weights[0] == weights[1]
+
+
+def _layer_update(out_dir, init: dict) -> torch.Tensor:
+    """Every decoder-layer weight's change from the base model's initial value, flattened."""
+    trained = load_file(f"{out_dir}/model.safetensors")
+    keys = [k for k in init if ".layers." in k]
+    return torch.cat([(trained[k].float() - init[k].to(trained[k].dtype).float()).flatten() for k in keys])
+
+
+def test_bf16_mixed_full_finetune_moves_the_weights_as_fp32_does(tiny_model_dir, train_parquet, tmp_path):
+    """Full fine-tuning at the paper's lr 2e-5 (TinyLlama): AdamW on fp32 weights with bf16 autocast moves
+    nearly every weight, as an fp32 run does; on bf16 weights (std 0.02) most updates round away."""
+    init = load_file(f"{tiny_model_dir}/model.safetensors")
+    recipe = dict(RECIPE, finetuning="full", learning_rate=2e-5, lr_scheduler="constant", max_steps=20)
+    recipe.update(per_device_batch_size=2, global_batch_size=2)
+    updates, logs = {}, {}
+    for precision in ("fp32", "bf16-mixed", "bf16"):
+        out = tmp_path / precision
+        logs[precision] = finetune(
+            tiny_model_dir,
+            train_parquet,
+            str(out),
+            str(tmp_path / f"c-{precision}"),
+            {**recipe, "precision": precision},
+            False,
+        )
+        updates[precision] = _layer_update(out, init)
+        assert json.loads((out / "train_log.json").read_text())["param_dtype"] == logs[precision]["param_dtype"]
+    assert (logs["bf16-mixed"]["param_dtype"], logs["bf16-mixed"]["compute_dtype"]) == (
+        "torch.float32",
+        "torch.bfloat16",
+    )
+    assert (logs["fp32"]["param_dtype"], logs["fp32"]["compute_dtype"]) == ("torch.float32", "torch.float32")
+    assert logs["bf16"]["param_dtype"] == "torch.bfloat16"
+
+    def moved(update):
+        return float((update != 0).float().mean())
+
+    def agreement(update):  # (movement relative to fp32's, cosine with fp32's update)
+        reference = updates["fp32"]
+        return float(update.norm() / reference.norm()), float(
+            torch.nn.functional.cosine_similarity(update, reference, 0)
+        )
+
+    assert moved(updates["fp32"]) >= 0.9
+    assert moved(updates["bf16-mixed"]) >= 0.9
+    ratio, cosine = agreement(updates["bf16-mixed"])
+    assert 0.95 <= ratio <= 1.05 and cosine >= 0.99
+    assert not torch.equal(updates["bf16-mixed"], updates["fp32"])  # the autocast really ran in bf16
+    # pure bf16 fails the same bar: most weights never move, and the movement is not fp32's
+    ratio, cosine = agreement(updates["bf16"])
+    assert moved(updates["bf16"]) < 0.5 and ratio < 0.8 and cosine < 0.8
+
+
+@pytest.mark.parametrize("finetuning", ["lora", "qlora"])
+def test_bf16_mixed_adapters_train_in_fp32_with_bf16_compute(tiny_model_dir, train_parquet, tmp_path, finetuning):
+    recipe = dict(RECIPE, finetuning=finetuning, precision="bf16-mixed", max_steps=2)
+    trainer, _, _ = build_trainer(tiny_model_dir, train_parquet, str(tmp_path / "c"), recipe, True)
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)  # TRL's bf16 cast of QLoRA adapters undone
+    assert trainer.args.bf16  # bf16 autocast
+    assert trainer.precision == {
+        "precision": "bf16-mixed",
+        "param_dtype": "torch.float32",
+        "frozen_dtype": "torch.bfloat16" if finetuning == "lora" else "torch.float32",  # peft upcasts a 4-bit base
+        "compute_dtype": "torch.bfloat16",
+    }
+    trainer.train()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_auto_precision_is_bf16_mixed_on_a_gpu_and_fp32_on_the_cpu():
+    from ctxaware.training import precision_dtypes, resolve_precision
+
+    assert resolve_precision("auto", "cuda") == "bf16-mixed" and resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cuda") == "bf16"
+    assert precision_dtypes("bf16-mixed", "full") == (torch.float32, torch.bfloat16, True)
+    assert precision_dtypes("bf16-mixed", "qlora") == (torch.bfloat16, torch.bfloat16, True)
+    with pytest.raises(ValueError, match="config key recipes.<recipe>.precision: 'fp16'"):
+        resolve_precision("fp16", "cuda")

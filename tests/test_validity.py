@@ -62,18 +62,39 @@ def test_score_validity_table_and_figure(tmp_path):
     table.to_parquet(tmp_path / "s.parquet")
     study = pd.concat([table.assign(layer=layer) for layer in (0, 1)])
     study.to_parquet(tmp_path / "layers.parquet")
+    # a second score, planted independent of the labels: the same values in a shuffled order
+    shuffled = table.assign(score=random.Random(3).sample(scores, len(scores)))
+    shuffled.to_parquet(tmp_path / "lr.parquet")
     out = write_score_validity(
         {"organism": str(tmp_path / "d.parquet")},
-        {"organism": str(tmp_path / "s.parquet")},
-        1,
+        [
+            {"dataset": "organism", "method": "attention", "layer": 1, "path": str(tmp_path / "s.parquet")},
+            {"dataset": "organism", "method": "likelihood_ratio", "layer": None, "path": str(tmp_path / "lr.parquet")},
+        ],
         str(tmp_path / "v.csv"),
         str(tmp_path / "v.png"),
         layer_study=str(tmp_path / "layers.parquet"),
         layer_dataset="organism",
     )
-    assert list(out.columns[:4]) == ["dataset", "layer", "auroc", "n"]
+    assert list(out.columns[:5]) == ["dataset", "method", "layer", "auroc", "n"]
     expected = brute_force_auroc(scores, [i % 2 == 0 for i in range(10)])
     assert expected == pytest.approx(0.8)  # 16 wins and 8 ties of 25 pairs
-    assert out["auroc"].tolist() == pytest.approx([expected] * 3)
-    assert out["n"].tolist() == [10, 10, 10] and out["layer"].tolist() == [1, 0, 1]
+    assert out["method"].tolist() == ["attention", "likelihood_ratio", "attention", "attention"]
+    assert out["auroc"].tolist() == pytest.approx(
+        [expected, brute_force_auroc(shuffled["score"].tolist(), [i % 2 == 0 for i in range(10)]), expected, expected]
+    )
+    assert out["n"].tolist() == [10, 10, 10, 10] and out["layer"].tolist()[2:] == [0, 1]
+    assert pd.isna(out["layer"].iloc[1])  # the likelihood ratio has no layer
+    written = pd.read_csv(tmp_path / "v.csv")
+    assert written["layer"].isna().tolist() == [False, True, False, False]
     assert (tmp_path / "v.png").stat().st_size > 0
+
+
+def test_a_score_independent_of_the_labels_has_auroc_near_one_half():
+    """A planted score drawn without looking at the labels: AUROC 0.5 within sampling error (n = 4000, sd ~0.009)."""
+    rng = random.Random(7)
+    labels = [rng.random() < 0.3 for _ in range(4000)]
+    scores = [rng.random() for _ in labels]
+    assert auroc(scores, labels) == pytest.approx(0.5, abs=0.03)
+    informative = [s + (0.5 if label else 0.0) for s, label in zip(scores, labels, strict=True)]
+    assert auroc(informative, labels) > 0.8

@@ -9,7 +9,9 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from smk_helpers import configured_grid, copy_workflow, planned_jobs, snakemake
+from smk_helpers import configured_plan, copy_workflow, planned_jobs, snakemake
+
+from ctxaware.tables import TASK_COLUMN
 
 pytestmark = pytest.mark.workflow
 
@@ -17,14 +19,16 @@ pytestmark = pytest.mark.workflow
 def indicator_methods(config) -> tuple[str, str]:
     """The embedded default's indicator branch of the full fine-tunes and of the qk-lora model."""
     methods = [m for model in config["models"].values() for m in model["methods"] or config["methods"]]
-    return next(m for m in methods if m.startswith("indicator-")), next(m for m in methods if m.startswith("qk-lora-ind"))
+    return next(m for m in methods if m.startswith("indicator-")), next(
+        m for m in methods if m.startswith("qk-lora-ind")
+    )
 
 
 def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
-    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
+    config = config_of(embedded_run)
     table = pd.read_csv(embedded_run / "results/tables/table4.csv")
     assert list(table.columns) == ["sft_dataset", "model", "method", "nih", "squad", "quac", "drop", "avg", "mt_bench"]
-    expected = set(configured_grid(config))
+    expected = set(configured_plan(embedded_run / "config/config.yaml").grid())
     assert set(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
     assert len(table) == len(expected)
     assert {"vanilla", "qk-lora", *indicator_methods(config)} <= set(table["method"])  # every kind of method
@@ -34,6 +38,24 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     assert table["avg"].to_numpy() == pytest.approx(table[["nih", "squad", "quac", "drop"]].mean(axis=1).to_numpy())
     for suffix in ("md", "tex"):
         assert (embedded_run / f"results/tables/table4.{suffix}").stat().st_size > 0
+    for row in table.itertuples(index=False):
+        for task, column in TASK_COLUMN.items():
+            assert getattr(row, column) == pytest.approx(eval_score(embedded_run, row, task), abs=5e-5), (row, task)
+
+
+def eval_score(workdir, row, task) -> float:
+    """An evaluation's `score`, checked against the mean of its generations' per-record scores (MT-Bench: of the
+    judge's ratings that did not fail)."""
+    stem = workdir / f"results/eval/{row.model}/{row.sft_dataset}/{row.method}/{task}"
+    score = json.loads(stem.with_suffix(".json").read_text())["score"]
+    records = pd.read_json(f"{stem}.generations.jsonl", lines=True)
+    per_record = records.loc[~records["failed"], "rating"] if task == "mtbench" else records["score"]
+    assert len(per_record) > 0 and score == pytest.approx(per_record.mean(), abs=1e-9), stem
+    return score
+
+
+def config_of(workdir) -> dict:
+    return yaml.safe_load((workdir / "config/config.yaml").read_text())
 
 
 def test_scores_tagging_and_table3_select_a_real_subset(embedded_run):
@@ -42,10 +64,12 @@ def test_scores_tagging_and_table3_select_a_real_subset(embedded_run):
     valid = scores["score"].dropna()
     assert valid.between(0, 1).all() and len(valid) > 40
     table3 = pd.read_csv(embedded_run / "results/tables/table3.csv")
-    betas = yaml.safe_load((embedded_run / "config/config.yaml").read_text())["report"]["table3_betas"]
-    assert set(table3["beta"]) == set(betas)
-    for _, group in table3.groupby("dataset"):
-        assert group.sort_values("beta")["ratio"].is_monotonic_decreasing
+    config = config_of(embedded_run)
+    assert set(table3["beta"]) == set(config["report"]["table3_betas"])
+    seed = config["scoring"]["seed_model"]["name"]
+    for row in table3.itertuples(index=False):  # the share of assistant turns scored above beta (NaN: untagged)
+        dataset_scores = pd.read_parquet(embedded_run / f"results/scores/{row.dataset}/{seed}.parquet")["score"]
+        assert row.ratio == pytest.approx((dataset_scores > row.beta).sum() / len(dataset_scores), abs=5e-5), row
     at_06 = table3[table3["beta"] == 0.6]["ratio"]
     assert ((at_06 > 0) & (at_06 < 1)).any()  # thresholds select a real subset, not all or nothing
     method = indicator_methods(yaml.safe_load((embedded_run / "config/config.yaml").read_text()))[0]
@@ -55,17 +79,15 @@ def test_scores_tagging_and_table3_select_a_real_subset(embedded_run):
 
 
 def test_figures_and_eval_files_exist(embedded_run):
+    config = config_of(embedded_run)
     figures = list((embedded_run / "results/figures/nih").rglob("*.png"))
-    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
-    assert len(figures) == len(configured_grid(config))
+    assert len(figures) == len(configured_plan(embedded_run / "config/config.yaml").grid())
     for figure in ("threshold_ablation", "layer_agreement", "instruction_lengths"):
         assert (embedded_run / f"results/figures/{figure}.png").stat().st_size > 0
     agreement = pd.read_csv(embedded_run / "results/tables/layer_agreement.csv")
     layers = config["organism"].get("pretraining", {}).get("num_layers", 4)
     assert set(agreement["layer_a"]) == set(range(layers))  # every layer of the seed model
-    assert agreement["disagreement"].between(0, 1).all() and (agreement["rmse"] >= 0).all()
-    diagonal = agreement[agreement["layer_a"] == agreement["layer_b"]]
-    assert (diagonal["disagreement"] == 0).all() and (diagonal["rmse"] == 0).all()
+    assert len(agreement) == layers * layers  # its values are checked on a hand-made table in test_layers.py
     method = indicator_methods(config)[0]
     nih = pd.read_json(embedded_run / f"results/eval/tiny/sharegpt/{method}/nih.generations.jsonl", lines=True)
     assert len(nih) == 9 and nih["prompt_tokens"].gt(0).all()
@@ -85,7 +107,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
             assert "indicator-0.7" in path, (rule, path)
     assert {rule for rule, _ in jobs} >= branch_rules
     counts = {rule: sum(r == rule for r, _ in jobs) for rule in rules}
-    pairs = {(d, m) for d, m, _ in configured_grid(config)}
+    pairs = {(d, m) for d, m, _ in configured_plan(embedded_run / "config/more-betas.yaml").grid()}
     assert counts["tag_indicator"] == len(config["datasets"])
     assert counts["finetune"] == counts["evaluate"] == counts["nih_heatmap"] == len(pairs)
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
@@ -105,8 +127,7 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
 
     jobs = plan_with(embedded_run, "squad-tokens", change)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
-    config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
-    assert counts["evaluate"] == len(configured_grid(config))  # every model is evaluated on SQuAD
+    assert counts["evaluate"] == len(configured_plan(embedded_run / "config/config.yaml").grid())  # all on SQuAD
     assert set(counts) <= {"evaluate", "nih_heatmap", "table4", "threshold_ablation", "all"}
     assert "table4" in counts
 
@@ -138,6 +159,26 @@ def test_changing_the_seed_model_reruns_scoring_and_indicator_branches(embedded_
     assert all("tiny-ultrachat" in path for rule, path in jobs if rule in {"score_turns", "score_layers"})
 
 
+def test_changing_the_score_method_reruns_scoring_and_indicator_branches(embedded_run):
+    """The indicator branches tagged by the likelihood ratio instead of the attention score: new scores (beside the
+    attention score's, which stay), tagging and the indicator fine-tunes; the vanilla and qk-lora fine-tunes and
+    the attention score's reports (layer study, instruction lengths) are not rerun."""
+
+    def change(config):
+        config["methods"] = [method.replace("indicator-0.6", "indicator-lr-q0.3") for method in config["methods"]]
+
+    jobs = plan_with(embedded_run, "likelihood-ratio", change)
+    rules = _indicator_branches_only(jobs)
+    assert not rules & {"score_layers", "layer_agreement", "instruction_lengths"}
+    seed = config_of(embedded_run)["scoring"]["seed_model"]["name"]
+    scored = {path for rule, path in jobs if rule in {"score_turns", "gather_scores"}}
+    assert len(scored) == 2 * len(config_of(embedded_run)["datasets"])
+    assert all(f"/{seed}-lr" in path for path in scored), scored  # the attention scores are not recomputed
+    for rule, path in jobs:
+        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+            assert "indicator-lr-q0.3" in path, (rule, path)
+
+
 def test_nothing_to_do_after_a_complete_run(embedded_run):
     output = snakemake(embedded_run, "-n", "--cores", "2").stdout
     assert "Nothing to be done" in output, output[-2000:]
@@ -155,6 +196,31 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert not {"organism_world", "pretrain_organism"} & set(counts)
+
+
+def test_paper_config_plans_both_scores_when_asked(tmp_path):
+    """config/paper.yaml's documented change: the likelihood ratio's top 30% beside the paper's indicator-0.6."""
+    workdir = copy_workflow(tmp_path / "paper")
+    config = yaml.safe_load((workdir / "config/paper.yaml").read_text())
+    config["methods"] = [*config["methods"], "indicator-lr-q0.3"]
+    (workdir / "config/both.yaml").write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/both.yaml").stdout)
+    counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
+    assert counts["finetune"] == counts["evaluate"] == 3 * 3 * 3
+    assert counts["score_turns"] == counts["gather_scores"] == counts["tag_indicator"] == 2 * 3
+    assert counts["score_layers"] == 1 and counts["table3"] == 1 and counts["prepare_dataset"] == 3
+    scores = sorted(path for rule, path in jobs if rule == "gather_scores")
+    assert scores == sorted(
+        f"results/scores/{dataset}/tinyllama-sharegpt{suffix}.parquet"
+        for dataset in ("sharegpt", "ultrachat", "wizardlm")
+        for suffix in ("", "-lr")
+    )
+    tagged = sorted(path for rule, path in jobs if rule == "tag_indicator")
+    assert tagged == sorted(
+        f"results/sft/{dataset}/{branch}.parquet"
+        for dataset in ("sharegpt", "ultrachat", "wizardlm")
+        for branch in ("indicator-0.6", "indicator-lr-q0.3")
+    )
 
 
 def test_misspelled_config_key_is_named(tmp_path):
@@ -225,7 +291,7 @@ def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_ru
     assert not re.search(r"<(?:script|link|img)[^>]+(?:src|href)=\"https?://", html)  # self-contained
     results = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.DOTALL).group(1))
     config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
-    figures = [f"results/figures/nih/{m}/{d}/{x}.png" for d, m, x in configured_grid(config)]
+    figures = configured_plan(embedded_run / "config/config.yaml").nih_heatmaps()
     figures += [f"results/figures/{n}.png" for n in ("threshold_ablation", "layer_agreement", "instruction_lengths")]
     figures += ["results/figures/nih_template_study.png", "results/figures/attention_allocation.png"]
     tables = [f"results/tables/{n}.csv" for n in ("table4", "table3", "nih_template_study", "attention_steering")]
@@ -251,7 +317,10 @@ def test_diagnosis_targets_cover_section_2(embedded_run):
     assert study["recall_mean"].between(0, 1).all() and (study["recall_std"] >= 0).all()
     allocation = pd.read_csv(embedded_run / "results/tables/attention_allocation.csv")
     assert set(allocation["chat_template"]) == {True, False}
-    assert ((allocation["user"] + allocation["assistant"] + allocation["bos"]) - 1).abs().max() < 1e-4
+    # template tokens exist only with the chat template (the masses are checked against eager attention in
+    # test_diagnosis.py)
+    assert (allocation.loc[~allocation["chat_template"], "template_raw"] == 0).all()
+    assert (allocation.loc[allocation["chat_template"], "template_raw"] > 0).all()
     assert set(allocation["layer"]) == set(range(config["organism"].get("pretraining", {}).get("num_layers", 4)))
     steering = pd.read_csv(embedded_run / "results/tables/attention_steering.csv")
     assert set(steering["compat"]) == {"none"}

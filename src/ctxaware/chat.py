@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from ctxaware import IND_TOKEN
@@ -43,16 +44,21 @@ def prepare_tokenizer(tokenizer, with_indicator: bool = False):
     return tokenizer
 
 
+def _text(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The chat template's text of `messages` as they are."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation with the empty system message added, or without it for templates that reject a system
     role (Gemma, Mistral: the paper's Section 2 renders the official instruct models with their own templates)."""
     full = with_system(messages)
     try:
-        return tokenizer.apply_chat_template(full, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return _text(tokenizer, full, add_generation_prompt)
     except Exception:  # jinja2's raise_exception in the template: "System role not supported"
         if full[0]["content"]:
             raise
-        return tokenizer.apply_chat_template(full[1:], tokenize=False, add_generation_prompt=add_generation_prompt)
+        return _text(tokenizer, full[1:], add_generation_prompt)
 
 
 @dataclass
@@ -62,7 +68,8 @@ class Span:
     role: str
     start: int
     end: int
-    # the message's whole segment: from the end of the previous content to the end of this one's eos
+    # the tokens the template writes for the message, [segment_start, segment_end): its header (from the end
+    # of the previous message's rendering), content and closing (Zephyr: eos and newline)
     segment_start: int
     segment_end: int
 
@@ -74,38 +81,90 @@ class Encoded:
     n_tokens_untruncated: int
 
 
-def encode_with_spans(tokenizer, messages: list[dict], max_length: int | None = None) -> Encoded:
-    """Tokenize a rendered conversation and find each message's content tokens from character offsets.
+# Private-use characters no template writes: a message rendered with one of these as its content shows where
+# the template puts that message's content, whatever text its headers hold.
+_SENTINEL = "\ue000{}\ue001"
 
-    Works for any template that copies message content verbatim: contents are located in the rendered text
-    in order, and a token belongs to a message when its characters overlap that message's content.
+
+def sentinel(index: int) -> str:
+    return _SENTINEL.format(index)
+
+
+def check_no_sentinel(messages: list[dict]) -> None:
+    if any("\ue000" in m["content"] or "\ue001" in m["content"] for m in messages):
+        raise ValueError("message content holds the private-use characters U+E000/U+E001 used to locate roles")
+
+
+def content_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and each message's content as [start, end) character offsets in it.
+
+    The conversation is rendered once with every content replaced by a unique sentinel, so each content is
+    placed where the template puts it, after its own header: searching the rendered text for the content
+    itself would land on a header that contains it ("user", "a", "s", "\n", ...). The real render must equal
+    the sentinel render with the contents put back, i.e. the template copies content verbatim.
+    """
+    check_no_sentinel(messages)
+    skeleton = _text(tokenizer, [{"role": m["role"], "content": sentinel(i)} for i, m in enumerate(messages)])
+    text = _text(tokenizer, messages)
+    pieces, char_spans, cursor, length = [], [], 0, 0
+    for index, message in enumerate(messages):
+        marker = sentinel(index)
+        at = skeleton.find(marker, cursor)
+        if at < 0:
+            raise ValueError("chat template does not render each message's content once, in order; cannot locate roles")
+        pieces += [skeleton[cursor:at], message["content"]]
+        length += at - cursor
+        char_spans.append((length, length + len(message["content"])))
+        length += len(message["content"])
+        cursor = at + len(marker)
+    pieces.append(skeleton[cursor:])
+    if "".join(pieces) != text:
+        raise ValueError("chat template does not copy message content verbatim; cannot locate roles")
+    return text, char_spans
+
+
+def segment_char_starts(tokenizer, messages: list[dict], text: str, char_spans: list[tuple[int, int]]) -> list[int]:
+    """Where each message's rendering starts in `text`: the end of the conversation rendered up to the message
+    before it (Zephyr: just after the previous message's eos and newline, at its own header). A template whose
+    shorter renders are not prefixes of the whole puts the boundary at the previous content's end."""
+    starts = [0]
+    for index in range(1, len(messages)):
+        lower, upper = char_spans[index - 1][1], char_spans[index][0]
+        try:
+            before = _text(tokenizer, messages[:index])
+        except Exception:  # jinja2's raise_exception: a template that rejects this prefix of the conversation
+            before = None
+        fits = before is not None and text.startswith(before) and lower <= len(before) <= upper
+        starts.append(len(before) if fits else lower)
+    return starts
+
+
+def encode_with_spans(tokenizer, messages: list[dict], max_length: int | None = None) -> Encoded:
+    """Tokenize a rendered conversation and find each message's content and segment tokens from character offsets.
+
+    Works for any template that copies message content verbatim (content_char_spans); a token belongs to a
+    message's content when its characters overlap that content, and to its segment when it starts at or after
+    the message's rendering starts and before the next one's.
     """
     messages = with_system(messages)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    char_spans, cursor = [], 0
-    for message in messages:
-        start = text.find(message["content"], cursor)
-        if start < 0:
-            raise ValueError("chat template does not copy message content verbatim; cannot locate roles")
-        char_spans.append((start, start + len(message["content"])))
-        cursor = start + len(message["content"])
+    text, char_spans = content_char_spans(tokenizer, messages)
+    segment_starts = segment_char_starts(tokenizer, messages, text, char_spans)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-    spans, token_index = [], 0
-    previous_end_token = 0
-    for message, (char_start, char_end) in zip(messages, char_spans, strict=True):
-        # skip tokens ending before the content starts (template header)
-        while token_index < len(ids) and offsets[token_index][1] <= char_start:
-            token_index += 1
-        start = token_index
-        while token_index < len(ids) and offsets[token_index][0] < char_end:
-            token_index += 1
-        end = token_index if char_end > char_start else start
-        # the segment runs to the eos that closes this message (the next token after content when present)
-        segment_end = min(end + 1, len(ids))
-        spans.append(Span(message["role"], start, end, previous_end_token, segment_end))
-        previous_end_token = segment_end
-    n_tokens = len(ids)
-    if max_length is not None and n_tokens > max_length:
-        ids = ids[:max_length]
-    return Encoded(list(ids), spans, n_tokens)
+
+    token_ends = [end for _, end in offsets]
+
+    def first_token_from(char: int) -> int:
+        """The first token that ends after `char` (a token straddling the boundary belongs to what follows)."""
+        return bisect.bisect_right(token_ends, char)
+
+    token_starts = [first_token_from(c) for c in segment_starts[1:]] + [len(ids)]
+    spans, segment_start = [], 0
+    for message, (char_start, char_end), segment_end in zip(messages, char_spans, token_starts, strict=True):
+        start = max(first_token_from(char_start), segment_start)
+        end = start
+        while char_end > char_start and end < len(ids) and offsets[end][0] < char_end:
+            end += 1
+        spans.append(Span(message["role"], start, end, segment_start, max(segment_end, end)))
+        segment_start = max(segment_end, end)
+    return Encoded(list(ids[:max_length]), spans, len(ids))  # max_length None keeps every token

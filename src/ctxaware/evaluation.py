@@ -11,11 +11,10 @@ from pathlib import Path
 
 from ctxaware.chat import append_indicator
 from ctxaware.generation import Generator
-from ctxaware.metrics import containment, containment_raw_regex, first_sentence, keyword_recall
+from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
 from ctxaware.modeling import load_model
-from ctxaware.tasks import nih, qa
+from ctxaware.tasks import TASKS, nih, qa
 
-TASKS = ("nih", "squad", "quac", "drop", "mtbench")
 BACKENDS = ("transformers", "vllm")
 
 
@@ -37,6 +36,7 @@ def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple
     cases = nih.build_cases(generator.tokenizer, settings, settings["max_context"])
     queries = [user_message(c["prompt"], with_indicator) for c in cases]
     prompts = [generator.encode_chat([q], settings["use_chat_template"], settings["response_prefix"]) for q in queries]
+    nih.check_window(max(map(len, prompts)), settings["max_new_tokens"], generator.context_window())
     outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
     records = []
     for case, query, prompt, output in zip(cases, queries, prompts, outputs, strict=True):
@@ -47,14 +47,38 @@ def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
 
 
-def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
-    items = qa.load_items(task, settings)
+def load_task_inputs(settings_by_task: dict[str, dict]) -> dict:
+    """Every task's data, read before any model loads, so a source that cannot load (a hub repository with a
+    loading script, a missing package) stops the job at its start, naming the config key: QA items, MT-Bench
+    questions, and the NIH haystack (checked here, tokenised per model later)."""
+    from ctxaware.tasks.mtbench import load_question_source
+
+    inputs = {}
+    for task, settings in settings_by_task.items():
+        if task == "nih":
+            nih.load_haystack(settings["haystack"])
+            inputs[task] = None
+        elif task == "mtbench":
+            inputs[task] = load_question_source(
+                settings["questions"], settings.get("limit"), settings.get("references")
+            )
+        else:
+            inputs[task] = qa.load_items(task, settings)
+    return inputs
+
+
+def run_qa(
+    task: str, generator: Generator, settings: dict, with_indicator: bool, items: list[dict] | None = None
+) -> tuple[dict, list[dict]]:
+    metric = settings["metric"]
+    if metric == "drop_original" and task != "drop":
+        raise ValueError(f"config key evaluation.{task}.metric: drop_original scores DROP answers only")
+    items = qa.load_items(task, settings) if items is None else items
     template = settings["prompt_template"]
     queries = [
         user_message(template.format(context=i["context"], question=i["question"]), with_indicator) for i in items
     ]
     outputs = generator.generate_ids([generator.encode_chat([q]) for q in queries], settings["max_new_tokens"])
-    metric = containment_raw_regex if settings["metric"] == "raw_regex" else containment
     records = []
     for item, query, output in zip(items, queries, outputs, strict=True):
         answer = first_sentence(output)
@@ -65,23 +89,43 @@ def run_qa(task: str, generator: Generator, settings: dict, with_indicator: bool
                 "golds": item["golds"],
                 "response": output,
                 "answer": answer,
-                "score": metric(answer, item["golds"]),
+                "score": qa_score(metric, answer, item),
             }
         )
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
 
 
-def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
-    from ctxaware.judge import grade, summarize
-    from ctxaware.local_judge import make_judge
-    from ctxaware.tasks.mtbench import load_question_source
+def qa_score(metric: str, answer: str, item: dict) -> float:
+    """containment (normalised, the paper's), raw_regex (lm-eval's case-insensitive regex) or drop_original
+    (raw_regex against the first gold answer's spans, the original's DROP metric)."""
+    if metric == "drop_original":
+        return drop_original(answer, item["first_answer"])
+    if metric == "raw_regex":
+        return containment_raw_regex(answer, item["golds"])
+    return containment(answer, item["golds"])
 
-    questions = load_question_source(settings["questions"], settings.get("limit"), settings.get("references"))
+
+def run_mtbench(
+    generator: Generator, settings: dict, with_indicator: bool, questions: list[dict] | None = None
+) -> tuple[dict, list[dict]]:
+    from ctxaware.judge import grade, summarize
+    from ctxaware.tasks.mtbench import answer_temperature, load_question_source
+
+    if questions is None:
+        questions = load_question_source(settings["questions"], settings.get("limit"), settings.get("references"))
+    # greedy, or FastChat's per-category temperatures with a seed of each prompt's own (reruns are equal)
+    temperatures = [answer_temperature(q["category"], settings["answer_sampling"]) for q in questions]
+    sampling = {
+        "seed": settings["sampling_seed"],
+        "top_k": settings["sampling_top_k"],
+        "top_p": settings["sampling_top_p"],
+    }
     conversations = [[] for _ in questions]
     for turn in range(2):  # both turns batched across questions; turn 2 sees the model's own first answer
         for conversation, question in zip(conversations, questions, strict=True):
             conversation.append(user_message(question["turns"][turn], with_indicator))
-        outputs = generator.generate_ids([generator.encode_chat(c) for c in conversations], settings["max_new_tokens"])
+        prompts = [generator.encode_chat(c) for c in conversations]
+        outputs = generator.generate_ids(prompts, settings["max_new_tokens"], None, temperatures, sampling)
         for conversation, output in zip(conversations, outputs, strict=True):
             conversation.append({"role": "assistant", "content": output})
     judge = make_judge(settings["judge"])
@@ -93,6 +137,29 @@ def run_mtbench(generator: Generator, settings: dict, with_indicator: bool) -> t
             records.append({**record, "prompt": conversation[2 * (turn - 1)]["content"], "answer": answers[turn - 1]})
     summary = summarize(records)
     return {**summary, "n": len(questions)}, records
+
+
+def make_judge(settings: dict):
+    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint, a local transformers model, or the
+    deterministic reference judge."""
+    if settings["backend"] == "local":
+        from ctxaware.local_judge import LocalJudge
+
+        return LocalJudge(settings["model"], settings.get("mode", "generate"))
+    if settings["backend"] == "reference":
+        from ctxaware.judge import ReferenceJudge
+
+        return ReferenceJudge()
+    from ctxaware.judge import OpenAIJudge
+
+    return OpenAIJudge(
+        base_url=settings["base_url"],
+        model=settings["model"],
+        api_key_env=settings["api_key_env"],
+        timeout_s=settings["timeout_s"],
+        max_retries=settings["max_retries"],
+        cache_dir=settings.get("cache_dir"),
+    )
 
 
 @contextmanager
@@ -138,11 +205,16 @@ def evaluate_all(
     if unknown:
         raise ValueError(f"unknown evaluation task(s) {sorted(unknown)}; expected some of {TASKS}")
     results = {}
+    if (engine or {}).get("backend") == "vllm":
+        from ctxaware.vllm_backend import import_vllm
+
+        import_vllm()  # the missing-package error first
+    inputs = load_task_inputs(settings_by_task)
     with generators(model_dir, engine, cache_dir) as make_generator:
         for task, settings in settings_by_task.items():
             cache_path = str(Path(cache_dir) / f"{task}.jsonl") if cache_dir else None
             generator = make_generator(settings["batch_tokens"], cache_path)
-            summary, records = evaluate_task(task, generator, settings, with_indicator)
+            summary, records = evaluate_task(task, generator, settings, with_indicator, inputs[task])
             results[task] = {
                 "task": task,
                 **summary,
@@ -159,14 +231,16 @@ def evaluate_all(
     return results
 
 
-def evaluate_task(task: str, generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
-    """(summary with `score` and `n`, one record per prompt) of one task."""
+def evaluate_task(
+    task: str, generator: Generator, settings: dict, with_indicator: bool, inputs=None
+) -> tuple[dict, list[dict]]:
+    """(summary with `score` and `n`, one record per prompt) of one task; `inputs`: its load_task_inputs."""
     if task == "nih":
         summary, records = run_nih(generator, settings, with_indicator)
     elif task == "mtbench":
-        summary, records = run_mtbench(generator, settings, with_indicator)
+        summary, records = run_mtbench(generator, settings, with_indicator, inputs)
     else:
-        summary, records = run_qa(task, generator, settings, with_indicator)
+        summary, records = run_qa(task, generator, settings, with_indicator, inputs)
     return summary, records
 
 

@@ -1,8 +1,10 @@
-"""Figures: NIH recall heatmaps and the threshold ablation."""
+"""Figures: NIH recall heatmaps, the threshold ablation, layer agreement and instruction lengths. Importing this
+module sets matplotlib's file-only backend; other figure modules take `plt` from here."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import matplotlib
 
@@ -10,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ctxaware.methods import parse_method  # noqa: E402
+from ctxaware.methods import ATTENTION, BETA, QUANTILE, parse_method  # noqa: E402
+from ctxaware.tables import TASK_COLUMN  # noqa: E402
+from ctxaware.tagging import tagged_mask  # noqa: E402
 
 
 def nih_heatmap(generations_jsonl: str, out_png: str, title: str) -> pd.DataFrame:
@@ -33,23 +37,50 @@ def nih_heatmap(generations_jsonl: str, out_png: str, title: str) -> pd.DataFram
     return grid
 
 
+def _tags_nothing(score: str, kind: str) -> float | None:
+    """Where the vanilla branch sits on a threshold axis: the threshold that tags no turn. Beta 1.0 on the
+    attention score (a share of attention, at most 1; the paper's Table 9), a quantile of 0; a beta on the
+    likelihood ratio (unbounded) has none."""
+    if kind == QUANTILE:
+        return 0.0
+    return 1.0 if score == ATTENTION else None
+
+
 def threshold_ablation(table4_csv: str, out_png: str) -> pd.DataFrame:
-    """Each task's score against beta per (dataset, model); vanilla drawn as beta = 1.0 like the paper's Table 9."""
+    """Each task's score against the threshold per (dataset, model), one row of panels per threshold axis (a beta
+    or a quantile, on the attention score or the likelihood ratio), vanilla as the reference where its
+    threshold tags nothing (`_tags_nothing`), or as a dashed line where no threshold does."""
     table = pd.read_csv(table4_csv)
     methods = [parse_method(m) for m in table["method"]]
-    table["beta"] = [float(m.beta) if m.with_indicator else 1.0 for m in methods]
+    table["threshold"] = [m.threshold.value if m.with_indicator else math.nan for m in methods]
+    table["axis"] = [(m.score, m.threshold.kind) if m.with_indicator else None for m in methods]
     # qk-lora methods are their own line: their vanilla reference is qk-lora, not the recipe's vanilla
     table["training"] = ["qk-lora" if m.qk_lora else "recipe" for m in methods]
-    columns = [c for c in ["nih", "squad", "quac", "drop", "mt_bench"] if table[c].notna().any()]
-    figure, axes = plt.subplots(1, max(1, len(columns)), figsize=(3.2 * max(1, len(columns)), 3), squeeze=False)
-    for axis, column in zip(axes[0], columns, strict=False):
-        for (dataset, model, training), group in table.groupby(["sft_dataset", "model", "training"]):
-            group = group.sort_values("beta")
-            label = f"{dataset}/{model}" + (" qk-lora" if training == "qk-lora" else "")
-            axis.plot(group["beta"], group[column], marker="o", label=label)
-        axis.set_title(column)
-        axis.set_xlabel("beta (1.0 = vanilla)")
-    axes[0][0].legend(fontsize=6)
+    axes_keys = list(dict.fromkeys(key for key in table["axis"] if key is not None)) or [(ATTENTION, BETA)]
+    columns = [c for c in TASK_COLUMN.values() if table[c].notna().any()]
+    shape = (len(axes_keys), max(1, len(columns)))
+    figure, axes = plt.subplots(*shape, figsize=(3.2 * shape[1], 3 * shape[0]), squeeze=False)
+    for row, (score, kind) in enumerate(axes_keys):
+        reference = _tags_nothing(score, kind)
+        for axis, column in zip(axes[row], columns, strict=False):
+            for (dataset, model, training), group in table.groupby(["sft_dataset", "model", "training"]):
+                vanilla = group[group["axis"].isna()]
+                points = group[[key == (score, kind) for key in group["axis"]]]
+                if reference is not None:
+                    points = pd.concat([points, vanilla.assign(threshold=reference)])
+                label = f"{dataset}/{model}" + (" qk-lora" if training == "qk-lora" else "")
+                if points.empty:
+                    continue
+                points = points.sort_values("threshold")
+                (line,) = axis.plot(points["threshold"], points[column], marker="o", label=label)
+                if reference is None:
+                    for value in vanilla[column]:
+                        axis.axhline(value, linestyle="--", color=line.get_color(), linewidth=0.8)
+            axis.set_title(column)
+            name = "quantile q" if kind == QUANTILE else "beta"
+            where = "" if reference is None else f" ({reference:.1f} = vanilla)"
+            axis.set_xlabel(f"{name}{where}" + ("" if score == ATTENTION else f", {score}"))
+        axes[row][0].legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(out_png, dpi=120)
     plt.close(figure)
@@ -83,7 +114,7 @@ def instruction_lengths(scores_by_dataset: dict[str, str], beta: float, out_png:
     rows = []
     for axis, (dataset, path) in zip(axes[0], scores_by_dataset.items(), strict=True):
         scores = pd.read_parquet(path)
-        tagged = scores[scores["score"] > beta]
+        tagged = scores[tagged_mask(scores, beta)]
         bins = 20
         axis.hist(scores["n_instruction_tokens"], bins=bins, alpha=0.6, density=True, label=f"all ({len(scores)})")
         axis.hist(

@@ -1,9 +1,11 @@
 """One batched generation engine for every task: token-budget batches over length-sorted prompts, left
-padding, greedy decoding, stop strings, a prefix shared by a batch's prompts prefilled once, and a per-prompt
-cache so an interrupted evaluation resumes."""
+padding, greedy decoding (or seeded per-prompt sampling), stop strings, a prefix shared by a batch's prompts
+prefilled once, and a per-prompt cache so an interrupted evaluation resumes."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -12,8 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctxaware.batching import token_budget_batches
 from ctxaware.chat import render
-from ctxaware.scoring import token_budget_batches
+
+
+@functools.cache
+def kv_cache_name() -> str:
+    """What transformers calls the KV cache, as a model argument and an output field: `cache` since transformers 5
+    renamed `past_key_values`, which it still takes with a deprecation warning, or `past_key_values` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    names = {field.name for field in dataclasses.fields(CausalLMOutputWithPast)}
+    return "cache" if "cache" in names else "past_key_values"
 
 
 def cut_at_stops(text: str, stops: list[str]) -> str:
@@ -60,6 +72,47 @@ class GenerationCache:
                 handle.writelines(json.dumps({"key": k, "output": o}) + "\n" for k, o in items)
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+def prompt_seed(prompt_ids: list[int], seed: int) -> int:
+    """A sampling seed of its own for each prompt, from the run's seed and the prompt's ids."""
+    digest = hashlib.sha256(json.dumps({"seed": seed, "ids": list(prompt_ids)}).encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+class SeededSampler:
+    """A logits processor that samples each row at its own temperature, with top-k and top-p (nucleus) filtering
+    as transformers' warpers apply them, by the Gumbel-max trick: the argmax of the filtered, tempered logits plus
+    Gumbel noise is a sample of their softmax. The noise comes from a generator seeded per prompt, so a prompt's
+    answer depends on its ids and the seed alone, never on the batch it ran in: reruns, resumed and sharded runs
+    agree. Rows at temperature 0 are left as they are (greedy)."""
+
+    def __init__(self, temperatures: list[float], seeds: list[int], top_k: int, top_p: float, device):
+        self.temperatures, self.top_k, self.top_p = temperatures, top_k, top_p
+        self.generators = [
+            torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+            for temperature, seed in zip(temperatures, seeds, strict=True)
+        ]
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators, strict=True)):
+            if generator is None:
+                continue
+            logits = scores[row].float() / temperature
+            if 0 < self.top_k < logits.shape[-1]:
+                kth = torch.topk(logits, self.top_k).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if self.top_p < 1.0:
+                ordered, order = torch.sort(logits)  # ascending, as transformers' TopPLogitsWarper
+                cumulative = ordered.softmax(-1).cumsum(-1)
+                drop = cumulative <= 1 - self.top_p
+                drop[-1] = False  # the most likely token always stays
+                logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+            uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+            gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
+            scores[row] = (logits.double() + gumbel).to(scores.dtype)
+        return scores
 
 
 MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix is not worth a separate pass
@@ -131,6 +184,10 @@ class Generator:
         self.n_generated = 0  # prompts actually run through the model (cache misses)
         self.n_row_prefilled = 0  # of those, prompts prefilled row by row on a shared prefix (prefill_plan)
 
+    def context_window(self) -> int | None:
+        """The most positions the model takes (prompt plus generated tokens), when its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def encode_chat(self, messages: list[dict], use_template: bool = True, response_prefix: str = "") -> list[int]:
         if use_template:
             text = render(self.tokenizer, messages, add_generation_prompt=True)
@@ -138,19 +195,36 @@ class Generator:
         text = "\n".join(m["content"] for m in messages if m["role"] != "system") + response_prefix
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
-    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str] | None = None) -> list[str]:
-        """Greedy continuations of token-id prompts, cut at the first stop string; cached prompts are not rerun."""
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        stops: list[str] | None = None,
+        temperatures: list[float] | None = None,
+        sampling: dict | None = None,
+    ) -> list[str]:
+        """Continuations of token-id prompts, cut at the first stop string; cached prompts are not rerun.
+
+        Greedy, unless `temperatures` gives a prompt a temperature above 0: that prompt is sampled with
+        `sampling` ({seed, top_k, top_p}) from a seed of its own (SeededSampler), and its cache key holds them.
+        """
         stops = stops or []
+        temperatures = temperatures or [0.0] * len(prompts)
         settings = {"max_new_tokens": max_new_tokens, "stops": stops}
         if self.backend != "transformers":  # another engine's outputs never stand in for this one's
             settings["backend"] = self.backend
-        keys = [GenerationCache.key(p, settings) for p in prompts]
+        keys = [
+            GenerationCache.key(p, settings if t <= 0 else {**settings, "temperature": t, "sampling": sampling})
+            for p, t in zip(prompts, temperatures, strict=True)
+        ]
         missing = [i for i, k in enumerate(keys) if k not in self.cache.entries]
         # the batch budget counts the tokens a sequence will reach, prompt plus new tokens
         budget_lengths = [len(prompts[i]) + max_new_tokens for i in missing]
         for batch in self._batches(budget_lengths):
             indices = [missing[j] for j in batch]
-            outputs = self._generate_batch([prompts[i] for i in indices], max_new_tokens, stops)
+            outputs = self._generate_batch(
+                [prompts[i] for i in indices], max_new_tokens, stops, [temperatures[i] for i in indices], sampling
+            )
             self.cache.add([(keys[i], out) for i, out in zip(indices, outputs, strict=True)])
             self.n_generated += len(indices)
         return [self.cache.entries[k] for k in keys]
@@ -160,8 +234,22 @@ class Generator:
         return token_budget_batches(lengths, self.batch_tokens)
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str]) -> list[str]:
+    def _generate_batch(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        stops: list[str],
+        temperatures: list[float] | None = None,
+        sampling: dict | None = None,
+    ) -> list[str]:
         device = next(self.model.parameters()).device
+        processors = None
+        if temperatures and any(t > 0 for t in temperatures):
+            from transformers import LogitsProcessorList
+
+            seeds = [prompt_seed(p, sampling["seed"]) for p in prompts]
+            sampler = SeededSampler(temperatures, seeds, sampling["top_k"], sampling["top_p"], device)
+            processors = LogitsProcessorList([sampler])
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
         # left padding: every prompt ends where generation starts
@@ -173,10 +261,11 @@ class Generator:
         generated = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=cache,  # all but each row's last token, when prefilled row by row
+            **{kv_cache_name(): cache},  # all but each row's last token, when prefilled row by row
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            do_sample=False,  # sampled rows are drawn by the SeededSampler, then picked by the argmax
             num_beams=1,
+            logits_processor=processors,
             pad_token_id=pad,
             eos_token_id=self.tokenizer.eos_token_id,
             stop_strings=stops or None,
@@ -197,9 +286,9 @@ class Generator:
         spine_layers = None
         if prefix:
             out = self.model(input_ids=torch.tensor([prompts[spine][:prefix]], device=device), logits_to_keep=1)
-            if not _plain_cache(out.past_key_values):
+            if not _plain_cache(getattr(out, kv_cache_name())):
                 return None
-            spine_layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            spine_layers = [(layer.keys, layer.values) for layer in getattr(out, kv_cache_name()).layers]
         width = max(len(p) for p in prompts) - 1
         batch_layers = None
         for row, (prompt, length) in enumerate(zip(prompts, shared, strict=True)):
@@ -208,7 +297,8 @@ class Generator:
                 cache.update(keys[:, :, :length], values[:, :, :length], index)
             if len(prompt) - 1 > length:
                 rest = torch.tensor([prompt[length:-1]], device=device)
-                cache = self.model(input_ids=rest, past_key_values=cache, logits_to_keep=1).past_key_values
+                out = self.model(input_ids=rest, **{kv_cache_name(): cache}, logits_to_keep=1)
+                cache = getattr(out, kv_cache_name())
                 if not _plain_cache(cache):
                     return None
             size = len(prompt) - 1

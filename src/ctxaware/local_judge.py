@@ -1,4 +1,4 @@
-"""A local transformers judge for MT-Bench, and the factory that picks the judge a config asks for."""
+"""A local transformers judge for MT-Bench (evaluation.mtbench.judge.backend: local)."""
 
 from __future__ import annotations
 
@@ -49,24 +49,3 @@ class LocalJudge:
             if total > best_logprob:
                 best, best_logprob = rating, total
         return f"Rating: [[{best}]]"
-
-
-def make_judge(settings: dict):
-    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint, a local transformers model, or the
-    deterministic reference judge."""
-    if settings["backend"] == "local":
-        return LocalJudge(settings["model"], settings.get("mode", "generate"))
-    if settings["backend"] == "reference":
-        from ctxaware.judge import ReferenceJudge
-
-        return ReferenceJudge()
-    from ctxaware.judge import OpenAIJudge
-
-    return OpenAIJudge(
-        base_url=settings["base_url"],
-        model=settings["model"],
-        api_key_env=settings["api_key_env"],
-        timeout_s=settings["timeout_s"],
-        max_retries=settings["max_retries"],
-        cache_dir=settings.get("cache_dir"),
-    )

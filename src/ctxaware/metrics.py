@@ -1,4 +1,5 @@
-"""Scores for the evaluation tasks (design.md §3): QA containment, NIH keyword recall, MT-Bench ratings."""
+"""Scores for the evaluation tasks (docs/architecture.md, Evaluation tasks): QA containment, NIH keyword recall,
+MT-Bench ratings."""
 
 from __future__ import annotations
 
@@ -36,9 +37,16 @@ def containment(response: str, golds: list[str]) -> float:
 
 
 def containment_raw_regex(response: str, golds: list[str]) -> float:
-    """The lm-eval variant: case-sensitive search of the escaped raw gold in the raw response. Empty golds are
-    skipped because an empty pattern would match any response."""
-    return max((1.0 for g in golds if g and re.search(re.escape(g), response)), default=0.0)
+    """The original's lm-eval variant (SQuAD/QuAC before its 2025-02 normalisation, DROP always): a
+    case-insensitive search of the escaped raw gold in the raw response. Empty golds are skipped because an
+    empty pattern would match any response."""
+    return max((1.0 for g in golds if g and re.search(re.escape(g), response, re.IGNORECASE)), default=0.0)
+
+
+def drop_original(response: str, first_answer: list[str]) -> float:
+    """The original's DROP metric: containment_raw_regex against the spans of the first gold answer only (the
+    dataset's own `answer`; the validated answers are ignored), numbers matched as substrings."""
+    return containment_raw_regex(response, first_answer)
 
 
 def keyword_recall(response: str, keywords: list[str], method: str = "exact") -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ctxaware.batching import token_budget_batches
 from ctxaware.chat import encode_with_spans
 
 SCORE_COLUMNS = ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]  # the contract
@@ -57,8 +58,10 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     """Token ids, user columns and response rows of one conversation.
 
     compat="none": user = user-message content tokens; response = assistant content tokens.
-    compat="original": user = system and user segments (headers included) minus newline/BOS/EOS tokens;
-    response = assistant content plus its trailing EOS, as the original implementation counted them.
+    compat="original", as the original implementation counted them (it matched the header token sequences and
+    zeroed them): user = the system and user segments without their headers, minus newline/BOS/EOS tokens;
+    response = the assistant segment without its header, i.e. the content and the closing up to the next
+    header (Zephyr: eos and newline).
     """
     encoded = encode_with_spans(tokenizer, conversation["messages"], max_length=max_length)
     n = len(encoded.input_ids)
@@ -67,35 +70,19 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     turns: list[Turn] = []
     instruction_tokens = 0
     for span in encoded.spans:
+        # the original's spans run from the content to the next header; ours are the content alone
+        end = span.segment_end if compat == "original" else span.end
         if span.role == "user":
             instruction_tokens = span.end - span.start
         if span.role == "user" or (compat == "original" and span.role == "system"):
-            lo, hi = (span.segment_start, span.segment_end) if compat == "original" else (span.start, span.end)
-            for position in range(lo, min(hi, n)):
+            for position in range(span.start, min(end, n)):
                 if encoded.input_ids[position] not in excluded:
                     user_mask[position] = True
         elif span.role == "assistant":
-            end = span.end + 1 if compat == "original" else span.end
             truncated = end > n
             rows = [] if truncated else list(range(span.start, end))
             turns.append(Turn(len(turns), rows, truncated, instruction_tokens))
     return Plan(str(conversation["id"]), encoded.input_ids, user_mask, turns)
-
-
-def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped so that (longest sequence x batch size) stays within the budget, over length-sorted input."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current, longest = [], [], 0
-    for index in order:
-        longest_if_added = max(longest, lengths[index])
-        if current and longest_if_added * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current, longest_if_added = [], lengths[index]
-        current.append(index)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    return batches
 
 
 class _StopForward(Exception):
@@ -242,14 +229,6 @@ def score_conversations(
     return frame.sort_values(["conversation_index", "turn", "layer"], kind="stable").reset_index(drop=True)
 
 
-def wide_scores(long: pd.DataFrame, layer: int) -> pd.DataFrame:
-    """The contract table (one row per assistant turn) for `layer`, plus score_layer_{l} for other layers."""
-    main = long[long["layer"] == layer][["conversation_index", *RECORD_COLUMNS]].reset_index(drop=True)
-    for other in sorted(set(long["layer"]) - {layer}):
-        main[f"score_layer_{other}"] = long[long["layer"] == other]["score"].to_numpy()
-    return main
-
-
 @torch.inference_mode()
 def reference_scores(model, tokenizer, conversations, layer, max_length=2047, compat="none") -> list[float]:
     """Brute force: full forward with output_attentions (eager model), one conversation at a time."""
@@ -277,21 +256,20 @@ def score_file(
     max_length: int = 2047,
     compat: str = "none",
     batch_tokens: int = 16384,
-    extra_layers: tuple[int, ...] = (),
     shard: int = 0,
     n_shards: int = 1,
 ) -> pd.DataFrame:
-    """Score (one shard of) a prepared dataset with the seed model; `conversation_index` orders the rows."""
+    """Score (one shard of) a prepared dataset with the seed model on one layer: the contract table (one row per
+    assistant turn), plus `conversation_index`, which orders the shards' rows, and n_instruction_tokens."""
     from ctxaware.data import read_conversations
     from ctxaware.modeling import load_model
 
     model, tokenizer = load_model(seed_model, attn_implementation="sdpa")
     conversations = read_conversations(data_parquet)
-    layers = [layer, *[x for x in extra_layers if x != layer]]
     long = score_conversations(
-        model, tokenizer, conversations, layers, max_length, compat, batch_tokens, shard, n_shards
+        model, tokenizer, conversations, [layer], max_length, compat, batch_tokens, shard, n_shards
     )
-    table = wide_scores(long, layer)
+    table = long[["conversation_index", *RECORD_COLUMNS]]
     table.to_parquet(out_parquet, index=False)
     print(
         f"shard {shard + 1}/{n_shards}: scored {len(table)} assistant turns of {len(conversations)} conversations; "

@@ -1,4 +1,4 @@
-"""Tables: the paper's Table 4 (csv, markdown, LaTeX) and Table 3 (share of tagged turns per beta)."""
+"""Tables: the paper's Table 4 (csv, markdown, LaTeX) and Table 3 (share of tagged turns per threshold)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctxaware.methods import ATTENTION, BETA, canonical_number, parse_tagging
 from ctxaware.tagging import tagged_ratio
+from ctxaware.tasks import CONTEXT_TASKS, TASKS
 
-CONTEXT_TASKS = ("nih", "squad", "quac", "drop")
-TABLE4_COLUMNS = ["sft_dataset", "model", "method", "nih", "squad", "quac", "drop", "avg", "mt_bench"]
-TASK_COLUMN = {"nih": "nih", "squad": "squad", "quac": "quac", "drop": "drop", "mtbench": "mt_bench"}
-
-
-def _coordinates(result_path: str) -> tuple[str, str, str, str]:
-    """results/eval/{model}/{dataset}/{method}/{task}.json -> (model, dataset, method, task)."""
-    path = Path(result_path)
-    return path.parts[-4], path.parts[-3], path.parts[-2], path.name.removesuffix(".json")
+KEYS = ["sft_dataset", "model", "method"]  # a row: one fine-tune
+TASK_COLUMN = {task: "mt_bench" if task == "mtbench" else task for task in TASKS}
+TABLE4_COLUMNS = [*KEYS, *CONTEXT_TASKS, "avg", "mt_bench"]
 
 
-def table4_frame(rows: list[dict], result_paths: list[str]) -> pd.DataFrame:
-    scores = {}
-    for result_path in result_paths:
-        model, dataset, method, task = _coordinates(result_path)
-        scores[(dataset, model, method, TASK_COLUMN[task])] = json.loads(Path(result_path).read_text())["score"]
+def table4_frame(rows: list[dict]) -> pd.DataFrame:
+    """rows: each fine-tune's keys and `results`, {task: its evaluation json}; a task without one is NaN."""
     records = []
     for row in rows:
-        record = dict(row)
-        for column in TASK_COLUMN.values():
-            value = scores.get((row["sft_dataset"], row["model"], row["method"], column))
-            record[column] = math.nan if value is None else float(value)
-        context = [record[t] for t in CONTEXT_TASKS]
-        # avg is only defined when all four context tasks ran (as in the paper)
-        record["avg"] = sum(context) / 4 if not any(math.isnan(v) for v in context) else math.nan
+        record = {key: row[key] for key in KEYS}
+        for task, column in TASK_COLUMN.items():
+            path = row["results"].get(task)
+            record[column] = math.nan if path is None else float(json.loads(Path(path).read_text())["score"])
+        # avg is only defined when all four context tasks ran (as in the paper): a missing one's NaN makes it NaN
+        record["avg"] = sum(record[t] for t in CONTEXT_TASKS) / 4
         records.append(record)
     return pd.DataFrame.from_records(records, columns=TABLE4_COLUMNS)
 
@@ -44,13 +36,16 @@ def _with_paper(frame: pd.DataFrame, paper_csv: str | None) -> pd.DataFrame:
     if not paper_csv:
         return frame
     paper = pd.read_csv(paper_csv)
-    value_columns = [c for c in TABLE4_COLUMNS[3:] if c in paper.columns]
+    missing = [key for key in KEYS if key not in paper.columns]
+    if missing:
+        raise ValueError(f"config key report.paper_table4: {paper_csv} has no column {', '.join(missing)}")
+    value_columns = [c for c in TABLE4_COLUMNS if c not in KEYS and c in paper.columns]
     paper = paper.rename(columns={c: f"paper_{c}" for c in value_columns})
-    return frame.merge(paper, on=["sft_dataset", "model", "method"], how="left")
+    return frame.merge(paper, on=KEYS, how="left")
 
 
-def write_table4(rows, tasks, result_paths, out_csv, out_md, out_tex, paper_csv=None) -> pd.DataFrame:
-    frame = table4_frame(rows, result_paths)
+def write_table4(rows: list[dict], out_csv: str, out_md: str, out_tex: str, paper_csv: str | None = None):
+    frame = table4_frame(rows)
     frame.to_csv(out_csv, index=False, float_format="%.4f")
     shown = _with_paper(frame, paper_csv)
     Path(out_md).write_text(shown.to_markdown(index=False, floatfmt=".4f") + "\n")
@@ -61,16 +56,41 @@ def write_table4(rows, tasks, result_paths, out_csv, out_md, out_tex, paper_csv=
     return frame
 
 
-def table3_frame(scores_by_dataset: dict[str, str], betas: list[float]) -> pd.DataFrame:
+TABLE3_COLUMNS = ["dataset", "beta", "ratio"]  # the paper's; `score` and `threshold` follow when taggings are added
+
+
+def table3_frame(scores_by_dataset: dict[str, str], betas: list[float], taggings: list[dict] = ()) -> pd.DataFrame:
+    """The share of assistant turns tagged per dataset at each beta on the attention score (paper Table 3), then
+    at each of `taggings` ({dataset, tagging, scores}: a quantile or another score, `Plan.table3_taggings`), by
+    the tagging rule itself. With taggings the table says each row's `score` and `threshold` (as in branch names);
+    a quantile has no `beta`."""
     records = []
     for dataset, path in scores_by_dataset.items():
         scores = pd.read_parquet(path)
         for beta in betas:
-            records.append({"dataset": dataset, "beta": beta, "ratio": tagged_ratio(scores, beta)})
-    return pd.DataFrame.from_records(records, columns=["dataset", "beta", "ratio"])
+            row = {"dataset": dataset, "beta": beta, "ratio": tagged_ratio(scores, beta)}
+            records.append({**row, "score": ATTENTION, "threshold": canonical_number(str(beta))})
+        for row in taggings:
+            if row["dataset"] != dataset:
+                continue
+            tagging = parse_tagging(row["tagging"])
+            threshold = tagging.threshold
+            records.append(
+                {
+                    "dataset": dataset,
+                    "beta": threshold.value if threshold.kind == BETA else math.nan,
+                    "ratio": tagged_ratio(pd.read_parquet(row["scores"]), threshold),
+                    "score": tagging.score,
+                    "threshold": threshold.text,
+                }
+            )
+    columns = TABLE3_COLUMNS + (["score", "threshold"] if taggings else [])
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
-def write_table3(scores_by_dataset: dict[str, str], betas: list[float], out_csv: str) -> pd.DataFrame:
-    frame = table3_frame(scores_by_dataset, betas)
+def write_table3(
+    scores_by_dataset: dict[str, str], betas: list[float], out_csv: str, taggings: list[dict] = ()
+) -> pd.DataFrame:
+    frame = table3_frame(scores_by_dataset, betas, taggings)
     frame.to_csv(out_csv, index=False, float_format="%.4f")
     return frame

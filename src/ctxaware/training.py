@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,9 +16,9 @@ import torch
 
 from ctxaware import IND_TOKEN
 from ctxaware.chat import prepare_tokenizer, with_system
-from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, default_dtype, load_tokenizer
+from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, load_tokenizer
 
-RECIPES = ("full", "lora", "qlora")
+PRECISIONS = ("auto", "bf16-mixed", "fp32", "bf16")
 
 
 def _world_size() -> int:
@@ -40,12 +41,36 @@ def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: 
     return max(1, round(global_batch / (per_device_batch * world_size)))
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """A recipe's precision on this device: auto is bf16-mixed on a GPU and fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"config key recipes.<recipe>.precision: {precision!r} is not one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16-mixed" if device == "cuda" else "fp32"
+    return precision
+
+
+def precision_dtypes(precision: str, finetuning: str) -> tuple[torch.dtype, torch.dtype, bool]:
+    """(dtype the base weights load in, compute dtype, bf16 autocast or not) of a resolved precision.
+
+    bf16-mixed: what DeepSpeed/AMP bf16 training does, trained weights and optimizer state in fp32 with bf16
+    autocast (a full fine-tune loads fp32; a LoRA/QLoRA base is frozen, so it loads in bf16 and only its
+    adapters, which peft keeps in fp32, are trained); fp32: everything fp32; bf16: the weights themselves in
+    bf16 (AdamW on bf16 weights loses most updates at small learning rates: only when asked)."""
+    if precision == "fp32":
+        return torch.float32, torch.float32, False
+    if precision == "bf16":
+        return torch.bfloat16, torch.bfloat16, False
+    return (torch.float32 if finetuning == "full" else torch.bfloat16), torch.bfloat16, True
+
+
 def _load_base(base: str, recipe: dict, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute_dtype = default_dtype(device)
-    kwargs = {"dtype": compute_dtype}
-    if recipe["method"] == "qlora":
+    precision = resolve_precision(recipe["precision"], device)
+    weights_dtype, compute_dtype, _ = precision_dtypes(precision, recipe["finetuning"])
+    kwargs = {"dtype": weights_dtype}
+    if recipe["finetuning"] == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -74,7 +99,7 @@ def _peft_model(model, recipe: dict, indicator_id: int | None):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = recipe["lora"]
-    if recipe["method"] == "qlora":
+    if recipe["finetuning"] == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe["gradient_checkpointing"])
     train_indicator = indicator_id is not None and recipe["indicator_embedding"] == "trainable"
     config = LoraConfig(
@@ -85,11 +110,19 @@ def _peft_model(model, recipe: dict, indicator_id: int | None):
         task_type="CAUSAL_LM",
         # the new [IND] rows must learn: peft trains just those rows (input and untied output embedding),
         # every other row stays frozen
-        trainable_token_indices=(
-            {name: [indicator_id] for name in indicator_rows(model)} if train_indicator else None
-        ),
+        trainable_token_indices=({name: [indicator_id] for name in indicator_rows(model)} if train_indicator else None),
     )
     return get_peft_model(model, config)
+
+
+def cast_trained_parameters(model, precision: str) -> None:
+    """The trained weights (a full model's, or the LoRA and [IND]-row adapters) in fp32 whatever the frozen
+    base's dtype, as mixed precision keeps them; in bf16 only under precision bf16. TRL's SFTTrainer casts a
+    quantized model's adapters to bf16 (the QLoRA paper's choice): this undoes it before the optimizer exists."""
+    trained_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != trained_dtype:
+            parameter.data = parameter.data.to(trained_dtype)
 
 
 def freeze_rows(model, token_id: int) -> None:
@@ -146,13 +179,15 @@ def build_trainer(
     model = _load_base(base, recipe, device)
     indicator_id = tokenizer.convert_tokens_to_ids(IND_TOKEN) if with_indicator else None
     add_token_rows(model, len(tokenizer), [indicator_id] if with_indicator else [])
-    adapter = recipe["method"] in ("lora", "qlora")
+    adapter = recipe["finetuning"] in ("lora", "qlora")
     if adapter:
         model = _peft_model(model, recipe, indicator_id)
     elif indicator_id is not None and recipe["indicator_embedding"] == "frozen_mean":
         freeze_rows(model, indicator_id)
 
     per_device = recipe["per_device_batch_size"]
+    precision = resolve_precision(recipe["precision"], device)
+    _, compute_dtype, autocast = precision_dtypes(precision, recipe["finetuning"])
     args = SFTConfig(
         output_dir=checkpoint_dir,
         max_length=recipe["max_length"],
@@ -163,9 +198,9 @@ def build_trainer(
         warmup_steps=recipe["warmup_ratio"],  # a float below 1 is a fraction of the total steps
         num_train_epochs=recipe["epochs"],
         max_steps=recipe.get("max_steps") or -1,
-        gradient_checkpointing=recipe["gradient_checkpointing"],
+        **{_checkpointing_argument(SFTConfig): recipe["gradient_checkpointing"]},
         assistant_only_loss=recipe["loss"] == "assistant",
-        bf16=device == "cuda",
+        bf16=autocast,  # bf16 autocast over fp32 trained weights (bf16-mixed)
         use_cpu=device == "cpu",
         seed=seed,
         data_seed=seed,
@@ -189,12 +224,34 @@ def build_trainer(
     )
     info = {
         "base": base,
-        "recipe": recipe["method"],
+        "recipe": recipe["finetuning"],
         "adapter": adapter,
         "with_indicator": with_indicator,
         "indicator_token_id": indicator_id,
     }
+    cast_trained_parameters(trainer.model, precision)
+    trainer.precision = {"precision": precision, **parameter_dtypes(trainer.model), "compute_dtype": str(compute_dtype)}
     return trainer, tokenizer, info
+
+
+def _checkpointing_argument(config_class) -> str:
+    """transformers 5 renamed TrainingArguments' gradient_checkpointing (still taken, with a warning) to
+    activation_checkpointing."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def parameter_dtypes(model) -> dict:
+    """The dtypes of the trained parameters (param_dtype) and of the frozen floating-point ones."""
+
+    def names(params):
+        return ",".join(sorted({str(p.dtype) for p in params})) or None
+
+    floating = [p for p in model.parameters() if p.dtype.is_floating_point]
+    return {
+        "param_dtype": names(p for p in floating if p.requires_grad),
+        "frozen_dtype": names(p for p in floating if not p.requires_grad),
+    }
 
 
 def finetune(
@@ -227,6 +284,7 @@ def finetune(
         "global_step": result.global_step,
         "train_loss": result.training_loss,
         "n_conversations": len(trainer.train_dataset),
+        **trainer.precision,
         "hyperparameters": recipe,
         "seed": seed,
         "log_history": trainer.state.log_history,

@@ -1,6 +1,7 @@
 """Score validity (beyond the paper, which had no ground truth): how well the seed model's context-dependency
-scores separate the turns whose responses depend on the user's context from the others, where a dataset carries
-ground-truth labels (the model organism's sets do; hub datasets do not, and their rows say so with n = 0)."""
+scores (the attention score of Eq. 2, the likelihood ratio) separate the turns whose responses depend on the
+user's context from the others, where a dataset carries ground-truth labels (the model organism's sets do; hub
+datasets do not, and their rows say so with n = 0)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ctxaware.data import LABEL_KEY, read_labels
+from ctxaware.methods import ATTENTION
 
-COLUMNS = ["dataset", "layer", "auroc", "n", "n_context_dependent", "source"]
+COLUMNS = ["dataset", "method", "layer", "auroc", "n", "n_context_dependent", "source"]
 
 
 def auroc(scores, labels) -> float:
@@ -33,9 +35,10 @@ def labelled_scores(labels: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     return joined.assign(**{LABEL_KEY: joined[LABEL_KEY].astype(bool)})
 
 
-def validity_row(dataset: str, layer: int, joined: pd.DataFrame, source: str) -> dict:
+def validity_row(dataset: str, method: str, layer: int | None, joined: pd.DataFrame, source: str) -> dict:
     return {
         "dataset": dataset,
+        "method": method,
         "layer": layer,
         "auroc": auroc(joined["score"], joined[LABEL_KEY]) if len(joined) else math.nan,
         "n": len(joined),
@@ -45,63 +48,78 @@ def validity_row(dataset: str, layer: int, joined: pd.DataFrame, source: str) ->
 
 
 def score_validity(
-    data: dict[str, str], scores: dict[str, str], layer: int, layer_study: str | None, layer_dataset: str | None
-) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(table, labelled scores per dataset at the scoring layer). One row per dataset at the scoring layer
-    (source `scores`: every turn), and one per layer of the layer study's sample (source `layer_study`)."""
-    rows, joined_by_dataset = [], {}
-    for dataset, data_path in data.items():
-        labels = read_labels(data_path)
-        joined = labelled_scores(labels, pd.read_parquet(scores[dataset]))
-        joined_by_dataset[dataset] = joined
-        rows.append(validity_row(dataset, layer, joined, "scores"))
-        if layer_study and dataset == layer_dataset:
-            long = pd.read_parquet(layer_study)
-            for study_layer, group in long.groupby("layer", sort=True):
-                rows.append(validity_row(dataset, int(study_layer), labelled_scores(labels, group), "layer_study"))
-    return pd.DataFrame(rows, columns=COLUMNS), joined_by_dataset
+    data: dict[str, str], scores: list[dict], layer_study: str | None = None, layer_dataset: str | None = None
+) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
+    """(table, labelled scores per (dataset, method)). `scores`: {dataset, method, layer, path} per score file
+    (the attention score at its layer, the likelihood ratio with layer None). One row per score file (source
+    `scores`: every turn), and one per layer of the attention layer study's sample (source `layer_study`)."""
+    rows, joined_by_score = [], {}
+    labels = {dataset: read_labels(path) for dataset, path in data.items()}
+    for score in scores:
+        dataset, method = score["dataset"], score["method"]
+        joined = labelled_scores(labels[dataset], pd.read_parquet(score["path"]))
+        joined_by_score[dataset, method] = joined
+        rows.append(validity_row(dataset, method, score["layer"], joined, "scores"))
+    if layer_study:
+        long = pd.read_parquet(layer_study)
+        for study_layer, group in long.groupby("layer", sort=True):
+            joined = labelled_scores(labels[layer_dataset], group)
+            rows.append(validity_row(layer_dataset, ATTENTION, int(study_layer), joined, "layer_study"))
+    table = pd.DataFrame(rows, columns=COLUMNS).astype({"layer": "Int64"})
+    return table, joined_by_score
 
 
 def write_score_validity(
     data: dict[str, str],
-    scores: dict[str, str],
-    layer: int,
+    scores: list[dict],
     out_csv: str,
     out_png: str,
     layer_study: str | None = None,
     layer_dataset: str | None = None,
 ) -> pd.DataFrame:
-    table, joined = score_validity(data, scores, layer, layer_study, layer_dataset)
+    table, joined = score_validity(data, scores, layer_study, layer_dataset)
     table.to_csv(out_csv, index=False, float_format="%.4f")
-    _figure(table, joined, layer, out_png)
+    _figure(table, joined, out_png)
     return table
 
 
-def _figure(table: pd.DataFrame, joined: dict[str, pd.DataFrame], layer: int, out_png: str) -> None:
+def _figure(table: pd.DataFrame, joined: dict[tuple[str, str], pd.DataFrame], out_png: str) -> None:
+    """Score histograms by label, one panel per (method, dataset), and AUROC by layer (attention)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(joined)
-    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(3.2 * (len(datasets) + 1), 3), squeeze=False)
-    bins = np.linspace(0, 1, 26)
-    for ax, dataset in zip(axes[0], datasets, strict=False):
-        frame = joined[dataset]
-        for value, name, color in ((True, "context-dependent", "tab:blue"), (False, "context-free", "tab:orange")):
-            ax.hist(frame.loc[frame[LABEL_KEY] == value, "score"], bins=bins, alpha=0.6, label=name, color=color)
-        row = table[(table["dataset"] == dataset) & (table["source"] == "scores")].iloc[0]
-        title = f"{dataset}: AUROC {row['auroc']:.3f}" if row["n"] else f"{dataset}: no labels"
-        ax.set(title=title, xlabel=f"score (layer {layer})", ylabel="turns")
-        ax.legend(fontsize=7)
+    methods = list(dict.fromkeys(method for _, method in joined))
+    datasets = list(dict.fromkeys(dataset for dataset, _ in joined))
+    fig, axes = plt.subplots(
+        len(methods), len(datasets) + 1, figsize=(3.2 * (len(datasets) + 1), 3 * len(methods)), squeeze=False
+    )
+    for row_axes, method in zip(axes, methods, strict=True):
+        for ax, dataset in zip(row_axes, datasets, strict=False):
+            frame = joined.get((dataset, method))
+            if frame is None:
+                ax.axis("off")
+                continue
+            bins = np.linspace(min(0.0, frame["score"].min()), max(1.0, frame["score"].max()), 26)
+            for value, name, color in ((True, "context-dependent", "tab:blue"), (False, "context-free", "tab:orange")):
+                ax.hist(frame.loc[frame[LABEL_KEY] == value, "score"], bins=bins, alpha=0.6, label=name, color=color)
+            row = table[(table["dataset"] == dataset) & (table["method"] == method) & (table["source"] == "scores")]
+            row = row.iloc[0]
+            title = f"{dataset}: AUROC {row['auroc']:.3f}" if row["n"] else f"{dataset}: no labels"
+            where = f"layer {row['layer']}" if method == ATTENTION else "nats"
+            ax.set(title=title, xlabel=f"{method} score ({where})", ylabel="turns")
+            ax.legend(fontsize=7)
+        row_axes[-1].axis("off")
     ax = axes[0][-1]
+    ax.axis("on")
     study = table[table["source"] == "layer_study"]
     if len(study):
         ax.plot(study["layer"], study["auroc"], marker="o", label=f"{study['dataset'].iloc[0]} (sample)")
-    scored = table[table["source"] == "scores"]
+    scored = table[(table["source"] == "scores") & (table["method"] == ATTENTION)]
     ax.scatter(scored["layer"], scored["auroc"], color="black", zorder=3, label="every turn")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax.set(title="AUROC by layer", xlabel="layer", ylabel="AUROC", ylim=(0, 1.02))
+    ax.set(title="attention AUROC by layer", xlabel="layer", ylabel="AUROC", ylim=(0, 1.02))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

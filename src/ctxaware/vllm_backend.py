@@ -129,16 +129,47 @@ class VLLMGenerator(Generator):
         super().__init__(None, tokenizer, batch_tokens=0, cache_path=cache_path)
         self.llm, self.lora_request, self.chunk_prompts = llm, lora_request, chunk_prompts
 
+    def context_window(self) -> int | None:
+        """vLLM's max_model_len (the model's window unless evaluation.vllm.max_model_len lowers it)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except AttributeError:
+            return None
+
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         return [order[i : i + self.chunk_prompts] for i in range(0, len(order), self.chunk_prompts)]
 
-    def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stops: list[str]) -> list[str]:
+    def _generate_batch(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        stops: list[str],
+        temperatures: list[float] | None = None,
+        sampling: dict | None = None,
+    ) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop=stops or None, skip_special_tokens=True
-        )
+        from ctxaware.generation import prompt_seed
+
+        def params_for(prompt, temperature):
+            if temperature <= 0:
+                return SamplingParams(
+                    temperature=0.0, max_tokens=max_new_tokens, stop=stops or None, skip_special_tokens=True
+                )
+            # vLLM's per-request seed: a prompt's sample does not depend on its batch, as with SeededSampler
+            return SamplingParams(
+                temperature=temperature,
+                top_k=sampling["top_k"] or -1,
+                top_p=sampling["top_p"],
+                seed=prompt_seed(prompt, sampling["seed"]) % 2**31,
+                max_tokens=max_new_tokens,
+                stop=stops or None,
+                skip_special_tokens=True,
+            )
+
+        temperatures = temperatures or [0.0] * len(prompts)
+        params = [params_for(p, t) for p, t in zip(prompts, temperatures, strict=True)]
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts],  # vLLM's TokensPrompt: no re-tokenisation
             params,

@@ -3,8 +3,8 @@ rule prepare_dataset:
     input:
         raw=dataset_source_input,
     output:
-        parquet="results/data/{dataset}.parquet",
-        stats="results/data/{dataset}.stats.json",
+        parquet=DATA,
+        stats=DATA_STATS,
     log:
         "results/logs/prepare_dataset/{dataset}.log",
     conda:
@@ -17,5 +17,7 @@ rule prepare_dataset:
         split=lambda wc: DATASETS[wc.dataset]["split"],
         hub_config=lambda wc: DATASETS[wc.dataset]["hub_config"],
         max_conversations=lambda wc: DATASETS[wc.dataset]["max_conversations"],
+        revision=lambda wc: DATASETS[wc.dataset]["revision"],
+        data_files=lambda wc: DATASETS[wc.dataset]["data_files"],
     script:
         "../scripts/prepare_dataset.py"

@@ -8,9 +8,9 @@ rule nih_template_study:
     """
     input:
         models=pair_inputs(["base", "instruct"]),
-        haystack=EVALUATION["nih"]["haystack_dir"],
+        haystack=haystack_input(),
     output:
-        csv="results/diagnosis/{pair}/nih_template_study.csv",
+        csv=fill(DIAGNOSIS_CSV, experiment="nih_template_study"),
     log:
         "results/logs/diagnosis/{pair}/nih_template_study.log",
     benchmark:
@@ -35,9 +35,9 @@ rule attention_allocation:
     """
     input:
         models=pair_inputs(["instruct"]),
-        haystack=EVALUATION["nih"]["haystack_dir"],
+        haystack=haystack_input(),
     output:
-        csv="results/diagnosis/{pair}/attention_allocation.csv",
+        csv=fill(DIAGNOSIS_CSV, experiment="attention_allocation"),
     log:
         "results/logs/diagnosis/{pair}/attention_allocation.log",
     benchmark:
@@ -62,7 +62,7 @@ rule attention_steering:
         models=pair_inputs(["instruct"]),
         files=steering_files,
     output:
-        csv="results/diagnosis/{pair}/attention_steering.csv",
+        csv=fill(DIAGNOSIS_CSV, experiment="attention_steering"),
     log:
         "results/logs/diagnosis/{pair}/attention_steering.log",
     benchmark:
@@ -75,9 +75,7 @@ rule attention_steering:
     params:
         model=lambda wc: pair_model(wc.pair, "instruct"),
         tasks=steering_tasks,
-        steering=canonical(
-            {k: DIAGNOSIS["steering"][k] for k in ("alphas", "heads", "compat")}
-        ),
+        steering=PLAN.steering(),
         prefix=DIAGNOSIS["response_prefix"],
     script:
         "../scripts/attention_steering.py"

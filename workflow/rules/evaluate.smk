@@ -20,8 +20,8 @@ rule evaluate:
     params:
         settings=evaluation_settings,
         with_indicator=with_indicator,
-        engine=evaluation_engine(),
+        engine=PLAN.evaluation_engine(),
         # generation caches outside the outputs: a killed evaluation resumes at the missing prompts
-        cache_dir="results/cache/generations/{model}/{dataset}/{method}",
+        cache_dir=GENERATION_CACHE,
     script:
         "../scripts/evaluate.py"

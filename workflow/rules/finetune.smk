@@ -6,7 +6,7 @@ rule finetune:
         sft=sft_input,
         base=base_input,
     output:
-        model=directory("results/models/{model}/{dataset}/{method}"),
+        model=directory(MODEL),
     log:
         "results/logs/finetune/{model}/{dataset}/{method}.log",
     cache: True
@@ -16,12 +16,12 @@ rule finetune:
     resources:
         **stage_resources("finetune"),
     params:
-        base=lambda wc: base_source(wc.model),
+        base=lambda wc: PLAN.base_source(wc.model),
         recipe=recipe_for,
         with_indicator=with_indicator,
         seed=config["seed"],
         # outside the output so a killed or preempted job resumes instead of restarting
-        checkpoint_dir="results/checkpoints/{model}/{dataset}/{method}",
+        checkpoint_dir=CHECKPOINTS,
         code=code_digest("ctxaware.training"),
     script:
         "../scripts/finetune.py"

@@ -21,13 +21,8 @@ rule organism_world:
     resources:
         **stage_resources("light"),
     params:
-        settings=canonical(ORGANISM),
-        needle=EVALUATION["nih"]["needle"],
-        # a function: a plain string with {context} would be taken for wildcards
-        qa_templates=lambda wc: sorted(
-            {t for style in EVALUATION["qa_prompts"].values() for t in style.values()}
-        ),
-        response_prefix=DIAGNOSIS["response_prefix"],
+        # a function: the QA templates' {context} would otherwise be taken for wildcards
+        world=lambda wildcards: PLAN.organism_world_settings(),
     script:
         "../scripts/organism_world.py"
 
@@ -52,7 +47,7 @@ rule pretrain_organism:
     resources:
         **stage_resources("finetune"),
     params:
-        settings=canonical(ORGANISM),
+        settings=PLAN.organism_settings(),
         code=code_digest("ctxaware.organism.build"),
     script:
         "../scripts/pretrain_organism.py"

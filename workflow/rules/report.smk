@@ -1,7 +1,7 @@
 rule table4:
     """The paper's Table 4: one row per (SFT dataset, model, method)."""
     input:
-        results=eval_results(),
+        results=PLAN.eval_results(),
         paper=config["report"]["paper_table4"] or [],
     output:
         csv=report(
@@ -18,18 +18,19 @@ rule table4:
     resources:
         **stage_resources("light"),
     params:
-        rows=[{"sft_dataset": d, "model": m, "method": x} for d, m, x in grid()],
-        tasks=TASKS,
+        rows=PLAN.table4_rows(),
     script:
         "../scripts/table4.py"
 
 
 rule table3:
-    """Share of assistant turns tagged per dataset at each beta (paper Table 3)."""
+    """Share of assistant turns tagged per dataset at each beta (paper Table 3), and at each quantile or
+    likelihood-ratio tagging of the methods."""
     input:
         scores=expand(
-            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+            rules.gather_scores.output.scores, dataset=DATASETS, scorer=SCORER
         ),
+        taggings=list(dict.fromkeys(row["scores"] for row in PLAN.table3_taggings())),
     output:
         csv=report(
             "results/tables/table3.csv",
@@ -45,6 +46,7 @@ rule table3:
     params:
         datasets=list(DATASETS),
         betas=config["report"]["table3_betas"],
+        taggings=PLAN.table3_taggings(),
     script:
         "../scripts/table3.py"
 
@@ -55,7 +57,7 @@ rule nih_heatmap:
         generations=expand(EVAL_GENERATIONS, task="nih", allow_missing=True),
     output:
         png=report(
-            "results/figures/nih/{model}/{dataset}/{method}.png",
+            NIH_HEATMAP,
             caption="../report/nih_heatmap.rst",
             category="NIH",
         ),
@@ -92,7 +94,7 @@ rule threshold_ablation:
 rule layer_agreement:
     """Disagreement of the top-scored subsets and score RMSE between every pair of layers (paper Figure 5)."""
     input:
-        scores=expand(rules.score_layers.output.scores, seed=SEED_NAME),
+        scores=expand(rules.score_layers.output.scores, scorer=SCORER),
     output:
         csv="results/tables/layer_agreement.csv",
         png=report(
@@ -116,7 +118,7 @@ rule instruction_lengths:
     """Instruction lengths of all turns vs the turns tagged at beta, per dataset (paper Figures 6-8)."""
     input:
         scores=expand(
-            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
+            rules.gather_scores.output.scores, dataset=DATASETS, scorer=SCORER
         ),
     output:
         png=report(
@@ -138,14 +140,13 @@ rule instruction_lengths:
 
 
 rule score_validity:
-    """AUROC of the seed model's scores against the datasets' ground-truth labels (the organism's sets carry
-    them; a dataset without labels gets n = 0), at the scoring layer and on every layer of the layer study."""
+    """AUROC of each score against the datasets' ground-truth labels (the organism's sets carry them; a dataset
+    without labels gets n = 0): every score the run computes, and each layer of the attention layer study.
+    """
     input:
         data=expand(rules.prepare_dataset.output.parquet, dataset=DATASETS),
-        scores=expand(
-            rules.gather_scores.output.scores, dataset=DATASETS, seed=SEED_NAME
-        ),
-        layer_study=expand(rules.score_layers.output.scores, seed=SEED_NAME),
+        scores=[row["path"] for row in PLAN.validity_scores()],
+        layer_study=expand(rules.score_layers.output.scores, scorer=SCORER),
     output:
         csv=report(
             "results/tables/score_validity.csv",
@@ -165,7 +166,7 @@ rule score_validity:
         **stage_resources("light"),
     params:
         datasets=list(DATASETS),
-        layer=SCORING["layer"],
+        scores=PLAN.validity_scores(),
         layer_dataset=LAYER_STUDY["dataset"],
     script:
         "../scripts/score_validity.py"

@@ -1,6 +1,7 @@
 rule score_turns:
-    """Context-dependency score (paper Eq. 2) of every assistant turn with the seed model, one shard of the
-    dataset per job (scoring.shards, or --set-scatter score=N) so a cluster scores on N GPUs at once.
+    """Context-dependency score of every assistant turn with the seed model, one shard of the dataset per job
+    (scoring.shards, or --set-scatter score=N) so a cluster scores on N GPUs at once: the attention score (paper
+    Eq. 2) for the scorer named after the seed model, the likelihood ratio for `<name>-lr`.
     Eligible for the between-workflow cache (--cache): the key covers the data, the seed model's provenance,
     the params (the shard among them) and the scorer's code; no benchmark file, as Snakemake forbids it on
     cached rules (the log records the wall time and peak memory instead).
@@ -9,9 +10,9 @@ rule score_turns:
         data=rules.prepare_dataset.output.parquet,
         seed_model=seed_input,
     output:
-        shard="results/scores/{dataset}/{seed}/shard-{scatteritem}.parquet",
+        shard=SCORE_SHARD,
     log:
-        "results/logs/score_turns/{dataset}/{seed}/shard-{scatteritem}.log",
+        "results/logs/score_turns/{dataset}/{scorer}/shard-{scatteritem}.log",
     cache: True
     conda:
         ENV
@@ -19,13 +20,12 @@ rule score_turns:
     resources:
         **stage_resources("score"),
     params:
-        seed_model=seed_model_path(),
-        layer=SCORING["layer"],
-        max_length=SCORING["max_length"],
-        compat=SCORING["compat"],
-        batch_tokens=SCORING["batch_tokens"],
+        seed_model=PLAN.scorer_model(),
+        score=score_settings,
+        max_length=config["scoring"]["max_length"],
+        batch_tokens=config["scoring"]["batch_tokens"],
         shard="{scatteritem}",
-        code=code_digest("ctxaware.scoring"),
+        code=score_code,
     script:
         "../scripts/score_turns.py"
 
@@ -34,12 +34,12 @@ rule gather_scores:
     """The shards in the conversations' order: identical to scoring the dataset in one job."""
     input:
         shards=gather.score(
-            "results/scores/{{dataset}}/{{seed}}/shard-{scatteritem}.parquet"
+            fill(SCORE_SHARD, dataset="{{dataset}}", scorer="{{scorer}}")
         ),
     output:
-        scores="results/scores/{dataset}/{seed}.parquet",
+        scores=SCORES,
     log:
-        "results/logs/gather_scores/{dataset}/{seed}.log",
+        "results/logs/gather_scores/{dataset}/{scorer}.log",
     conda:
         ENV
     resources:
@@ -57,9 +57,9 @@ rule score_layers:
         ),
         seed_model=seed_input,
     output:
-        scores=f"results/scores/layers/{LAYER_STUDY['dataset']}/{{seed}}.parquet",
+        scores=fill(LAYER_SCORES, dataset=LAYER_STUDY["dataset"]),
     log:
-        "results/logs/score_layers/{seed}.log",
+        "results/logs/score_layers/{scorer}.log",
     cache: True
     conda:
         ENV
@@ -67,12 +67,12 @@ rule score_layers:
     resources:
         **stage_resources("score"),
     params:
-        seed_model=seed_model_path(),
+        seed_model=PLAN.scorer_model(),
         layers=LAYER_STUDY["layers"],
         sample=LAYER_STUDY["sample"],
-        max_length=SCORING["max_length"],
-        compat=SCORING["compat"],
-        batch_tokens=SCORING["batch_tokens"],
+        max_length=config["scoring"]["max_length"],
+        compat=config["scoring"]["compat"],
+        batch_tokens=config["scoring"]["batch_tokens"],
         code=code_digest("ctxaware.layers"),
     script:
         "../scripts/score_layers.py"

@@ -3,7 +3,7 @@ rule vanilla_sft:
     input:
         data=rules.prepare_dataset.output.parquet,
     output:
-        sft="results/sft/{dataset}/vanilla.parquet",
+        sft=fill(SFT, branch="vanilla"),
     log:
         "results/logs/sft/{dataset}/vanilla.log",
     conda:
@@ -13,17 +13,15 @@ rule vanilla_sft:
 
 
 rule tag_indicator:
-    """[IND] appended to each user turn whose response scored strictly above beta."""
+    """[IND] appended to each user turn whose response the branch's threshold selects on its score."""
     input:
         data=rules.prepare_dataset.output.parquet,
-        scores=expand(
-            rules.gather_scores.output.scores, seed=SEED_NAME, allow_missing=True
-        ),
+        scores=tagging_scores,
     output:
-        sft="results/sft/{dataset}/indicator-{beta}.parquet",
-        stats="results/sft/{dataset}/indicator-{beta}.stats.json",
+        sft=fill(SFT, branch=TAGGED_BRANCH),
+        stats=fill(SFT_STATS, branch=TAGGED_BRANCH),
     log:
-        "results/logs/sft/{dataset}/indicator-{beta}.log",
+        "results/logs/sft/{dataset}/indicator-{tagging}.log",
     conda:
         ENV
     resources:

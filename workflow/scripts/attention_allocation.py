@@ -1,4 +1,4 @@
-from ctxaware.diagnosis import run_allocation
+from ctxaware.diagnosis.allocation import run_allocation
 from ctxaware.smk import job
 
 with job(snakemake):

@@ -1,4 +1,4 @@
-from ctxaware.diagnosis import run_steering
+from ctxaware.diagnosis.steering import run_steering
 from ctxaware.smk import job
 
 with job(snakemake):

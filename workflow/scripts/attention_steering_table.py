@@ -1,4 +1,4 @@
-from ctxaware.diagnosis import write_steering
+from ctxaware.diagnosis.gather import write_steering
 from ctxaware.smk import job
 
 with job(snakemake):

@@ -1,4 +1,4 @@
-from ctxaware.diagnosis import run_template_study
+from ctxaware.diagnosis.template_study import run_template_study
 from ctxaware.smk import job
 
 with job(snakemake):

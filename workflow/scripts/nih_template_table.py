@@ -1,4 +1,4 @@
-from ctxaware.diagnosis import write_template_study
+from ctxaware.diagnosis.gather import write_template_study
 from ctxaware.smk import job
 
 with job(snakemake):

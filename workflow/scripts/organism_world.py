@@ -5,13 +5,13 @@ from ctxaware.smk import job
 from ctxaware.tasks.nih import NIH_TEMPLATES
 
 with job(snakemake):
-    p = snakemake.params
+    world = snakemake.params.world
     summary = write_world(
         snakemake.output.world.removesuffix("/world.json"),
-        p.settings,
-        p.needle,
-        p.qa_templates,
+        world["settings"],
+        world["needle"],
+        world["qa_templates"],
         list(NIH_TEMPLATES.values()),
-        p.response_prefix,
+        world["response_prefix"],
     )
     print(json.dumps(summary, indent=1))

@@ -11,4 +11,7 @@ with job(snakemake):
         split=p.split,
         hub_config=p.hub_config,
         max_conversations=p.max_conversations,
+        revision=p.revision,
+        data_files=p.data_files,
+        key=f"datasets.{snakemake.wildcards.dataset}.source",
     )

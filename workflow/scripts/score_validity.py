@@ -5,8 +5,7 @@ with job(snakemake):
     p = snakemake.params
     table = write_score_validity(
         dict(zip(p.datasets, snakemake.input.data, strict=True)),
-        dict(zip(p.datasets, snakemake.input.scores, strict=True)),
-        p.layer,
+        p.scores,
         snakemake.output.csv,
         snakemake.output.png,
         layer_study=snakemake.input.layer_study[0],

@@ -6,4 +6,5 @@ with job(snakemake):
         dict(zip(snakemake.params.datasets, snakemake.input.scores, strict=True)),
         snakemake.params.betas,
         snakemake.output.csv,
+        snakemake.params.taggings,
     )

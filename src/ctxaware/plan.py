@@ -1,0 +1,400 @@
+"""The experiment plan of a validated config: what the workflow runs, without Snakemake or torch.
+
+The grid of fine-tunes (Table 4's rows), each job's settings (recipe, evaluation tasks, the Section 2
+experiments), the seed model that scores (the scorer), which paths are job inputs, and every artifact's path.
+`workflow/rules/common.smk` builds one Plan from the config and wraps its methods in one-line input functions;
+the tests build it from a config file. Settings are plain builtins with sorted keys, so Snakemake's params
+compare by value. A rule that needs the config gets one method here (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from ctxaware.methods import (
+    ATTENTION,
+    BETA,
+    INDICATOR,
+    LIKELIHOOD_RATIO,
+    SCORE_METHODS,
+    check_methods,
+    parse_method,
+    parse_tagging,
+    training_recipe,
+)
+from ctxaware.tasks import QA_TASKS
+from ctxaware.tasks.nih import resolve_template
+
+# Artifact paths with wildcards: the rules' outputs and the inputs the plan hands their consumers.
+ORGANISM_DIR = "results/organism"
+ORGANISM_BASE = "results/models/base/organism"
+DATA = "results/data/{dataset}.parquet"
+DATA_STATS = "results/data/{dataset}.stats.json"
+SCORE_SHARD = "results/scores/{dataset}/{scorer}/shard-{scatteritem}.parquet"
+SCORES = "results/scores/{dataset}/{scorer}.parquet"
+LAYER_SCORES = "results/scores/layers/{dataset}/{scorer}.parquet"
+SFT = "results/sft/{dataset}/{branch}.parquet"
+SFT_STATS = "results/sft/{dataset}/{branch}.stats.json"
+TAGGED_BRANCH = INDICATOR + "{tagging}"
+MODEL = "results/models/{model}/{dataset}/{method}"
+CHECKPOINTS = "results/checkpoints/{model}/{dataset}/{method}"
+EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
+EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
+GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
+NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
+DIAGNOSIS_CSV = "results/diagnosis/{pair}/{experiment}.csv"
+
+
+class _Keep(dict):
+    def __missing__(self, key):
+        return "{" + key + "}"
+
+
+def fill(template: str, **values) -> str:
+    """The template with these wildcards filled in and the others left as `{name}`."""
+    return template.format_map(_Keep(values))
+
+
+def canonical(value):
+    """Dicts with sorted keys, recursively: params compare by value, so reordering keys in a config file
+    must not look like a change and rerun jobs."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def is_artifact(path: str) -> bool:
+    """A workflow output: an input the DAG builds, and one the output cache can checksum."""
+    return path.startswith("results/")
+
+
+def is_local(path: str) -> bool:
+    """A workflow output or an existing local file or directory: an input (editing it reruns its consumers),
+    unlike a hub id or a `package:` path, which the job itself resolves."""
+    return is_artifact(path) or Path(path).exists()
+
+
+def local_inputs(paths: list[str]) -> list[str]:
+    return [path for path in paths if is_local(path)]
+
+
+class Run(NamedTuple):
+    """One fine-tune: a row of Table 4."""
+
+    dataset: str
+    model: str
+    method: str
+
+
+def check_references(config: dict) -> None:
+    """Cross-references the schema cannot express; each message names the config key."""
+    models, datasets, recipes = config["models"], config["datasets"], config["recipes"]
+    check_methods(config["methods"])
+    for task in ("squad", "quac"):
+        if config["evaluation"][task]["metric"] == "drop_original":
+            raise ValueError(f"config key evaluation.{task}.metric: drop_original scores DROP answers only")
+    for name, model in models.items():
+        if model["recipe"] not in recipes:
+            raise ValueError(
+                f"config key models.{name}.recipe: unknown recipe {model['recipe']!r} (recipes: {sorted(recipes)})"
+            )
+        for dataset in model["datasets"] or []:
+            if dataset not in datasets:
+                raise ValueError(
+                    f"config key models.{name}.datasets: unknown dataset {dataset!r} (datasets: {sorted(datasets)})"
+                )
+        for method in model["methods"] or []:
+            if method not in config["methods"]:
+                raise ValueError(
+                    f"config key models.{name}.methods: {method!r} is not in methods ({config['methods']})"
+                )
+    check_likelihood_ratio(config["scoring"]["likelihood_ratio"])
+    scorer = config["scoring"]["seed_model"]
+    if "path" in scorer:
+        return
+    for key, table in (("model", models), ("dataset", datasets)):
+        if scorer.get(key) not in table:
+            raise ValueError(
+                f"config key scoring.seed_model.{key}: {scorer.get(key)!r} is not in {key}s "
+                f"({sorted(table)}); give a {key} of the grid, or scoring.seed_model.path"
+            )
+
+
+def check_likelihood_ratio(settings: dict) -> None:
+    """`split` is the regular expression of `instruction: split`, and only of it."""
+    key = "config key scoring.likelihood_ratio"
+    split = settings["split"]
+    if settings["instruction"] == "split" and not split:
+        raise ValueError(f"{key}.split: instruction split cuts the user message at a regular expression; give it")
+    if settings["instruction"] != "split" and split is not None:
+        raise ValueError(f"{key}.split: read only with instruction: split (instruction is {settings['instruction']})")
+    if split:
+        try:
+            re.compile(split)
+        except re.error as error:
+            raise ValueError(f"{key}.split: {split!r} is not a regular expression ({error})") from None
+
+
+class Plan:
+    """Everything config-dependent the rules need, from a config validated against the schema (defaults in)."""
+
+    def __init__(self, config: dict):
+        check_references(config)
+        self.config = config
+        self.datasets, self.models = config["datasets"], config["models"]
+        self.methods = config["methods"]
+        self.evaluation = config["evaluation"]
+        self.tasks = self.evaluation["tasks"]
+        self.scoring = config["scoring"]
+        self.scorer = self.scoring["seed_model"]["name"]
+        self.diagnosis = config["diagnosis"]
+        self.pairs = self.diagnosis["pairs"]
+        self.layer_study = dict(config["report"]["layer_agreement"])
+        self.layer_study["dataset"] = self.layer_study["dataset"] or next(iter(self.datasets))
+
+    # the grid
+
+    def grid(self) -> list[Run]:
+        """Every fine-tune, in the paper's order: datasets, then models, then methods."""
+        return [
+            Run(dataset, model, method)
+            for dataset, model, method in itertools.product(self.datasets, self.models, self.methods)
+            if self.models[model]["datasets"] is None or dataset in self.models[model]["datasets"]
+            if self.models[model]["methods"] is None or method in self.models[model]["methods"]
+        ]
+
+    def table4_rows(self) -> list[dict]:
+        """Table 4's rows: a fine-tune's coordinates and its evaluation json per task."""
+        return [
+            {
+                "sft_dataset": run.dataset,
+                "model": run.model,
+                "method": run.method,
+                "results": {task: fill(EVAL_RESULT, **run._asdict(), task=task) for task in self.tasks},
+            }
+            for run in self.grid()
+        ]
+
+    def eval_results(self) -> list[str]:
+        return [path for row in self.table4_rows() for path in row["results"].values()]
+
+    def nih_heatmaps(self) -> list[str]:
+        return [fill(NIH_HEATMAP, **run._asdict()) for run in self.grid()] if "nih" in self.tasks else []
+
+    # data and base models
+
+    def organism_settings(self) -> dict:
+        return canonical(self.config["organism"])
+
+    def organism_world_settings(self) -> dict:
+        """What the organism's world is written from: its settings and the texts it must teach the base (the NIH
+        needle, every QA prompt template, the diagnosis' response prefix)."""
+        prompts = self.evaluation["qa_prompts"]
+        return {
+            "needle": self.evaluation["nih"]["needle"],
+            "qa_templates": sorted({template for style in prompts.values() for template in style.values()}),
+            "response_prefix": self.diagnosis["response_prefix"],
+            "settings": self.organism_settings(),
+        }
+
+    def dataset_inputs(self, dataset: str) -> list[str]:
+        """A local raw file is an input (editing it reruns preparation); a hub id is fetched by the job."""
+        return local_inputs([self.datasets[dataset]["source"]])
+
+    def base_source(self, model: str) -> str:
+        """Where a base model's weights come from: the organism the workflow pretrains, a local path or a hub id."""
+        source = self.models[model]["source"]
+        return ORGANISM_BASE if source == "organism" else source
+
+    def base_inputs(self, model: str) -> list[str]:
+        """Base models the workflow builds are inputs; the job loads a directory or hub id itself."""
+        source = self.base_source(model)
+        return [source] if is_artifact(source) else []
+
+    # scoring and tagging
+
+    def scorer_model(self) -> str:
+        """The seed model that scores: the grid's vanilla fine-tune it names, or a path or hub id as given."""
+        seed = self.scoring["seed_model"]
+        if "path" in seed:
+            return seed["path"]
+        return fill(MODEL, model=seed["model"], dataset=seed["dataset"], method="vanilla")
+
+    def scorer_inputs(self) -> list[str]:
+        """The seed model is an input when the workflow trains it; a directory outside results/ is named in params
+        (like a hub id): the output cache can only checksum files, not directories."""
+        path = self.scorer_model()
+        return [path] if is_artifact(path) else []
+
+    def score_methods(self) -> list[str]:
+        """The scores the run computes: the attention score (the paper's; Table 3, the instruction-length figure
+        and the layer study report it) and every score an indicator method tags with, in SCORE_METHODS' order."""
+        used = {ATTENTION} | {method.score for method in check_methods(self.methods) if method.score}
+        return [score for score in SCORE_METHODS if score in used]
+
+    def scorer_name(self, score: str = ATTENTION) -> str:
+        """The `{scorer}` of a score's paths: the seed model's name, then the score's short name (`-lr`); the
+        attention score's is the seed model's name alone, as in the paper's runs."""
+        short = SCORE_METHODS[score]
+        return f"{self.scorer}-{short}" if short else self.scorer
+
+    def scorers(self) -> dict[str, str]:
+        """{scorer name: score} of every score the run computes."""
+        return {self.scorer_name(score): score for score in self.score_methods()}
+
+    def score_settings(self, scorer: str) -> dict:
+        """What one scorer's jobs compute, and nothing of another's (changing the layer never reruns the
+        likelihood ratio): `method` and its settings, the keyword arguments of its module's `score_file`."""
+        score = self.scorers()[scorer]
+        if score == ATTENTION:
+            return {"compat": self.scoring["compat"], "layer": self.scoring["layer"], "method": ATTENTION}
+        return canonical({"method": LIKELIHOOD_RATIO, **self.scoring["likelihood_ratio"]})
+
+    def score_module(self, scorer: str) -> str:
+        """The module that computes a scorer's scores (its code digest reruns them when it changes)."""
+        return "ctxaware.scoring" if self.scorers()[scorer] == ATTENTION else "ctxaware.likelihood_ratio"
+
+    def scores_path(self, dataset: str, score: str = ATTENTION) -> str:
+        return fill(SCORES, dataset=dataset, scorer=self.scorer_name(score))
+
+    def tagging_scores(self, dataset: str, tagging: str) -> str:
+        """The scores a tagged branch (`{tagging}`: `0.6`, `lr-q0.3`) selects its turns by."""
+        return self.scores_path(dataset, parse_tagging(tagging).score)
+
+    def table3_taggings(self) -> list[dict]:
+        """Table 3's rows beyond the paper's betas on the attention score: every tagging of the methods with a
+        quantile or another score, per dataset, with the scores it reads."""
+        taggings = [m.tagging for m in check_methods(self.methods) if m.tagging]
+        extra = [t for t in dict.fromkeys(taggings) if t.score != ATTENTION or t.threshold.kind != BETA]
+        return [
+            {"dataset": dataset, "tagging": t.text, "scores": self.scores_path(dataset, t.score)}
+            for dataset in self.datasets
+            for t in extra
+        ]
+
+    def validity_scores(self) -> list[dict]:
+        """The score files the validity table rates against the labels: every score the run computes, per dataset
+        (the attention score at the scoring layer; the likelihood ratio has no layer)."""
+        return [
+            {
+                "dataset": dataset,
+                "method": score,
+                "layer": self.scoring["layer"] if score == ATTENTION else None,
+                "path": self.scores_path(dataset, score),
+            }
+            for score in self.score_methods()
+            for dataset in self.datasets
+        ]
+
+    def sft_path(self, dataset: str, method: str) -> str:
+        """The training data of a method: its dataset's vanilla copy or tagged set."""
+        return fill(SFT, dataset=dataset, branch=parse_method(method).data_branch)
+
+    # fine-tuning
+
+    def recipe(self, model: str, dataset: str, method: str) -> dict:
+        """The model's recipe with the dataset's epoch override (the paper: 2 epochs on WizardLM), as the method
+        trains it (qk-lora: LoRA on query and key projections only)."""
+        recipe = dict(self.config["recipes"][self.models[model]["recipe"]])
+        epochs = self.datasets[dataset]["epochs"]
+        if epochs is not None:
+            recipe["epochs"] = epochs
+        return canonical(training_recipe(recipe, method))
+
+    # evaluation
+
+    def task_settings(self, task: str, max_context: int | None = None, qa_prompt_style: str = "default") -> dict:
+        """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes."""
+        settings = dict(self.evaluation[task])
+        settings["batch_tokens"] = self.evaluation["batch_tokens"]
+        if task == "nih":
+            settings["max_context"] = max_context
+            settings["prompt_template"] = resolve_template(settings["prompt_template"])
+        elif task in QA_TASKS:
+            settings["prompt_template"] = self.evaluation["qa_prompts"][qa_prompt_style][task]
+        return canonical(settings)
+
+    def evaluation_settings(self, model: str, dataset: str) -> dict[str, dict]:
+        """Every task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, QA with
+        the dataset's prompt style (paper Tables 5/6)."""
+        caps = [self.models[model]["nih_max_context"], self.datasets[dataset]["nih_max_context"]]
+        max_context = min(cap for cap in caps if cap is not None)
+        style = self.datasets[dataset]["qa_prompt_style"]
+        return {task: self.task_settings(task, max_context, style) for task in self.tasks}
+
+    def evaluation_engine(self) -> dict:
+        """The generation backend; vLLM settings only when vLLM is chosen, so they never rerun other backends."""
+        if self.evaluation["backend"] == "vllm":
+            return canonical({"backend": "vllm", "vllm": self.evaluation["vllm"]})
+        return {"backend": self.evaluation["backend"]}
+
+    def evaluation_files(self, model: str, dataset: str) -> list[str]:
+        """Local files the evaluations read (editing one reruns them); hub ids are not files."""
+        settings = self.evaluation_settings(model, dataset)
+        return local_inputs([path for task in settings for path in task_files(task, settings[task])])
+
+    # Section 2 on (base, instruct) pairs
+
+    def haystack_inputs(self) -> list[str]:
+        """The NIH haystack directory when it is local (editing an essay reruns NIH); a package's is not an input."""
+        return local_inputs([self.evaluation["nih"]["haystack"]])
+
+    def pair_models(self, pair: str, roles: list[str]) -> list[str]:
+        return [self.pairs[pair][role] for role in roles]
+
+    def diagnosis_nih(self, pair: str) -> dict:
+        """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant)."""
+        return self.task_settings("nih", self.pairs[pair]["nih_max_context"])
+
+    def steering_tasks(self, pair: str) -> dict[str, dict]:
+        """Table 1's tasks, each with the chat template; QuAC and DROP use the default QA prompts."""
+        steering = self.diagnosis["steering"]
+        settings = {}
+        for task in steering["tasks"]:
+            if task == "nih":
+                settings[task] = self.diagnosis_nih(pair)
+                continue
+            qa = self.task_settings(task)
+            qa["limit"] = steering["limit"] or qa["limit"]
+            settings[task] = qa
+        return settings
+
+    def steering_files(self, pair: str) -> list[str]:
+        settings = self.steering_tasks(pair)
+        return local_inputs([path for task in settings for path in task_files(task, settings[task])])
+
+    def steering(self) -> dict:
+        return canonical({key: self.diagnosis["steering"][key] for key in ("alphas", "heads", "compat")})
+
+    # jobs
+
+    def stage_resources(self, stage: str) -> dict:
+        """Job resources of a stage from config resources.<stage>, the one place they are set for every executor.
+        The Slurm executor turns them into sbatch options: mem_mb -> --mem, runtime (minutes) -> -t,
+        cpus_per_task -> --cpus-per-task, gpu N -> --gpus=N (with gpu_model M: --gpus=M:N); gpu=0 asks for none.
+        """
+        settings = self.config["resources"][stage]
+        resources = {key: settings[key] for key in ("mem_mb", "runtime", "cpus_per_task", "gpu")}
+        if settings["gpu"] and settings["gpu_model"]:
+            resources["gpu_model"] = settings["gpu_model"]
+        return resources
+
+    def threads(self, stage: str) -> int:
+        return self.config["resources"][stage]["cpus_per_task"]
+
+
+def task_files(task: str, settings: dict) -> list[str]:
+    """The paths a task's settings name: the NIH haystack, MT-Bench's questions, references and local judge, a
+    QA source. Which are files is for `local_inputs` to say."""
+    if task == "nih":
+        return [settings["haystack"]]
+    if task == "mtbench":
+        judge = settings["judge"]
+        references = [settings["references"]] if settings["references"] else []
+        return [settings["questions"], *references, *([judge["model"]] if judge["backend"] == "local" else [])]
+    return [settings["source"]]
