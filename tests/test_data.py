@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ctxaware.data import DataError, adapt, is_refusal, load_raw, prepare, read_conversations, read_labels
+from ctxaware.data import adapt, is_refusal, prepare, read_conversations, read_labels
+from ctxaware.raw import DataError, load_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -522,13 +522,13 @@ def test_reference_categories_without_references_are_an_error_naming_the_questio
 
 def test_the_hub_prompts_fail_the_check_without_a_reference_file(monkeypatch):
     """HuggingFaceH4/mt_bench_prompts (the former paper source): question 123 (coding) has no reference."""
-    import ctxaware.data
+    import ctxaware.raw
 
     rows = [
         {"prompt": ["Write code.", "Faster."], "prompt_id": 123, "category": "coding", "reference": []},
         {"prompt": ["Area?", "Circle?"], "prompt_id": 111, "category": "math", "reference": ["Area is 3", "5pi"]},
     ]
-    monkeypatch.setattr(ctxaware.data, "load_raw", lambda source, split="train", **kwargs: rows)
+    monkeypatch.setattr(ctxaware.raw, "load_raw", lambda source, split="train", **kwargs: rows)
     with pytest.raises(ValueError, match=r"MT-Bench questions 123 \(coding\) need reference answers"):
         load_question_source("HuggingFaceH4/mt_bench_prompts")
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from ctxaware.data import adapt, load_raw
+from ctxaware.data import adapt
 from ctxaware.organism import EVAL_FILES, SFT_FILES, corpus
 from ctxaware.organism.build import pretrain_base, write_world
 from ctxaware.organism.pretraining import build_tokenizer
 from ctxaware.organism.world import RELATIONS, fact_sentence, make_world, parse_fact
+from ctxaware.raw import load_raw
 from ctxaware.tasks import qa
 from ctxaware.tasks.mtbench import load_question_source
 from ctxaware.tasks.nih import NIH_TEMPLATES

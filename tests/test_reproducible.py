@@ -22,7 +22,7 @@ def test_second_run_from_scratch_is_byte_identical(embedded_run, tmp_path):
     assert "results/tables/table4.csv" in files and "results/scores/sharegpt/tiny-sharegpt.parquet" in files
     assert "results/eval/tiny/sharegpt/vanilla/nih.generations.jsonl" in files
     assert "results/models/tiny/sharegpt/vanilla/model.safetensors" in files
-    assert "results/models/tiny-qlora/sharegpt/indicator-0.6/adapter_model.safetensors" in files
+    assert "results/models/tiny-qlora/sharegpt/qk-lora-indicator-0.9/adapter_model.safetensors" in files
     assert result_files(again) == files
     differing = [f for f in files if (again / f).read_bytes() != (embedded_run / f).read_bytes()]
     assert differing == []

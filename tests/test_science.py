@@ -1,7 +1,13 @@
 """The paper's phenomenon on the embedded default's model organism, asserted on the artifacts of its run: the base
-reads, the vanilla chat fine-tune reads worse under the template, the context-dependency score separates the
-labelled turns, and [IND] tagging recovers context use. The margins were measured over organism seeds 0, 1
-and 2 (README, "The embedded default"); a bug in scoring, tagging, training or the [IND] plumbing fails here.
+reads, the vanilla chat fine-tune reads worse under the template, and the context-dependency score separates the
+labelled turns. The margins hold over organism seeds 0, 1 and 2 (README, "The embedded default", where the
+measured values are); a broken scorer (scores shuffled: AUROC ~0.5), a template or training that stops reading,
+or an organism that never learned to read fails here.
+
+The paper's main claim, that [IND] tagging recovers context use (Table 4), does not hold on the organism: the
+indicator branches stay within a few hundredths of vanilla on every dataset and seed, whichever score or
+threshold tags (README). Its test is kept as a strict expected failure, so the day a design shows the remedy the
+run says so and the marker must go.
 """
 
 import pandas as pd
@@ -14,6 +20,8 @@ BASE_NIH = 0.8  # NIH recall of the base without template (Table 7, variant base
 NIH_LOSS = 0.15  # the vanilla fine-tune with the template reads the needle at least this much worse
 SCORE_AUROC = 0.9  # the seed model's score against the ground-truth labels, every dataset
 REMEDY = 0.1  # indicator over vanilla on the context-task average (Table 4), every dataset
+READING_MODE = 0.95  # share of QA answers of the [IND] model (with [IND]) that open as read from the context
+VANILLA_MODE = 0.6  # the same share for vanilla, which answers many of them from memory
 CONTEXT_TASKS = ["nih", "squad", "quac", "drop"]
 
 
@@ -48,12 +56,41 @@ def test_the_vanilla_fine_tune_reads_worse_under_the_template(embedded_run):
 
 def test_the_score_separates_context_dependent_turns(embedded_run):
     validity = pd.read_csv(embedded_run / "results/tables/score_validity.csv")
-    scored = validity[validity["source"] == "scores"].set_index("dataset")
+    scored = validity[(validity["source"] == "scores") & (validity["method"] == "attention")].set_index("dataset")
     assert set(scored.index) == set(_config(embedded_run)["datasets"])
     assert (scored["n"] > 1000).all() and (scored["layer"] == _config(embedded_run)["scoring"]["layer"]).all()
     assert (scored["auroc"] >= SCORE_AUROC).all(), scored
 
 
+def reading_mode_share(run, model: str, dataset: str, method: str, prefix: str) -> float:
+    """Share of SQuAD/QuAC/DROP answers that open the way the SFT data opens answers read from the context."""
+    answers = pd.concat(
+        pd.read_json(run / f"results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl", lines=True)
+        for task in ("squad", "quac", "drop")
+    )["response"]
+    return float(answers.str.startswith(prefix).mean())
+
+
+def test_indicator_switches_the_model_to_reading_its_context(embedded_run):
+    """What [IND] teaches, on every dataset and seed: with [IND] on the query, the indicator model answers every
+    contextual question in the mode of the SFT turns that depended on their context ("according to the text ,");
+    vanilla answers a large share from memory ("from what i know ,"). Fails when [IND] never reaches the model
+    (dropped at training or at evaluation) or when the tags carry no information about the labels."""
+    config = _config(embedded_run)
+    prefix = (
+        config.get("organism", {}).get("sft", {}).get("mixture", {}).get("context_prefix", "according to the text ,")
+    )
+    method = indicator_method(config)
+    for dataset in config["datasets"]:
+        tagged = reading_mode_share(embedded_run, "tiny", dataset, method, prefix)
+        vanilla = reading_mode_share(embedded_run, "tiny", dataset, "vanilla", prefix)
+        assert tagged >= READING_MODE and vanilla <= VANILLA_MODE, (dataset, tagged, vanilla)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured on seeds 0-2: indicator minus vanilla on the context-task average at most +0.03 (README)",
+)
 def test_indicator_recovers_context_use_on_every_dataset(embedded_run):
     """Table 4's pattern: the [IND] model (with [IND] on every query) reads its context better than vanilla."""
     config = _config(embedded_run)

@@ -3,12 +3,13 @@
 import itertools
 import math
 import random
+import warnings
 
 import pandas as pd
 import pytest
 
 from ctxaware.data import prepare
-from ctxaware.validity import auroc, labelled_scores, write_score_validity
+from ctxaware.validity import COLUMNS, auroc, labelled_scores, score_validity, write_score_validity
 
 
 def brute_force_auroc(scores, labels):
@@ -30,6 +31,15 @@ def test_auroc_matches_the_pairwise_definition_with_ties():
     assert math.isnan(auroc([0.1, 0.2], [True, True]))
 
 
+def test_auroc_edge_cases_are_exact_and_silent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by an empty class
+        assert math.isnan(auroc([0.1, 0.2], [True, True])) and math.isnan(auroc([0.1, 0.2], [False, False]))
+        assert math.isnan(auroc([], []))
+    assert auroc([0.9, 0.1], [True, False]) == 1.0  # one turn of each kind is enough
+    assert auroc([0.3, 0.2, 0.1], [1, 0, 1]) == 0.5  # 0/1 labels are booleans, not positions
+
+
 def test_labels_join_scores_by_conversation_and_turn_and_unscored_turns_drop():
     labels = pd.DataFrame(
         {"conversation_id": ["a", "a", "b", "c"], "turn": [0, 1, 0, 0], "context_dependent": [True, False, None, True]}
@@ -39,34 +49,41 @@ def test_labels_join_scores_by_conversation_and_turn_and_unscored_turns_drop():
     )
     joined = labelled_scores(labels, scores)
     assert joined[["conversation_id", "turn", "score"]].values.tolist() == [["a", 0, 0.9], ["a", 1, 0.2]]
+    assert joined["context_dependent"].dtype == bool and joined["context_dependent"].tolist() == [True, False]
+    with pytest.raises(pd.errors.MergeError):  # one label per turn: a duplicated label is an error, not two rows
+        labelled_scores(pd.concat([labels, labels]), scores)
 
 
-def test_score_validity_table_and_figure(tmp_path):
+def _labelled_dataset(tmp_path, labels: list[bool]) -> str:
     rows = [
         {
             "id": f"c{i}",
-            "conversations": [
-                {"from": "human", "value": "q"},
-                {"from": "gpt", "value": "a", "context_dependent": i % 2 == 0},
-            ],
+            "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "context_dependent": x}],
         }
-        for i in range(10)
+        for i, x in enumerate(labels)
     ]
     raw = tmp_path / "raw.json"
     raw.write_text(pd.Series(rows).to_json(orient="values"))
     prepare(str(raw), "sharegpt", str(tmp_path / "d.parquet"), str(tmp_path / "d.json"))
+    return str(tmp_path / "d.parquet")
+
+
+def test_score_validity_table_and_figure(tmp_path):
+    labels = [i % 2 == 0 for i in range(10)]
+    data = _labelled_dataset(tmp_path, labels)
     # the labelled turns score higher, except one pair that is swapped
     scores = [0.9 if i % 2 == 0 else 0.1 for i in range(10)]
     scores[0], scores[1] = 0.1, 0.9
     table = pd.DataFrame({"conversation_id": [f"c{i}" for i in range(10)], "turn": 0, "score": scores})
     table.to_parquet(tmp_path / "s.parquet")
-    study = pd.concat([table.assign(layer=layer) for layer in (0, 1)])
-    study.to_parquet(tmp_path / "layers.parquet")
+    # the layer study: layer 1 is a perfect score, layer 0 the swapped one; written layer 1 first
+    perfect = table.assign(score=[0.9 if x else 0.1 for x in labels])
+    pd.concat([perfect.assign(layer=1), table.assign(layer=0)]).to_parquet(tmp_path / "layers.parquet")
     # a second score, planted independent of the labels: the same values in a shuffled order
     shuffled = table.assign(score=random.Random(3).sample(scores, len(scores)))
     shuffled.to_parquet(tmp_path / "lr.parquet")
     out = write_score_validity(
-        {"organism": str(tmp_path / "d.parquet")},
+        {"organism": data},
         [
             {"dataset": "organism", "method": "attention", "layer": 1, "path": str(tmp_path / "s.parquet")},
             {"dataset": "organism", "method": "likelihood_ratio", "layer": None, "path": str(tmp_path / "lr.parquet")},
@@ -76,18 +93,46 @@ def test_score_validity_table_and_figure(tmp_path):
         layer_study=str(tmp_path / "layers.parquet"),
         layer_dataset="organism",
     )
-    assert list(out.columns[:5]) == ["dataset", "method", "layer", "auroc", "n"]
-    expected = brute_force_auroc(scores, [i % 2 == 0 for i in range(10)])
+    expected = brute_force_auroc(scores, labels)
     assert expected == pytest.approx(0.8)  # 16 wins and 8 ties of 25 pairs
-    assert out["method"].tolist() == ["attention", "likelihood_ratio", "attention", "attention"]
-    assert out["auroc"].tolist() == pytest.approx(
-        [expected, brute_force_auroc(shuffled["score"].tolist(), [i % 2 == 0 for i in range(10)]), expected, expected]
-    )
-    assert out["n"].tolist() == [10, 10, 10, 10] and out["layer"].tolist()[2:] == [0, 1]
-    assert pd.isna(out["layer"].iloc[1])  # the likelihood ratio has no layer
-    written = pd.read_csv(tmp_path / "v.csv")
-    assert written["layer"].isna().tolist() == [False, True, False, False]
+    planted = brute_force_auroc(shuffled["score"].tolist(), labels)
+    assert out.to_dict("list") == {
+        "dataset": ["organism"] * 4,
+        "method": ["attention", "likelihood_ratio", "attention", "attention"],
+        "layer": [1, None, 0, 1],
+        "auroc": pytest.approx([expected, planted, expected, 1.0]),
+        "n": [10] * 4,
+        "n_context_dependent": [5] * 4,
+        "source": ["scores", "scores", "layer_study", "layer_study"],
+    }
+    lines = (tmp_path / "v.csv").read_text().splitlines()
+    assert lines[0] == "dataset,method,layer,auroc,n,n_context_dependent,source"
+    assert lines[1] == "organism,attention,1,0.8000,10,5,scores"  # the likelihood ratio has no layer
+    assert lines[2] == f"organism,likelihood_ratio,,{planted:.4f},10,5,scores"
     assert (tmp_path / "v.png").stat().st_size > 0
+
+
+def test_labelled_scores_come_back_per_dataset_and_score(tmp_path):
+    data = _labelled_dataset(tmp_path, [True, False, True])
+    frame = pd.DataFrame({"conversation_id": ["c0", "c1", "c2"], "turn": 0, "score": [0.7, 0.1, float("nan")]})
+    frame.to_parquet(tmp_path / "s.parquet")
+    rows = [{"dataset": "d", "method": "attention", "layer": 2, "path": str(tmp_path / "s.parquet")}]
+    table, joined = score_validity({"d": data}, rows)
+    assert list(joined) == [("d", "attention")]
+    assert joined["d", "attention"][["conversation_id", "score"]].values.tolist() == [["c0", 0.7], ["c1", 0.1]]
+    assert table.to_dict("records") == [
+        {
+            "dataset": "d",
+            "method": "attention",
+            "layer": 2,
+            "auroc": 1.0,
+            "n": 2,
+            "n_context_dependent": 1,
+            "source": "scores",
+        }
+    ]
+    empty, nothing = score_validity({"d": data}, [])
+    assert list(empty.columns) == COLUMNS and empty.empty and nothing == {}
 
 
 def test_a_score_independent_of_the_labels_has_auroc_near_one_half():

@@ -35,7 +35,9 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     for column in ["nih", "squad", "quac", "drop", "avg"]:
         assert table[column].between(0, 1).all(), column
     assert table["mt_bench"].between(1, 10).all()
-    assert table["avg"].to_numpy() == pytest.approx(table[["nih", "squad", "quac", "drop"]].mean(axis=1).to_numpy())
+    # the csv's cells are rounded to 4 decimals: their mean is the rounded avg within 1e-4
+    context = table[["nih", "squad", "quac", "drop"]].mean(axis=1).to_numpy()
+    assert table["avg"].to_numpy() == pytest.approx(context, abs=1e-4)
     for suffix in ("md", "tex"):
         assert (embedded_run / f"results/tables/table4.{suffix}").stat().st_size > 0
     for row in table.itertuples(index=False):
@@ -96,6 +98,7 @@ def test_figures_and_eval_files_exist(embedded_run):
 def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     config = yaml.safe_load((embedded_run / "config/config.yaml").read_text())
     config["methods"] = [*config["methods"], "indicator-0.7"]
+    config["models"]["tiny"]["methods"] = [*config["models"]["tiny"]["methods"], "indicator-0.7"]
     (embedded_run / "config/more-betas.yaml").write_text(yaml.safe_dump(config))
     output = snakemake(embedded_run, "-n", "--cores", "2", "--configfile", "config/more-betas.yaml").stdout
     jobs = planned_jobs(output)
@@ -107,10 +110,32 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
             assert "indicator-0.7" in path, (rule, path)
     assert {rule for rule, _ in jobs} >= branch_rules
     counts = {rule: sum(r == rule for r, _ in jobs) for rule in rules}
-    pairs = {(d, m) for d, m, _ in configured_plan(embedded_run / "config/more-betas.yaml").grid()}
-    assert counts["tag_indicator"] == len(config["datasets"])
+    grid = configured_plan(embedded_run / "config/more-betas.yaml").grid()
+    pairs = {(run.dataset, run.model) for run in grid if run.method == "indicator-0.7"}
+    assert counts["tag_indicator"] == len(config["datasets"]) == len(pairs)
     assert counts["finetune"] == counts["evaluate"] == counts["nih_heatmap"] == len(pairs)
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
+
+
+def test_the_both_scores_config_adds_only_its_branches_and_the_likelihood_ratio(embedded_run):
+    """config/organism-scores.yaml (the README's extra run of issue 15) on top of a finished embedded default:
+    the likelihood ratio's scoring, the two new tagged branches per dataset and their fine-tunes, nothing else
+    upstream; the score validity table is redone with the likelihood ratio's rows."""
+    args = ("-n", "--cores", "2", "--configfile", "config/config.yaml", "config/organism-scores.yaml")
+    jobs = planned_jobs(snakemake(embedded_run, *args).stdout)
+    counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
+    n_datasets = len(config_of(embedded_run)["datasets"])
+    assert counts["score_turns"] == counts["gather_scores"] == n_datasets
+    seed = config_of(embedded_run)["scoring"]["seed_model"]["name"]
+    assert all(f"/{seed}-lr" in path for rule, path in jobs if rule in {"score_turns", "gather_scores"})
+    assert counts["tag_indicator"] == counts["finetune"] == counts["evaluate"] == 2 * n_datasets
+    for rule, path in jobs:
+        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+            assert "indicator-q0.3" in path or "indicator-lr-q0.3" in path, (rule, path)
+    assert set(counts) == {
+        *("score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "nih_heatmap"),
+        *("score_validity", "table3", "table4", "threshold_ablation", "all"),
+    }
 
 
 def plan_with(workdir, name: str, change) -> list[tuple[str, str]]:
@@ -165,11 +190,17 @@ def test_changing_the_score_method_reruns_scoring_and_indicator_branches(embedde
     the attention score's reports (layer study, instruction lengths) are not rerun."""
 
     def change(config):
-        config["methods"] = [method.replace("indicator-0.6", "indicator-lr-q0.3") for method in config["methods"]]
+        def by_likelihood_ratio(methods):
+            return [method.replace("indicator-0.9", "indicator-lr-q0.3") for method in methods]
+
+        config["methods"] = by_likelihood_ratio(config["methods"])
+        for model in config["models"].values():
+            model["methods"] = by_likelihood_ratio(model["methods"])
 
     jobs = plan_with(embedded_run, "likelihood-ratio", change)
     rules = _indicator_branches_only(jobs)
     assert not rules & {"score_layers", "layer_agreement", "instruction_lengths"}
+    assert "score_validity" in rules  # with the likelihood ratio's rows
     seed = config_of(embedded_run)["scoring"]["seed_model"]["name"]
     scored = {path for rule, path in jobs if rule in {"score_turns", "gather_scores"}}
     assert len(scored) == 2 * len(config_of(embedded_run)["datasets"])
@@ -294,7 +325,9 @@ def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_ru
     figures = configured_plan(embedded_run / "config/config.yaml").nih_heatmaps()
     figures += [f"results/figures/{n}.png" for n in ("threshold_ablation", "layer_agreement", "instruction_lengths")]
     figures += ["results/figures/nih_template_study.png", "results/figures/attention_allocation.png"]
+    figures += ["results/figures/score_validity.png"]
     tables = [f"results/tables/{n}.csv" for n in ("table4", "table3", "nih_template_study", "attention_steering")]
+    tables += ["results/tables/score_validity.csv"]
     assert set(results) == {*tables, *figures}
     for path, entry in results.items():
         data = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ctxaware.raw import DataError, load_raw
+
 FORMATS = ("sharegpt", "ultrachat", "wizardlm")
-LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 MAX_EXAMPLES = 20
 
 # Lower-case; matched as substrings after folding typographic apostrophes. Kept short and specific: longer
@@ -71,101 +72,8 @@ COUNTERS = (
 )
 
 
-class DataError(ValueError):
-    """Unusable input; the message names the file and the row (index and id) or key at fault."""
-
-
 class _Malformed(Exception):
     """A row that cannot be read in the declared format (reason only; the caller adds file and row)."""
-
-
-# ---------------------------------------------------------------- loading
-
-
-HUB_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
-
-
-def load_raw(
-    source: str,
-    split: str = "train",
-    hub_config: str | None = None,
-    revision: str | None = None,
-    data_files: str | list | dict | None = None,
-    key: str = "source",
-) -> list[dict]:
-    """Rows of a raw dataset: a local .json (list), .jsonl or .parquet file, a directory of them, or a hub id
-    (at `revision`, or only its `data_files`: a pattern or list, or a mapping split -> patterns, inside the
-    repository). `key` is the config key that names the source: every error that stops loading names it.
-
-    Local files are read without `datasets`, which would unify the schema and turn missing fields into None,
-    hiding exactly the malformed rows `adapt` must report. The pinned `datasets` runs no loading scripts: a
-    source that needs one fails here, at the job's start, naming the key.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_SUFFIXES)
-        if not files:
-            scripts = sorted(p.name for p in path.glob("*.py"))
-            what = f"only a loading script ({', '.join(scripts)}), which datasets no longer runs" if scripts else "no"
-            raise DataError(f"config key {key}: {source}: directory has {what} {'/'.join(LOCAL_SUFFIXES)} files")
-        return [row for f in files for row in _read_file(f)]
-    if path.is_file():
-        return _read_file(path)
-    if path.suffix in LOCAL_SUFFIXES or source.startswith((".", "/", "~")):
-        raise DataError(f"config key {key}: {source}: no such file or directory")
-    return _load_hub(source, split, hub_config, revision, data_files, key)
-
-
-def _load_hub(source, split, hub_config, revision, data_files, key) -> list[dict]:
-    import datasets  # heavy import, only needed on the hub path
-
-    where = f"{source} (split {split}" + (f", revision {revision}" if revision else "") + ")"
-    try:
-        if data_files is None:
-            return datasets.load_dataset(source, hub_config, split=split, revision=revision).to_list()
-        patterns = data_files.get(split) if isinstance(data_files, dict) else data_files
-        if not patterns:
-            raise DataError(f"config key {key}: data_files name no files for split {split!r}")
-        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-        builder = HUB_BUILDERS.get(Path(patterns[0]).suffix)
-        if builder is None:
-            raise DataError(f"config key {key}: data_files {patterns[0]!r} is not one of {sorted(HUB_BUILDERS)}")
-        # the files alone, through datasets' own file builder: no script of the repository is looked at
-        urls = [f"hf://datasets/{source}@{revision or 'main'}/{pattern}" for pattern in patterns]
-        return datasets.load_dataset(builder, data_files={split: urls}, split=split).to_list()
-    except DataError:
-        raise
-    except Exception as error:
-        raise DataError(
-            f"config key {key}: {where} cannot be loaded with datasets {datasets.__version__} "
-            f"({type(error).__name__}: {error}); pin a revision or data_files that hold the data as files"
-        ) from error
-
-
-def _read_file(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()  # plain python lists, not numpy arrays as pandas would give
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            if e.msg != "Extra data":  # "Extra data": a JSON-lines file named .json, as the hub often has
-                raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-        else:
-            if not isinstance(rows, list):
-                raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
-            return rows
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON on line {lineno}: {e.msg}") from e
-    return rows
 
 
 # ---------------------------------------------------------------- parsing, one function per schema

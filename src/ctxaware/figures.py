@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctxaware.methods import ATTENTION, BETA, QUANTILE, parse_method  # noqa: E402
@@ -134,3 +135,45 @@ def instruction_lengths(scores_by_dataset: dict[str, str], beta: float, out_png:
     figure.savefig(out_png, dpi=120)
     plt.close(figure)
     return pd.DataFrame(rows)
+
+
+LABEL_COLORS = ((True, "context-dependent", "tab:blue"), (False, "context-free", "tab:orange"))
+
+
+def score_validity_histograms(table: pd.DataFrame, joined: dict[tuple[str, str], pd.DataFrame], out_png: str) -> None:
+    """Score histograms by label, one panel per (method, dataset), and AUROC by layer (attention)."""
+    methods = list(dict.fromkeys(method for _, method in joined))
+    datasets = list(dict.fromkeys(dataset for dataset, _ in joined))
+    fig, axes = plt.subplots(
+        len(methods), len(datasets) + 1, figsize=(3.2 * (len(datasets) + 1), 3 * len(methods)), squeeze=False
+    )
+    for row_axes, method in zip(axes, methods, strict=True):
+        for ax, dataset in zip(row_axes, datasets, strict=False):
+            frame = joined.get((dataset, method))
+            if frame is None:
+                ax.axis("off")
+                continue
+            bins = np.linspace(min(0.0, frame["score"].min()), max(1.0, frame["score"].max()), 26)
+            for value, name, color in LABEL_COLORS:
+                scores = frame.loc[frame["context_dependent"] == value, "score"]
+                ax.hist(scores, bins=bins, alpha=0.6, label=name, color=color)
+            row = table[(table["dataset"] == dataset) & (table["method"] == method) & (table["source"] == "scores")]
+            row = row.iloc[0]
+            title = f"{dataset}: AUROC {row['auroc']:.3f}" if row["n"] else f"{dataset}: no labels"
+            where = f"layer {row['layer']}" if method == ATTENTION else "nats"
+            ax.set(title=title, xlabel=f"{method} score ({where})", ylabel="turns")
+            ax.legend(fontsize=7)
+        row_axes[-1].axis("off")
+    ax = axes[0][-1]
+    ax.axis("on")
+    study = table[table["source"] == "layer_study"]
+    if len(study):
+        ax.plot(study["layer"], study["auroc"], marker="o", label=f"{study['dataset'].iloc[0]} (sample)")
+    scored = table[(table["source"] == "scores") & (table["method"] == ATTENTION)]
+    ax.scatter(scored["layer"], scored["auroc"], color="black", zorder=3, label="every turn")
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set(title="attention AUROC by layer", xlabel="layer", ylabel="AUROC", ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -19,7 +19,6 @@ COLUMNS = ["dataset", "method", "layer", "auroc", "n", "n_context_dependent", "s
 def auroc(scores, labels) -> float:
     """Area under the ROC curve of `scores` for the positive `labels` (the Mann-Whitney U statistic over
     n_pos * n_neg, ties counted half); NaN when a class is empty."""
-    scores = np.asarray(scores, dtype=float)
     labels = np.asarray(labels, dtype=bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
@@ -30,7 +29,7 @@ def auroc(scores, labels) -> float:
 
 def labelled_scores(labels: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Scores joined to labels on (conversation_id, turn); unlabelled and unscored (truncated) turns dropped."""
-    joined = scores.merge(labels, on=["conversation_id", "turn"], how="inner", validate="many_to_one")
+    joined = scores.merge(labels, on=["conversation_id", "turn"], validate="many_to_one")  # an inner join
     joined = joined[joined[LABEL_KEY].notna() & joined["score"].notna()]
     return joined.assign(**{LABEL_KEY: joined[LABEL_KEY].astype(bool)})
 
@@ -40,9 +39,9 @@ def validity_row(dataset: str, method: str, layer: int | None, joined: pd.DataFr
         "dataset": dataset,
         "method": method,
         "layer": layer,
-        "auroc": auroc(joined["score"], joined[LABEL_KEY]) if len(joined) else math.nan,
+        "auroc": auroc(joined["score"], joined[LABEL_KEY]),  # NaN without both kinds of turns
         "n": len(joined),
-        "n_context_dependent": int(joined[LABEL_KEY].sum()) if len(joined) else 0,
+        "n_context_dependent": int(joined[LABEL_KEY].sum()),
         "source": source,
     }
 
@@ -62,7 +61,7 @@ def score_validity(
         rows.append(validity_row(dataset, method, score["layer"], joined, "scores"))
     if layer_study:
         long = pd.read_parquet(layer_study)
-        for study_layer, group in long.groupby("layer", sort=True):
+        for study_layer, group in long.groupby("layer"):  # in the order of the layers
             joined = labelled_scores(labels[layer_dataset], group)
             rows.append(validity_row(layer_dataset, ATTENTION, int(study_layer), joined, "layer_study"))
     table = pd.DataFrame(rows, columns=COLUMNS).astype({"layer": "Int64"})
@@ -79,48 +78,7 @@ def write_score_validity(
 ) -> pd.DataFrame:
     table, joined = score_validity(data, scores, layer_study, layer_dataset)
     table.to_csv(out_csv, index=False, float_format="%.4f")
-    _figure(table, joined, out_png)
+    from ctxaware.figures import score_validity_histograms  # matplotlib only here: the table stays light
+
+    score_validity_histograms(table, joined, out_png)
     return table
-
-
-def _figure(table: pd.DataFrame, joined: dict[tuple[str, str], pd.DataFrame], out_png: str) -> None:
-    """Score histograms by label, one panel per (method, dataset), and AUROC by layer (attention)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(method for _, method in joined))
-    datasets = list(dict.fromkeys(dataset for dataset, _ in joined))
-    fig, axes = plt.subplots(
-        len(methods), len(datasets) + 1, figsize=(3.2 * (len(datasets) + 1), 3 * len(methods)), squeeze=False
-    )
-    for row_axes, method in zip(axes, methods, strict=True):
-        for ax, dataset in zip(row_axes, datasets, strict=False):
-            frame = joined.get((dataset, method))
-            if frame is None:
-                ax.axis("off")
-                continue
-            bins = np.linspace(min(0.0, frame["score"].min()), max(1.0, frame["score"].max()), 26)
-            for value, name, color in ((True, "context-dependent", "tab:blue"), (False, "context-free", "tab:orange")):
-                ax.hist(frame.loc[frame[LABEL_KEY] == value, "score"], bins=bins, alpha=0.6, label=name, color=color)
-            row = table[(table["dataset"] == dataset) & (table["method"] == method) & (table["source"] == "scores")]
-            row = row.iloc[0]
-            title = f"{dataset}: AUROC {row['auroc']:.3f}" if row["n"] else f"{dataset}: no labels"
-            where = f"layer {row['layer']}" if method == ATTENTION else "nats"
-            ax.set(title=title, xlabel=f"{method} score ({where})", ylabel="turns")
-            ax.legend(fontsize=7)
-        row_axes[-1].axis("off")
-    ax = axes[0][-1]
-    ax.axis("on")
-    study = table[table["source"] == "layer_study"]
-    if len(study):
-        ax.plot(study["layer"], study["auroc"], marker="o", label=f"{study['dataset'].iloc[0]} (sample)")
-    scored = table[(table["source"] == "scores") & (table["method"] == ATTENTION)]
-    ax.scatter(scored["layer"], scored["auroc"], color="black", zorder=3, label="every turn")
-    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax.set(title="attention AUROC by layer", xlabel="layer", ylabel="AUROC", ylim=(0, 1.02))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)

@@ -262,7 +262,7 @@ def load_question_source(source: str, limit: int | None = None, references: str 
     if Path(source).exists():
         questions = load_questions(source, limit)
     else:
-        from ctxaware.data import load_raw
+        from ctxaware.raw import load_raw
 
         rows = [from_prompts_row(row) for row in load_raw(source, split="train", key="evaluation.mtbench.questions")]
         for index, row in enumerate(rows):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctxaware.data import load_raw
+from ctxaware.raw import load_raw
 
 CANNOTANSWER = "CANNOTANSWER"
 
