@@ -134,7 +134,7 @@ def test_the_both_scores_config_adds_only_its_branches_and_the_likelihood_ratio(
             assert "indicator-q0.3" in path or "indicator-lr-q0.3" in path, (rule, path)
     assert set(counts) == {
         *("score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "nih_heatmap"),
-        *("score_validity", "table3", "table4", "threshold_ablation", "all"),
+        *("score_validity", "table3", "table4", "threshold_ablation"),
     }
 
 
