@@ -135,11 +135,23 @@ def test_labelled_scores_come_back_per_dataset_and_score(tmp_path):
     assert list(empty.columns) == COLUMNS and empty.empty and nothing == {}
 
 
-def test_a_score_independent_of_the_labels_has_auroc_near_one_half():
-    """A planted score drawn without looking at the labels: AUROC 0.5 within sampling error (n = 4000, sd ~0.009)."""
+def test_a_score_independent_of_the_labels_has_auroc_near_one_half(tmp_path):
+    """A planted score drawn without looking at the labels gets AUROC 0.5 in the validity table, within sampling
+    error (400 turns, 30% positive: sd ~0.03), where an informative one on the same turns gets far more."""
     rng = random.Random(7)
-    labels = [rng.random() < 0.3 for _ in range(4000)]
-    scores = [rng.random() for _ in labels]
-    assert auroc(scores, labels) == pytest.approx(0.5, abs=0.03)
-    informative = [s + (0.5 if label else 0.0) for s, label in zip(scores, labels, strict=True)]
-    assert auroc(informative, labels) > 0.8
+    labels = [rng.random() < 0.3 for _ in range(400)]
+    data = _labelled_dataset(tmp_path, labels)
+    ids = [f"c{i}" for i in range(len(labels))]
+    noise = [rng.random() for _ in labels]
+    planted = pd.DataFrame({"conversation_id": ids, "turn": 0, "score": noise})
+    informative = planted.assign(score=[s + (0.5 if x else 0.0) for s, x in zip(noise, labels, strict=True)])
+    planted.to_parquet(tmp_path / "planted.parquet")
+    informative.to_parquet(tmp_path / "informative.parquet")
+    rows = [
+        {"dataset": "d", "method": method, "layer": None, "path": str(tmp_path / f"{name}.parquet")}
+        for method, name in (("likelihood_ratio", "planted"), ("attention", "informative"))
+    ]
+    table, _ = score_validity({"d": data}, rows)
+    by_method = table.set_index("method")["auroc"]
+    assert by_method["likelihood_ratio"] == pytest.approx(0.5, abs=0.1)
+    assert by_method["attention"] > 0.8
