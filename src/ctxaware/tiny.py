@@ -58,6 +58,12 @@ def build_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return chat_tokenizer(tokenizer)
+
+
+def chat_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer over `tokenizer` with the special tokens and the Zephyr chat template of the
+    workflow's own models (this one and the model organism's)."""
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",

@@ -14,10 +14,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ctxaware.chat import ZEPHYR_TEMPLATE
-
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-ROLE_HEADERS = ["<|system|>", "<|user|>", "<|assistant|>"]  # single tokens: role spans stay crisp
+from ctxaware.tiny import ROLE_HEADERS, SPECIAL_TOKENS, chat_tokenizer  # single-token headers: crisp role spans
 
 
 def _normalizer():
@@ -49,17 +46,7 @@ def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
     )
     tokenizer.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        model_max_length=4096,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = ZEPHYR_TEMPLATE
-    return fast
+    return chat_tokenizer(tokenizer)
 
 
 def encode_documents(
