@@ -43,9 +43,10 @@ rule pretrain_organism:
     cache: True
     conda:
         ENV
-    threads: res("finetune", "cpus_per_task")
+    # a CPU job: the organism is small (one thread is fastest), so it never asks a cluster for a GPU
+    threads: res("light", "cpus_per_task")
     resources:
-        **stage_resources("finetune"),
+        **stage_resources("light"),
     params:
         settings=PLAN.organism_settings(),
         code=code_digest("ctxaware.organism.build"),
