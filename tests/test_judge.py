@@ -388,6 +388,8 @@ def test_reference_rating_rewards_the_right_fact_and_the_right_form():
     assert reference_rating("mira lives in paris .", reference) == pytest.approx(1 + 8 * 3 / 4)  # wrong fact
     assert reference_rating("", reference) == 1.0
     assert reference_rating("the river runs", reference) == 1.0
+    assert reference_rating("mira lives in oslo .", "") == 1.0  # an empty reference rewards nothing
+    assert reference_rating("mira lives in oslo .", "the") == 1.0  # nor one that normalises to nothing
 
 
 def test_reference_judge_grades_each_turn_against_its_reference_and_fails_without_one():
@@ -405,6 +407,13 @@ def test_reference_judge_grades_each_turn_against_its_reference_and_fails_withou
     records = grade(judge, question, ["mira lives in oslo .", "mira works as a pilot ."])
     assert [r["rating"] for r in records] == [10.0, pytest.approx(1 + 8 * 3 / 4)]  # articles do not count
     assert summarize(records)["n_failed"] == 0
+    # each judgment names the reference of its own turn
+    assert [r["judgment"].split(". Rating")[0] for r in records] == [
+        "Compared with the reference answer 'mira lives in oslo .'",
+        "Compared with the reference answer 'mira works as a baker .'",
+    ]
+    with pytest.raises(JudgeError, match="^the reference judge rates answers against references, not judge prompts$"):
+        judge.judge([{"role": "user", "content": "Rate this."}])
     records = grade(judge, {**question, "reference": ["mira lives in oslo ."]}, ["mira lives in oslo .", "x"])
     assert [r["failed"] for r in records] == [False, True] and "no reference answer for turn 2" in records[1]["error"]
 
