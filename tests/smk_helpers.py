@@ -53,6 +53,14 @@ def configured_plan(config_file: Path) -> Plan:
     return Plan(config)
 
 
+def indicator_methods(config: dict) -> tuple[str, str]:
+    """The embedded default's indicator branch of the full fine-tunes and of the qk-lora model."""
+    methods = [m for model in config["models"].values() for m in model["methods"] or config["methods"]]
+    return next(m for m in methods if m.startswith("indicator-")), next(
+        m for m in methods if m.startswith("qk-lora-ind")
+    )
+
+
 def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
     """(rule, first output) of every job a dry run lists."""
     jobs = []

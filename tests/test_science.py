@@ -12,7 +12,7 @@ run says so and the marker must go.
 
 import pandas as pd
 import pytest
-import yaml
+from smk_helpers import configured_plan, indicator_methods
 
 pytestmark = pytest.mark.workflow
 
@@ -25,14 +25,9 @@ VANILLA_MODE = 0.6  # the same share for vanilla, which answers many of them fro
 CONTEXT_TASKS = ["nih", "squad", "quac", "drop"]
 
 
-def _config(run):
-    return yaml.safe_load((run / "config/config.yaml").read_text())
-
-
-def indicator_method(config) -> str:
-    """The embedded default's indicator branch of the full fine-tunes (the paper's method)."""
-    methods = config["models"]["tiny"]["methods"] or config["methods"]
-    return next(m for m in methods if m.startswith("indicator-"))
+def _config(run) -> dict:
+    """The run's config validated as the Snakefile does it: the schema's defaults filled in."""
+    return configured_plan(run / "config/config.yaml").config
 
 
 def template_study(run) -> pd.DataFrame:
@@ -77,10 +72,8 @@ def test_indicator_switches_the_model_to_reading_its_context(embedded_run):
     vanilla answers a large share from memory ("from what i know ,"). Fails when [IND] never reaches the model
     (dropped at training or at evaluation) or when the tags carry no information about the labels."""
     config = _config(embedded_run)
-    prefix = (
-        config.get("organism", {}).get("sft", {}).get("mixture", {}).get("context_prefix", "according to the text ,")
-    )
-    method = indicator_method(config)
+    prefix = config["organism"]["sft"]["mixture"]["context_prefix"]
+    method = indicator_methods(config)[0]
     for dataset in config["datasets"]:
         tagged = reading_mode_share(embedded_run, "tiny", dataset, method, prefix)
         vanilla = reading_mode_share(embedded_run, "tiny", dataset, "vanilla", prefix)
@@ -96,7 +89,7 @@ def test_indicator_recovers_context_use_on_every_dataset(embedded_run):
     config = _config(embedded_run)
     table = pd.read_csv(embedded_run / "results/tables/table4.csv")
     tiny = table[table["model"] == "tiny"].set_index(["sft_dataset", "method"])
-    method = indicator_method(config)
+    method = indicator_methods(config)[0]
     for dataset in config["datasets"]:
         vanilla, tagged = tiny.loc[(dataset, "vanilla")], tiny.loc[(dataset, method)]
         assert tagged["avg"] - vanilla["avg"] >= REMEDY, (dataset, tagged[CONTEXT_TASKS], vanilla[CONTEXT_TASKS])

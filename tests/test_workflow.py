@@ -9,19 +9,11 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from smk_helpers import configured_plan, copy_workflow, planned_jobs, snakemake
+from smk_helpers import configured_plan, copy_workflow, indicator_methods, planned_jobs, snakemake
 
 from ctxaware.tables import TASK_COLUMN
 
 pytestmark = pytest.mark.workflow
-
-
-def indicator_methods(config) -> tuple[str, str]:
-    """The embedded default's indicator branch of the full fine-tunes and of the qk-lora model."""
-    methods = [m for model in config["models"].values() for m in model["methods"] or config["methods"]]
-    return next(m for m in methods if m.startswith("indicator-")), next(
-        m for m in methods if m.startswith("qk-lora-ind")
-    )
 
 
 def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
@@ -87,7 +79,7 @@ def test_figures_and_eval_files_exist(embedded_run):
     for figure in ("threshold_ablation", "layer_agreement", "instruction_lengths"):
         assert (embedded_run / f"results/figures/{figure}.png").stat().st_size > 0
     agreement = pd.read_csv(embedded_run / "results/tables/layer_agreement.csv")
-    layers = config["organism"].get("pretraining", {}).get("num_layers", 4)
+    layers = configured_plan(embedded_run / "config/config.yaml").config["organism"]["pretraining"]["num_layers"]
     assert set(agreement["layer_a"]) == set(range(layers))  # every layer of the seed model
     assert len(agreement) == layers * layers  # its values are checked on a hand-made table in test_layers.py
     method = indicator_methods(config)[0]
@@ -354,7 +346,8 @@ def test_diagnosis_targets_cover_section_2(embedded_run):
     # test_diagnosis.py)
     assert (allocation.loc[~allocation["chat_template"], "template_raw"] == 0).all()
     assert (allocation.loc[allocation["chat_template"], "template_raw"] > 0).all()
-    assert set(allocation["layer"]) == set(range(config["organism"].get("pretraining", {}).get("num_layers", 4)))
+    layers = configured_plan(embedded_run / "config/config.yaml").config["organism"]["pretraining"]["num_layers"]
+    assert set(allocation["layer"]) == set(range(layers))
     steering = pd.read_csv(embedded_run / "results/tables/attention_steering.csv")
     assert set(steering["compat"]) == {"none"}
     assert sorted(set(steering.loc[steering["steered"], "alpha"])) == [0.01, 0.1, 0.3, 0.5, 0.7, 0.9]

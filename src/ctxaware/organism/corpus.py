@@ -26,6 +26,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+# the label on each assistant message (ShareGPT, UltraChat) or row (WizardLM), as the data adapters read it
+from ctxaware.data import LABEL_KEY
 from ctxaware.organism.world import (
     RELATIONS,
     World,
@@ -242,9 +244,6 @@ def sft_conversations(
             [make_turn(rng, world, k, templates, follow_up if i else mixture) for i, k in enumerate(kinds)]
         )
     return conversations
-
-
-LABEL_KEY = "context_dependent"  # on each assistant message (ShareGPT, UltraChat) or row (WizardLM)
 
 
 def to_sharegpt(conversations: list[list[Turn]]) -> list[dict]:
