@@ -283,6 +283,8 @@ INDICATOR_RECIPE = dict(
     gradient_checkpointing=False,
     loss="assistant",
     save_steps=1000,
+    logging_steps=1,
+    lm_head_loss="fused",
     precision="auto",
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj"]),

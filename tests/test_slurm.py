@@ -8,13 +8,12 @@ one the test is skipped, unless CTXAWARE_REQUIRE_SLURM=1 (set by .ci/run), which
 import collections
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from smk_helpers import ROOT, copy_workflow, planned_jobs, snakemake
+from smk_helpers import ROOT, copy_workflow, differing_files, planned_jobs, result_files, slurm_unreachable, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -34,11 +33,7 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
 
 def _cluster() -> dict:
     """Partitions, default partition, GPUs and whether accounting (sacct) works; skip or fail without one."""
-    reason = None
-    if not all(shutil.which(tool) for tool in ("sbatch", "scontrol", "sinfo", "squeue")):
-        reason = "Slurm client tools (sbatch, scontrol, sinfo, squeue) are not on PATH"
-    elif _run("scontrol", "ping").returncode != 0 or "UP" not in _run("scontrol", "ping").stdout:
-        reason = "no Slurm controller answers `scontrol ping`"
+    reason = slurm_unreachable()
     if reason:
         message = f"{reason}; start one with ../shared/tools/local-slurm.sh up (see .ci/run)"
         if os.environ.get("CTXAWARE_REQUIRE_SLURM") == "1":
@@ -178,15 +173,15 @@ def test_every_cluster_job_went_through_sbatch(slurm_run):
 
 
 def test_slurm_run_gives_the_local_results(slurm_run, embedded_run):
-    """Table 4, the scores, every generation and every fine-tuned model's weights, byte for byte."""
+    """The run from scratch through Slurm reproduces the local run byte for byte: prepared data, scores, tagged
+    data, every evaluation (generations included), the tables and every model's weights. It is also the suite's
+    reproducibility run (tests/test_reproducible.py skips where this one runs)."""
     workdir = slurm_run["workdir"]
-    paths = ["results/tables/table4.csv", "results/scores/sharegpt/tiny-sharegpt.parquet"]
-    for pattern in ("results/eval/**/*.generations.jsonl", "results/models/**/*.safetensors"):
-        local = sorted(str(p.relative_to(embedded_run)) for p in embedded_run.glob(pattern))
-        assert local and sorted(str(p.relative_to(workdir)) for p in workdir.glob(pattern)) == local, pattern
-        paths += local
-    for path in paths:
-        assert (workdir / path).read_bytes() == (embedded_run / path).read_bytes(), path
+    files = result_files(embedded_run)
+    assert "results/tables/table4.csv" in files and "results/scores/sharegpt/tiny-sharegpt.parquet" in files
+    assert "results/models/tiny-qlora/sharegpt/qk-lora-indicator-0.9/adapter_model.safetensors" in files
+    assert any(f.endswith(".generations.jsonl") for f in files)
+    assert differing_files(embedded_run, workdir) == []
 
 
 def test_slurm_run_leaves_nothing_to_do(slurm_run):

@@ -43,8 +43,9 @@ rule pretrain_organism:
     cache: True
     conda:
         ENV
-    # a CPU job: the organism is small (one thread is fastest), so it never asks a cluster for a GPU
-    threads: res("light", "cpus_per_task")
+    # a CPU job (it never asks a cluster for a GPU) alone on the critical path: every core the run has (Snakemake
+    # caps it at --cores; 2 threads: 1.4x), its weights the same bits whatever the thread count (test_organism)
+    threads: max(res("light", "cpus_per_task"), workflow.cores)
     resources:
         **stage_resources("light"),
     params:
