@@ -434,3 +434,12 @@ def test_the_plan_and_the_gather_jobs_import_no_ml_library():
     env = {**os.environ, "PYTHONPATH": str(Path(ctxaware.__file__).parents[1])}  # the package these tests import
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout == "[]\n"
+
+
+def test_a_warmup_over_the_whole_run_is_refused_naming_the_recipe():
+    """transformers 5 reads warmup_steps=1 as one step, not the whole run: a ratio must stay below 1."""
+    from snakemake.exceptions import WorkflowError
+
+    plan_of(change=lambda c: c["recipes"]["full"].update(warmup_ratio=0.99))
+    with pytest.raises(WorkflowError, match=r"(?s)1 is greater than or equal to the maximum of 1.*warmup_ratio"):
+        plan_of(change=lambda c: c["recipes"]["full"].update(warmup_ratio=1))
