@@ -434,3 +434,72 @@ def test_the_plan_and_the_gather_jobs_import_no_ml_library():
     env = {**os.environ, "PYTHONPATH": str(Path(ctxaware.__file__).parents[1])}  # the package these tests import
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout == "[]\n"
+
+
+def test_a_warmup_over_the_whole_run_is_refused_naming_the_recipe():
+    """transformers 5 reads warmup_steps=1 as one step, not the whole run: a ratio must stay below 1."""
+    from snakemake.exceptions import WorkflowError
+
+    plan_of(change=lambda c: c["recipes"]["full"].update(warmup_ratio=0.99))
+    with pytest.raises(WorkflowError, match=r"(?s)1 is greater than or equal to the maximum of 1.*warmup_ratio"):
+        plan_of(change=lambda c: c["recipes"]["full"].update(warmup_ratio=1))
+
+
+REFERENCES = {
+    "chat": {"source": "org/chat-model"},
+    "pretrained": {"source": "organism", "nih_max_context": 300, "qa_prompt_style": "simple"},
+}
+
+
+def test_reference_models_are_evaluate_only_rows_first_in_table4():
+    plan = plan_of(change=lambda c: c.update(reference_models=copy.deepcopy(REFERENCES)))
+    assert plan.grid() == plan_of().grid()  # no fine-tune, no scoring, no tagging for them
+    rows = plan.table4_rows()
+    assert rows[2:] == plan_of().table4_rows()
+    assert [(row["sft_dataset"], row["model"], row["method"]) for row in rows[:2]] == [
+        ("-", "chat", "reference"),
+        ("-", "pretrained", "reference"),
+    ]
+    assert rows[0]["results"] == {task: f"results/eval/chat/none/reference/{task}.json" for task in TASKS}
+    assert set(plan.eval_results()) >= set(rows[1]["results"].values())
+    assert plan.nih_heatmaps() == plan_of().nih_heatmaps()
+    # the model itself: the organism's base is an input the workflow builds, a hub id the job loads
+    assert (plan.reference_source("chat"), plan.reference_inputs("chat")) == ("org/chat-model", [])
+    assert plan.reference_source("pretrained") == ORGANISM_BASE and plan.reference_inputs("pretrained") == [
+        ORGANISM_BASE
+    ]
+    # its own NIH cap (the schema's 2000 by default) and QA prompt style, no dataset's
+    chat, pretrained = plan.reference_evaluation_settings("chat"), plan.reference_evaluation_settings("pretrained")
+    assert (chat["nih"]["max_context"], pretrained["nih"]["max_context"]) == (2000, 300)
+    prompts = plan.config["evaluation"]["qa_prompts"]
+    assert chat["squad"]["prompt_template"] == prompts["default"]["squad"]
+    assert pretrained["squad"]["prompt_template"] == prompts["simple"]["squad"]
+    assert plan.reference_evaluation_files("chat") == plan.evaluation_files("small", "sharegpt")
+    assert not plan_of().references  # none by default
+
+
+def test_a_reference_named_like_a_fine_tuned_model_is_refused():
+    with pytest.raises(ValueError, match=r"^config key reference_models\.small: also a key of models"):
+        plan_of(change=lambda c: c.update(reference_models={"small": {"source": "org/chat-model"}}))
+
+
+def test_the_shipped_configs_have_their_reference_rows():
+    from smk_helpers import configured_plan
+
+    paper = configured_plan(ROOT / "config/paper.yaml")
+    assert {name: paper.reference_source(name) for name in paper.references} == {
+        "llama2-7b-chat": "meta-llama/Llama-2-7b-chat-hf",
+        "llama3-8b-instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    }
+    published = {(row["sft_dataset"], row["model"], row["method"]) for row in _paper_table4()}
+    assert {(row["sft_dataset"], row["model"], row["method"]) for row in paper.table4_rows()} == published
+    embedded = configured_plan(ROOT / "config/config.yaml")
+    assert [embedded.reference_source(name) for name in embedded.references] == [ORGANISM_BASE]
+    assert embedded.table4_rows()[0]["method"] == "reference"
+
+
+def _paper_table4() -> list[dict]:
+    import csv
+
+    with open(ROOT / "resources/paper/table4.csv", newline="") as handle:
+        return list(csv.DictReader(handle))

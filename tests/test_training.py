@@ -446,3 +446,47 @@ def test_the_labelled_positions_loss_is_the_models_own_loss(tiny_model_dir, trai
         torch.testing.assert_close(labelled_positions_loss(trainer.model, batch, 4 * labelled), full / 4)
         unlabelled = dict(batch, labels=torch.full_like(batch["labels"], -100))
         assert float(labelled_positions_loss(trainer.model, unlabelled)) == 0.0
+
+
+def test_the_warmup_ratio_reaches_each_transformers_as_a_fraction():
+    """transformers 4 reads a fraction from `warmup_ratio` (its int `warmup_steps` of 0.1 is no warmup),
+    transformers 5 from a float `warmup_steps` below 1 (its `warmup_ratio` deprecated, then removed)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    from ctxaware.training import _checkpointing_argument, _warmup_argument
+
+    @dataclasses.dataclass
+    class Transformers4:
+        warmup_steps: int = 0
+        warmup_ratio: float = 0.0
+
+    @dataclasses.dataclass
+    class Transformers5Deprecating:
+        warmup_steps: float = 0
+        warmup_ratio: float | None = None
+
+    @dataclasses.dataclass
+    class Transformers5:
+        warmup_steps: float = 0
+
+    assert _warmup_argument(Transformers4, 0.1) == {"warmup_ratio": 0.1}
+    assert _warmup_argument(Transformers5Deprecating, 0.1) == {"warmup_steps": 0.1}
+    assert _warmup_argument(Transformers5, 0.1) == {"warmup_steps": 0.1}
+    for installed in (TrainingArguments, SFTConfig):  # whichever transformers is installed: 10% of 200 steps
+        settings = dict(output_dir="unused", use_cpu=True, bf16=False, **{_checkpointing_argument(installed): False})
+        args = installed(**settings, **_warmup_argument(installed, 0.1))
+        assert args.get_warmup_steps(200) == 20
+
+
+def test_the_trainer_warms_up_over_its_warmup_ratio(tiny_model_dir, train_parquet, tmp_path):
+    """8 conversations, global batch 4, 2 epochs: 4 steps, the first quarter (half) of them warming up from 0."""
+    peak = RECIPE["learning_rate"]
+    for ratio, expected in ((0.25, [0.0, 1.0, 2 / 3, 1 / 3]), (0.5, [0.0, 0.5, 1.0, 0.5])):
+        recipe = dict(RECIPE, finetuning="full", epochs=2, lr_scheduler="linear", warmup_ratio=ratio)
+        trainer, _, _ = build_trainer(tiny_model_dir, train_parquet, str(tmp_path / str(ratio)), recipe, False)
+        trainer.train()
+        rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+        assert rates == pytest.approx([peak * share for share in expected])  # the rate each step trained with

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from smk_helpers import configured_plan, copy_workflow, indicator_methods, planned_jobs, snakemake
 
+from ctxaware.methods import REFERENCE
+from ctxaware.plan import NO_DATASET
 from ctxaware.tables import TASK_COLUMN
 
 pytestmark = pytest.mark.workflow
@@ -20,9 +22,10 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     config = config_of(embedded_run)
     table = pd.read_csv(embedded_run / "results/tables/table4.csv")
     assert list(table.columns) == ["sft_dataset", "model", "method", "nih", "squad", "quac", "drop", "avg", "mt_bench"]
-    expected = set(configured_plan(embedded_run / "config/config.yaml").grid())
-    assert set(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
-    assert len(table) == len(expected)
+    rows = configured_plan(embedded_run / "config/config.yaml").table4_rows()
+    expected = [(row["sft_dataset"], row["model"], row["method"]) for row in rows]
+    assert list(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
+    assert expected[0] == ("-", "organism-base", "reference")  # the organism's base, evaluated as it is
     assert {"vanilla", "qk-lora", *indicator_methods(config)} <= set(table["method"])  # every kind of method
     for column in ["nih", "squad", "quac", "drop", "avg"]:
         assert table[column].between(0, 1).all(), column
@@ -40,7 +43,8 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
 def eval_score(workdir, row, task) -> float:
     """An evaluation's `score`, checked against the mean of its generations' per-record scores (MT-Bench: of the
     judge's ratings that did not fail)."""
-    stem = workdir / f"results/eval/{row.model}/{row.sft_dataset}/{row.method}/{task}"
+    dataset = NO_DATASET if row.method == REFERENCE else row.sft_dataset
+    stem = workdir / f"results/eval/{row.model}/{dataset}/{row.method}/{task}"
     score = json.loads(stem.with_suffix(".json").read_text())["score"]
     records = pd.read_json(f"{stem}.generations.jsonl", lines=True)
     per_record = records.loc[~records["failed"], "rating"] if task == "mtbench" else records["score"]
@@ -144,8 +148,9 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
 
     jobs = plan_with(embedded_run, "squad-tokens", change)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
-    assert counts["evaluate"] == len(configured_plan(embedded_run / "config/config.yaml").grid())  # all on SQuAD
-    assert set(counts) <= {"evaluate", "nih_heatmap", "table4", "threshold_ablation", "all"}
+    plan = configured_plan(embedded_run / "config/config.yaml")
+    assert counts["evaluate"] == len(plan.grid()) and counts["evaluate_reference"] == len(plan.references)
+    assert set(counts) <= {"evaluate", "evaluate_reference", "nih_heatmap", "table4", "threshold_ablation", "all"}
     assert "table4" in counts
 
 
@@ -207,6 +212,9 @@ def test_nothing_to_do_after_a_complete_run(embedded_run):
     assert "Nothing to be done" in output, output[-2000:]
 
 
+LLAMA_REFERENCES = ("llama2-7b-chat", "llama3-8b-instruct")
+
+
 def test_paper_config_plans_the_full_grid_offline(tmp_path):
     workdir = copy_workflow(tmp_path / "paper")
     output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml").stdout
@@ -217,6 +225,12 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["finetune"] == 3 * 3 * methods
     assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
+    # Table 4's evaluated references: the instruct models as they are, no fine-tune of theirs
+    references = sorted(path for rule, path in planned_jobs(output) if rule == "evaluate_reference")
+    assert references == [f"results/eval/{name}/none/reference/nih.json" for name in LLAMA_REFERENCES]
+    assert not any(
+        name in path for rule, path in planned_jobs(output) if rule != "evaluate_reference" for name in LLAMA_REFERENCES
+    )
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert not {"organism_world", "pretrain_organism"} & set(counts)
 

@@ -19,6 +19,7 @@ from ctxaware.methods import (
     BETA,
     INDICATOR,
     LIKELIHOOD_RATIO,
+    REFERENCE,
     SCORE_METHODS,
     check_methods,
     parse_method,
@@ -42,6 +43,9 @@ TAGGED_BRANCH = INDICATOR + "{tagging}"
 MODEL = "results/models/{model}/{dataset}/{method}"
 CHECKPOINTS = "results/checkpoints/{model}/{dataset}/{method}"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
+# an evaluate-only row (config reference_models): {model} its name, {dataset} NO_DATASET, {method} REFERENCE
+NO_DATASET = "none"
+NO_SFT_DATASET = "-"  # its sft_dataset in Table 4
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
 GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
 NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
@@ -113,6 +117,12 @@ def check_references(config: dict) -> None:
                 raise ValueError(
                     f"config key models.{name}.methods: {method!r} is not in methods ({config['methods']})"
                 )
+    for name in config["reference_models"]:
+        if name in models:
+            raise ValueError(
+                f"config key reference_models.{name}: also a key of models; an evaluate-only row needs a name of "
+                "its own (its evaluations share the fine-tunes' results/eval/<model>/ folders)"
+            )
     check_likelihood_ratio(config["scoring"]["likelihood_ratio"])
     scorer = config["scoring"]["seed_model"]
     if "path" in scorer:
@@ -147,6 +157,7 @@ class Plan:
         check_references(config)
         self.config = config
         self.datasets, self.models = config["datasets"], config["models"]
+        self.references = config["reference_models"]
         self.methods = config["methods"]
         self.evaluation = config["evaluation"]
         self.tasks = self.evaluation["tasks"]
@@ -168,16 +179,21 @@ class Plan:
             if self.models[model]["methods"] is None or method in self.models[model]["methods"]
         ]
 
+    def reference_runs(self) -> list[Run]:
+        """The evaluate-only rows (config reference_models): named existing models, evaluated as they are."""
+        return [Run(NO_DATASET, name, REFERENCE) for name in self.references]
+
     def table4_rows(self) -> list[dict]:
-        """Table 4's rows: a fine-tune's coordinates and its evaluation json per task."""
+        """Table 4's rows: the evaluate-only references first (sft_dataset `-`, method `reference`), then each
+        fine-tune's coordinates; each with its evaluation json per task."""
         return [
             {
-                "sft_dataset": run.dataset,
+                "sft_dataset": NO_SFT_DATASET if run.method == REFERENCE else run.dataset,
                 "model": run.model,
                 "method": run.method,
                 "results": {task: fill(EVAL_RESULT, **run._asdict(), task=task) for task in self.tasks},
             }
-            for run in self.grid()
+            for run in [*self.reference_runs(), *self.grid()]
         ]
 
     def eval_results(self) -> list[str]:
@@ -208,12 +224,20 @@ class Plan:
 
     def base_source(self, model: str) -> str:
         """Where a base model's weights come from: the organism the workflow pretrains, a local path or a hub id."""
-        source = self.models[model]["source"]
-        return ORGANISM_BASE if source == "organism" else source
+        return _model_source(self.models[model]["source"])
 
     def base_inputs(self, model: str) -> list[str]:
         """Base models the workflow builds are inputs; the job loads a directory or hub id itself."""
         source = self.base_source(model)
+        return [source] if is_artifact(source) else []
+
+    def reference_source(self, reference: str) -> str:
+        """The model an evaluate-only row evaluates: the organism's base, a local path or a hub id."""
+        return _model_source(self.references[reference]["source"])
+
+    def reference_inputs(self, reference: str) -> list[str]:
+        """A reference the workflow builds (the organism's base) is an input; the job loads others itself."""
+        source = self.reference_source(reference)
         return [source] if is_artifact(source) else []
 
     # scoring and tagging
@@ -327,6 +351,12 @@ class Plan:
         style = self.datasets[dataset]["qa_prompt_style"]
         return {task: self.task_settings(task, max_context, style) for task in self.tasks}
 
+    def reference_evaluation_settings(self, reference: str) -> dict[str, dict]:
+        """Every task as an evaluate-only row is evaluated: NIH up to its own context cap, QA in its prompt style."""
+        settings = self.references[reference]
+        cap, style = settings["nih_max_context"], settings["qa_prompt_style"]
+        return {task: self.task_settings(task, cap, style) for task in self.tasks}
+
     def evaluation_engine(self) -> dict:
         """The generation backend; vLLM settings only when vLLM is chosen, so they never rerun other backends."""
         if self.evaluation["backend"] == "vllm":
@@ -335,8 +365,10 @@ class Plan:
 
     def evaluation_files(self, model: str, dataset: str) -> list[str]:
         """Local files the evaluations read (editing one reruns them); hub ids are not files."""
-        settings = self.evaluation_settings(model, dataset)
-        return local_inputs([path for task in settings for path in task_files(task, settings[task])])
+        return settings_files(self.evaluation_settings(model, dataset))
+
+    def reference_evaluation_files(self, reference: str) -> list[str]:
+        return settings_files(self.reference_evaluation_settings(reference))
 
     # Section 2 on (base, instruct) pairs
 
@@ -386,6 +418,15 @@ class Plan:
 
     def threads(self, stage: str) -> int:
         return self.config["resources"][stage]["cpus_per_task"]
+
+
+def _model_source(source: str) -> str:
+    return ORGANISM_BASE if source == "organism" else source
+
+
+def settings_files(settings: dict[str, dict]) -> list[str]:
+    """The local files the tasks of `settings` read."""
+    return local_inputs([path for task in settings for path in task_files(task, settings[task])])
 
 
 def task_files(task: str, settings: dict) -> list[str]:

@@ -216,7 +216,7 @@ def build_trainer(
         gradient_accumulation_steps=gradient_accumulation(recipe["global_batch_size"], per_device, _world_size()),
         learning_rate=recipe["learning_rate"],
         lr_scheduler_type=recipe["lr_scheduler"],
-        warmup_steps=recipe["warmup_ratio"],  # a float below 1 is a fraction of the total steps
+        **_warmup_argument(SFTConfig, recipe["warmup_ratio"]),
         num_train_epochs=recipe["epochs"],
         max_steps=recipe.get("max_steps") or -1,
         **{_checkpointing_argument(SFTConfig): recipe["gradient_checkpointing"]},
@@ -261,6 +261,20 @@ def _checkpointing_argument(config_class) -> str:
     activation_checkpointing."""
     names = {field.name for field in dataclasses.fields(config_class)}
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def _warmup_argument(config_class, ratio: float) -> dict:
+    """The recipe's warmup_ratio as the installed TrainingArguments reads a fraction of the total steps.
+
+    transformers 5 types `warmup_steps` as a float and reads one below 1 as that fraction (its `warmup_ratio`
+    deprecated, then gone); transformers 4 types it an int (0.1 would be a 0.1-step warmup, i.e. none) and
+    reads the fraction from `warmup_ratio`. A ratio of 1 has no fractional spelling in transformers 5, which
+    the schema rules out.
+    """
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    if "warmup_ratio" in fields and fields["warmup_steps"].type in (int, "int"):
+        return {"warmup_ratio": float(ratio)}
+    return {"warmup_steps": float(ratio)}
 
 
 def parameter_dtypes(model) -> dict:

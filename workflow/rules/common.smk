@@ -9,7 +9,7 @@ from snakemake.utils import validate
 # the plan, the method grammar and code digests come from the package (no ML libraries are imported here);
 # the checkout's src/ comes first, so this works where only the jobs have the package installed (--sdm conda)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from ctxaware.methods import METHOD_PATTERN, TAGGING_PATTERN, parse_method
+from ctxaware.methods import METHOD_PATTERN, REFERENCE, TAGGING_PATTERN, parse_method
 from ctxaware.plan import (
     CHECKPOINTS,
     DATA,
@@ -21,6 +21,7 @@ from ctxaware.plan import (
     LAYER_SCORES,
     MODEL,
     NIH_HEATMAP,
+    NO_DATASET,
     ORGANISM_BASE,
     ORGANISM_DIR,
     SCORE_SHARD,
@@ -43,6 +44,7 @@ PLAN = Plan(config)
 
 DATASETS = PLAN.datasets
 MODELS = PLAN.models
+REFERENCES = PLAN.references
 PAIRS = PLAN.pairs
 TASKS = PLAN.tasks
 SCORER = PLAN.scorer
@@ -124,6 +126,22 @@ def evaluation_settings(wildcards):
 
 def evaluation_files(wildcards):
     return PLAN.evaluation_files(wildcards.model, wildcards.dataset)
+
+
+def reference_input(wildcards):
+    return PLAN.reference_inputs(wildcards.model)
+
+
+def reference_source(wildcards):
+    return PLAN.reference_source(wildcards.model)
+
+
+def reference_settings(wildcards):
+    return PLAN.reference_evaluation_settings(wildcards.model)
+
+
+def reference_files(wildcards):
+    return PLAN.reference_evaluation_files(wildcards.model)
 
 
 def pair_inputs(roles):
