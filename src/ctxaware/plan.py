@@ -543,7 +543,7 @@ class Plan:
         from ctxaware.judge import _is_loopback
 
         judge = self.evaluation["mtbench"]["judge"]
-        if "mtbench" not in self.tasks or judge["backend"] != "openai" or not self.grid():
+        if "mtbench" not in self.tasks or judge["backend"] != "openai":
             return None
         if environ.get(judge["api_key_env"]) is not None or _is_loopback(judge["base_url"]):
             return None
