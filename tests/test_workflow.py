@@ -254,6 +254,26 @@ def test_a_bad_layer_fails_at_start_up_and_keeps_every_result(embedded_run, tmp_
     assert nothing[0] == nothing[1]
 
 
+def test_an_openai_judge_without_its_key_warns_a_dry_run_and_stops_a_run_that_evaluates(embedded_run, tmp_path):
+    """Issue 23: the judge's key variable unset: a dry run plans (with a warning), a real run due to evaluate stops
+    before any job starts (every result kept), and a run that evaluates nothing needs no key."""
+    workdir = tmp_path / "run"
+    shutil.copytree(embedded_run, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["evaluation"]["mtbench"]["judge"] = {"backend": "openai", "api_key_env": "CTXAWARE_TEST_UNSET_KEY"}
+    (workdir / "config/openai.yaml").write_text(yaml.safe_dump(config))
+    args = ("--cores", "2", "--configfile", "config/openai.yaml")
+    message = "config key evaluation.mtbench.judge.api_key_env: the environment variable CTXAWARE_TEST_UNSET_KEY"
+    dry = snakemake(workdir, "-n", *args)
+    assert message in dry.stdout + dry.stderr
+    assert "evaluate" in {rule for rule, _ in planned_jobs(dry.stdout)}
+    digest = results_digest(workdir)
+    run = snakemake(workdir, *args, check=False, timeout=900)
+    assert run.returncode != 0 and message in run.stdout + run.stderr
+    assert "rule evaluate" not in run.stdout + run.stderr and results_digest(workdir) == digest
+    snakemake(workdir, "results/tables/table3.csv", *args, "--forcerun", "table3")  # no evaluation, no key
+
+
 def test_a_method_no_model_trains_stops_the_run_naming_it(tmp_path):
     """Issue 23, item 7: on the embedded default each model lists its own methods, so a method added to the
     top-level `methods` only would plan nothing but the tables: start-up stops and names it."""
