@@ -500,6 +500,7 @@ def test_a_models_config_is_read_from_its_directory_or_the_hub_cache_only(tmp_pa
         ({"min_context": 40, "n_lengths": 3, "context_buffer": 160}, 160, 160),  # at the buffer: used whole
         ({"min_context": 40, "n_lengths": 3, "context_buffer": 159}, 160, 1),
         ({"min_context": 300, "n_lengths": 2, "context_buffer": 0}, 160, 300),  # the grid descends from min_context
+        ({"min_context": 40, "n_lengths": 2, "context_buffer": 0}, 160, 160),
         ({"min_context": 40, "n_lengths": 1, "context_buffer": 0}, 160, 40),  # linspace of one length: min_context
     ],
 )
@@ -593,6 +594,10 @@ def test_nih_windows_are_checked_against_max_position_embeddings():
         window(449).check_nih_windows()
     with pytest.raises(ValueError, match=r"^config key models.small.nih_max_context: .* 351, over .* 350 "):
         window(350, buffer=50, new_tokens=1).check_nih_windows()
+    # a model whose shape is unknown here (org/big-model) is skipped, and the pairs after it are still checked
+    pair = {"p": {"base": "organism", "instruct": "org/big-model", "nih_max_context": 10**6}}
+    with pytest.raises(ValueError, match=r"^config key diagnosis.pairs.p.nih_max_context: "):
+        plan_of(change=lambda c: c.update(diagnosis={"pairs": pair})).check_nih_windows()
 
 
 def test_a_model_without_a_window_is_left_to_the_job(tmp_path, monkeypatch):
@@ -659,6 +664,8 @@ def test_mtbench_files_exist_unless_a_job_writes_them_or_the_hub_holds_them(tmp_
     files("q.jsonl").check_mtbench_files()
     with pytest.raises(FileNotFoundError, match=r"^config key evaluation.mtbench.references: no file refs$"):
         files("q.jsonl", "refs").check_mtbench_files()  # references are always a file
+    with pytest.raises(FileNotFoundError, match=r"^config key evaluation.mtbench.references: no file refs$"):
+        files("results/organism/eval/mtbench.jsonl", "refs").check_mtbench_files()
     with pytest.raises(ModuleNotFoundError, match=r"^config key evaluation.mtbench.references: 'package:no_such_pkg/"):
         files("q.jsonl", "package:no_such_pkg/r.jsonl").check_mtbench_files()
     with pytest.raises(ModuleNotFoundError, match=r"^config key evaluation.mtbench.questions: 'package:no_such_pkg/"):

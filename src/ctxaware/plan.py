@@ -466,13 +466,13 @@ class Plan:
         its model's and its dataset's nih_max_context) and each diagnosis pair's, for both its models."""
         caps = []
         if "nih" in self.tasks:
-            for run in dict.fromkeys(Run(run.dataset, run.model, "") for run in self.grid()):
-                model, dataset = self.models[run.model], self.datasets[run.dataset]
+            for dataset_name, model_name in dict.fromkeys((run.dataset, run.model) for run in self.grid()):
+                model, dataset = self.models[model_name], self.datasets[dataset_name]
                 cap_of_dataset = dataset["nih_max_context"]
                 if cap_of_dataset is not None and cap_of_dataset < model["nih_max_context"]:
-                    caps.append((f"datasets.{run.dataset}.nih_max_context", cap_of_dataset, model["source"]))
+                    caps.append((f"datasets.{dataset_name}.nih_max_context", cap_of_dataset, model["source"]))
                 else:
-                    caps.append((f"models.{run.model}.nih_max_context", model["nih_max_context"], model["source"]))
+                    caps.append((f"models.{model_name}.nih_max_context", model["nih_max_context"], model["source"]))
         for name, pair in self.pairs.items():
             caps += [
                 (f"diagnosis.pairs.{name}.nih_max_context", pair["nih_max_context"], pair[r])
