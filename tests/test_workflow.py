@@ -2,9 +2,12 @@
 The complete run is the session fixture `embedded_run` (conftest.py)."""
 
 import base64
+import hashlib
 import json
 import math
+import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -213,6 +216,84 @@ def test_nothing_to_do_after_a_complete_run(embedded_run):
 
 
 LLAMA_REFERENCES = ("llama2-7b-chat", "llama3-8b-instruct")
+
+
+def results_digest(workdir) -> dict[str, str]:
+    """Every file under results/ (links as their targets) with the sha256 of its bytes."""
+    return {
+        str(path.relative_to(workdir)): (
+            f"-> {os.readlink(path)}" if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        for path in sorted((workdir / "results").rglob("*"))
+        if path.is_file() or path.is_symlink()
+    }
+
+
+def test_a_bad_layer_fails_at_start_up_and_keeps_every_result(embedded_run, tmp_path):
+    """Issue 23: after a complete run, `scoring.layer` beyond the seed model's layers stops a real run before any
+    job starts, naming the key, and leaves every file under results/ byte-identical; the setting reverted plans
+    what it planned before (nothing, on this code's own complete run): no scoring shard was deleted."""
+    workdir = tmp_path / "run"
+    shutil.copytree(embedded_run, workdir, symlinks=True)  # a copy (mtimes kept): the other tests' run stays as is
+    config_file = workdir / "config/config.yaml"
+    good = config_file.read_text()
+    config = yaml.safe_load(good)
+    layers = configured_plan(config_file).config["organism"]["pretraining"]["num_layers"]
+    before = snakemake(workdir, "-n", "--cores", "2")
+    if not os.environ.get("CTXAWARE_EMBEDDED_RUN"):  # the fixture is this code's complete run
+        assert "Nothing to be done" in before.stdout + before.stderr, before.stdout[-2000:]
+    digest = results_digest(workdir)
+    assert any(path.startswith("results/scores/") for path in digest)
+
+    config["scoring"]["layer"] = layers + 5
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    failed = snakemake(workdir, "--cores", "2", check=False, timeout=900)
+    assert failed.returncode != 0
+    assert f"config key scoring.layer: layer(s) [{layers + 5}] out of range" in failed.stdout + failed.stderr, (
+        failed.stdout[-3000:]
+    )
+    assert "rule score_turns" not in failed.stdout + failed.stderr  # no job started
+    assert results_digest(workdir) == digest
+
+    config_file.write_text(good)
+    after = snakemake(workdir, "-n", "--cores", "2")
+    assert planned_jobs(after.stdout) == planned_jobs(before.stdout)
+    nothing = ["Nothing to be done" in run.stdout + run.stderr for run in (before, after)]
+    assert nothing[0] == nothing[1]
+
+
+def test_an_openai_judge_without_its_key_warns_a_dry_run_and_stops_a_run_that_evaluates(embedded_run, tmp_path):
+    """Issue 23: the judge's key variable unset: a dry run plans (with a warning), a real run due to evaluate stops
+    before any job starts (every result kept), and a run that evaluates nothing needs no key."""
+    workdir = tmp_path / "run"
+    shutil.copytree(embedded_run, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["evaluation"]["mtbench"]["judge"] = {"backend": "openai", "api_key_env": "CTXAWARE_TEST_UNSET_KEY"}
+    (workdir / "config/openai.yaml").write_text(yaml.safe_dump(config))
+    args = ("--cores", "2", "--configfile", "config/openai.yaml")
+    message = "config key evaluation.mtbench.judge.api_key_env: the environment variable CTXAWARE_TEST_UNSET_KEY"
+    dry = snakemake(workdir, "-n", *args)
+    assert message in dry.stdout + dry.stderr
+    assert "evaluate" in {rule for rule, _ in planned_jobs(dry.stdout)}
+    digest = results_digest(workdir)
+    run = snakemake(workdir, *args, check=False, timeout=900)
+    assert run.returncode != 0 and message in run.stdout + run.stderr
+    assert "rule evaluate" not in run.stdout + run.stderr and results_digest(workdir) == digest
+    snakemake(workdir, "results/tables/table3.csv", *args, "--forcerun", "table3")  # no evaluation, no key
+
+
+def test_a_method_no_model_trains_stops_the_run_naming_it(tmp_path):
+    """Issue 23, item 7: on the embedded default each model lists its own methods, so a method added to the
+    top-level `methods` only would plan nothing but the tables: start-up stops and names it."""
+    workdir = copy_workflow(tmp_path / "untrained")
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["methods"] = [*config["methods"], "indicator-0.55"]
+    (workdir / "config/untrained.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/untrained.yaml", check=False)
+    assert result.returncode != 0
+    assert (
+        "config key methods: no model trains ['indicator-0.55'] (models.tiny.methods: " in result.stdout + result.stderr
+    )
 
 
 def test_paper_config_plans_the_full_grid_offline(tmp_path):

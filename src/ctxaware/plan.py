@@ -10,6 +10,7 @@ compare by value. A rule that needs the config gets one method here (docs/archit
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -50,6 +51,8 @@ EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.j
 GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
 NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
 DIAGNOSIS_CSV = "results/diagnosis/{pair}/{experiment}.csv"
+# a fine-tune of a grid model, as a path: it has its base's shape
+FINE_TUNE = re.compile(r"results/models/([^/]+)/[^/]+/[^/]+/?")
 
 
 class _Keep(dict):
@@ -85,6 +88,46 @@ def is_local(path: str) -> bool:
 
 def local_inputs(paths: list[str]) -> list[str]:
     return [path for path in paths if is_local(path)]
+
+
+class Shape(NamedTuple):
+    """What the plan checks of a model before any job runs: its layers and its position window (None: unknown),
+    and where they were read (named in errors)."""
+
+    layers: int | None
+    window: int | None
+    source: str
+
+
+def read_model_config(source: str) -> dict | None:
+    """A model's config.json, read without torch: a local directory's, or for a hub id the copy in the local hub
+    cache (huggingface_hub's try_to_load_from_cache, no network). None when it is in neither: a workflow output not
+    made yet, a hub model never downloaded here; the job that loads the model then checks it."""
+    path = Path(source)
+    if path.is_dir():
+        config = path / "config.json"
+        return json.loads(config.read_text()) if config.is_file() else None
+    if is_local(source):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+    except Exception:  # no huggingface_hub where Snakemake runs (--sdm conda), or not a hub id
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def shape_of(config: dict, source: str) -> Shape:
+    return Shape(config.get("num_hidden_layers"), config.get("max_position_embeddings"), source)
+
+
+def longest_nih_context(settings: dict, max_context: int) -> int:
+    """Needle and haystack tokens of the NIH grid's longest context (`nih.grid` from min_context to the cap, each
+    length less the buffer, a length at or below the buffer whole: `nih.context_budget`)."""
+    longest = max(settings["min_context"], max_context) if settings["n_lengths"] > 1 else settings["min_context"]
+    buffer = settings["context_buffer"]
+    return longest if longest <= buffer else longest - buffer
 
 
 class Run(NamedTuple):
@@ -167,6 +210,7 @@ class Plan:
         self.pairs = self.diagnosis["pairs"]
         self.layer_study = dict(config["report"]["layer_agreement"])
         self.layer_study["dataset"] = self.layer_study["dataset"] or next(iter(self.datasets))
+        self.check_methods_trained()
 
     # the grid
 
@@ -182,6 +226,18 @@ class Plan:
     def reference_runs(self) -> list[Run]:
         """The evaluate-only rows (config reference_models): named existing models, evaluated as they are."""
         return [Run(NO_DATASET, name, REFERENCE) for name in self.references]
+
+    def check_methods_trained(self) -> None:
+        """Every method of `methods` is trained by some model: a model's own `methods` list (or `datasets`) can
+        leave one untrained, and a setting that plans nothing would otherwise pass in silence."""
+        trained = {run.method for run in self.grid()}
+        untrained = [method for method in self.methods if method not in trained]
+        if untrained:
+            lists = ", ".join(f"models.{name}.methods: {model['methods']}" for name, model in self.models.items())
+            raise ValueError(
+                f"config key methods: no model trains {untrained} ({lists}); add each to the methods of a model "
+                "that should train it, or remove it from methods"
+            )
 
     def table4_rows(self) -> list[dict]:
         """Table 4's rows: the evaluate-only references first (sft_dataset `-`, method `reference`), then each
@@ -402,6 +458,132 @@ class Plan:
 
     def steering(self) -> dict:
         return canonical({key: self.diagnosis["steering"][key] for key in ("alphas", "heads", "compat")})
+
+    # start-up checks: what a job would only find once it runs, checked before any job starts
+
+    def organism_shape(self) -> Shape:
+        pretraining = self.config["organism"]["pretraining"]
+        return Shape(pretraining["num_layers"], pretraining["max_position_embeddings"], "organism.pretraining")
+
+    def model_shape(self, source: str) -> Shape | None:
+        """The shape of a model as the config names it: the organism (`organism`, its base directory) from its
+        settings; a fine-tune of a grid model (results/models/{model}/...) from its base, whose layers and window
+        fine-tuning keeps; a local directory or a cached hub id from its config.json. None when unknown here."""
+        if source in ("organism", ORGANISM_BASE):
+            return self.organism_shape()
+        fine_tune = FINE_TUNE.fullmatch(source)
+        if fine_tune and fine_tune.group(1) in self.models:
+            return self.model_shape(self.models[fine_tune.group(1)]["source"])
+        config = read_model_config(source)
+        return None if config is None else shape_of(config, source)
+
+    def check_layers(self) -> None:
+        """`scoring.layer` and the layer study's layers exist in the seed model."""
+        shape = self.model_shape(self.scorer_model())
+        if shape is None or shape.layers is None:
+            return
+        for key, layers in (
+            ("scoring.layer", [self.scoring["layer"]]),
+            ("report.layer_agreement.layers", self.layer_study["layers"] or []),
+        ):
+            bad = [layer for layer in layers if layer >= shape.layers]
+            if bad:
+                raise ValueError(
+                    f"config key {key}: layer(s) {bad} out of range: the seed model ({shape.source}) has "
+                    f"{shape.layers} layers, 0 to {shape.layers - 1}"
+                )
+
+    def nih_caps(self) -> list[tuple[str, int, str]]:
+        """(key, context cap, model source) of every NIH grid the run generates: each fine-tune's (the smaller of
+        its model's and its dataset's nih_max_context) and each diagnosis pair's, for both its models."""
+        caps = []
+        if "nih" in self.tasks:
+            for dataset_name, model_name in dict.fromkeys((run.dataset, run.model) for run in self.grid()):
+                model, dataset = self.models[model_name], self.datasets[dataset_name]
+                cap_of_dataset = dataset["nih_max_context"]
+                if cap_of_dataset is not None and cap_of_dataset < model["nih_max_context"]:
+                    caps.append((f"datasets.{dataset_name}.nih_max_context", cap_of_dataset, model["source"]))
+                else:
+                    caps.append((f"models.{model_name}.nih_max_context", model["nih_max_context"], model["source"]))
+        for name, pair in self.pairs.items():
+            caps += [
+                (f"diagnosis.pairs.{name}.nih_max_context", pair["nih_max_context"], pair[r])
+                for r in ("base", "instruct")
+            ]
+        return caps
+
+    def check_nih_windows(self) -> None:
+        """The longest NIH context's needle and haystack, with the new tokens, fit each model's window (the job
+        checks the whole prompt, its template's tokens too, before generating)."""
+        settings = self.evaluation["nih"]
+        for key, cap, source in self.nih_caps():
+            shape = self.model_shape(source)
+            if shape is None or shape.window is None:
+                continue
+            context = longest_nih_context(settings, cap)
+            if context + settings["max_new_tokens"] > shape.window:
+                raise ValueError(
+                    f"config key {key}: the longest NIH context ({cap}) holds {context} tokens of needle and haystack "
+                    f"after evaluation.nih.context_buffer {settings['context_buffer']}; with "
+                    f"evaluation.nih.max_new_tokens {settings['max_new_tokens']} that is "
+                    f"{context + settings['max_new_tokens']}, over the max_position_embeddings {shape.window} of "
+                    f"{shape.source}. Lower {key}, or raise evaluation.nih.context_buffer"
+                )
+
+    def check_haystack(self) -> None:
+        """A haystack the run reads is a directory with text (.txt files); one the workflow writes (the
+        organism's) is never empty. Shorter than a context is no error: it is cycled, as the original did."""
+        source = self.evaluation["nih"]["haystack"]
+        if ("nih" not in self.tasks and not self.pairs) or is_artifact(source):
+            return
+        from ctxaware.sources import resolve
+
+        directory = Path(resolve(source, "evaluation.nih.haystack"))
+        if not any(path.stat().st_size for path in directory.glob("*.txt")):
+            raise FileNotFoundError(
+                f"config key evaluation.nih.haystack: {source} is no directory of .txt files with text"
+            )
+
+    def check_mtbench_files(self) -> None:
+        """MT-Bench's question and reference files exist, unless a job writes them (results/) or the questions
+        are a hub dataset (no file suffix)."""
+        if "mtbench" not in self.tasks:
+            return
+        from ctxaware.sources import is_package_ref, resolve
+
+        settings = self.evaluation["mtbench"]
+        for name in ("questions", "references"):
+            source, key = settings[name], f"evaluation.mtbench.{name}"
+            if source is None or is_artifact(source):
+                continue
+            if is_package_ref(source):
+                resolve(source, key)
+            elif (name == "references" or Path(source).suffix in (".json", ".jsonl")) and not Path(source).is_file():
+                raise FileNotFoundError(f"config key {key}: no file {source}")
+
+    def check_startup(self) -> None:
+        """Everything a job would find wrong that is known before it runs, each error naming its config key:
+        nothing is deleted nor recomputed for a setting that cannot work (README: Start-up checks)."""
+        self.check_layers()
+        self.check_nih_windows()
+        self.check_haystack()
+        self.check_mtbench_files()
+
+    def judge_key_missing(self, environ) -> str | None:
+        """The error when the run grades MT-Bench with the openai judge and the variable that holds its key is not
+        set (none is needed for a loopback endpoint, as the judge's own check)."""
+        from ctxaware.judge import _is_loopback
+
+        judge = self.evaluation["mtbench"]["judge"]
+        if "mtbench" not in self.tasks or judge["backend"] != "openai":
+            return None
+        if environ.get(judge["api_key_env"]) is not None or _is_loopback(judge["base_url"]):
+            return None
+        return (
+            f"config key evaluation.mtbench.judge.api_key_env: the environment variable {judge['api_key_env']} is "
+            f"not set; the openai judge ({judge['base_url']}) grades MT-Bench with the key it holds. Set it, or "
+            "choose evaluation.mtbench.judge.backend reference or local"
+        )
 
     # jobs
 

@@ -1,9 +1,12 @@
 # Config is read and validated here, once; the experiment plan (ctxaware.plan) answers every config question.
 # The rule files use these names and one-line input functions (docs/architecture.md).
+import os
 import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # the plan, the method grammar and code digests come from the package (no ML libraries are imported here);
@@ -41,6 +44,24 @@ from ctxaware.tasks import TASKS as ALL_TASKS
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 # the cross-references and the method grammar are checked here; each error names its config key
 PLAN = Plan(config)
+# what a job would find wrong once it runs (layers, NIH windows, haystack, MT-Bench files), checked before any job
+# starts: an error here deletes nothing (README: Start-up checks)
+PLAN.check_startup()
+# the judge's key: a warning on every start (a dry run plans anywhere), an error once an evaluation is due (onstart)
+JUDGE_KEY_MISSING = PLAN.judge_key_missing(os.environ)
+if JUDGE_KEY_MISSING:
+    logger.warning(
+        f"{JUDGE_KEY_MISSING} (a run that evaluates MT-Bench stops at its start)"
+    )
+
+
+onstart:
+    # after the DAG is built, before any job starts (never in a dry run): only runs that judge need the key
+    if JUDGE_KEY_MISSING and any(
+        job.rule.name == "evaluate" for job in workflow.dag.needrun_jobs()
+    ):
+        raise WorkflowError(JUDGE_KEY_MISSING)
+
 
 DATASETS = PLAN.datasets
 MODELS = PLAN.models
