@@ -4,6 +4,8 @@ PyTorch loop doing the same optimizer steps on the same collated batches, in one
     python benchmarks/organism_finetune.py                 # after `make run`: the run's base and ShareGPT SFT set
     python benchmarks/organism_finetune.py --run DIR       # a finished run of the embedded default elsewhere
     python benchmarks/organism_finetune.py --lm-head-loss fused   # TRL's fused LM head instead of the recipe's
+    python benchmarks/organism_finetune.py --whole-job     # the whole fine-tune, before (fused LM head, a log
+                                                           # entry every step) and as configured, 600 steps each
 
 The model is the organism's base (results/models/base/organism) and the data its vanilla ShareGPT branch
 (results/sft/sharegpt/vanilla.parquet), with the embedded default's `organism-full` recipe (config/config.yaml,
@@ -12,6 +14,10 @@ same batches (taken from the trainer's own data loader, so collation is outside 
 backward, gradient clipping, AdamW and the learning-rate schedule. Per-step times leave out the first step of each.
 Prints seconds per step of each, their ratio (goal: at most 1.5x), and the trainer's set-up time (load, tokenize).
 One thread each, as a workflow job gets by default (--threads to change).
+
+--whole-job times what the `finetune` job does (ctxaware.training.finetune: set-up, every step of the recipe,
+its checkpoints, the save), each variant in a fresh process: the recipe as the workflow ran it before the
+speed work (TRL's fused LM head, logging_steps 1) and as configured now, and prints their ratio.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def organism_recipe(name: str, steps: int, lm_head_loss: str | None) -> dict:
-    """The embedded default's recipe as the workflow sees it (schema defaults filled in), cut to `steps`."""
+def organism_recipe(name: str, steps: int | None, lm_head_loss: str | None) -> dict:
+    """The embedded default's recipe as the workflow sees it (schema defaults filled in), cut to `steps` (None:
+    all of them, with the recipe's checkpoints)."""
     from snakemake.utils import validate
 
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
-    recipe = dict(config["recipes"][name], max_steps=steps, save_steps=10**6)
+    recipe = dict(config["recipes"][name])
+    if steps is not None:
+        recipe.update(max_steps=steps, save_steps=10**6)
     if lm_head_loss:
         recipe["lm_head_loss"] = lm_head_loss
     return recipe
@@ -62,6 +71,35 @@ def plain_loop(trainer, batches: list[dict]) -> list[float]:
     return ends
 
 
+def whole_job(run: Path, dataset: str, recipe: dict, threads: int, results) -> None:
+    """One fine-tune as the workflow's job runs it, in this (fresh) process: wall seconds into `results`."""
+    from ctxaware.training import finetune
+
+    torch.set_num_threads(threads)
+    base, data = run / "results/models/base/organism", run / f"results/sft/{dataset}/vanilla.parquet"
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        log = finetune(str(base), str(data), f"{scratch}/model", f"{scratch}/checkpoints", recipe, False)
+        results.put({"seconds": time.perf_counter() - started, "steps": log["global_step"]})
+
+
+def compare_whole_jobs(args, run: Path) -> None:
+    import multiprocessing
+
+    configured = organism_recipe(args.recipe, None, args.lm_head_loss)
+    variants = {"before": dict(configured, lm_head_loss="fused", logging_steps=1), "configured": configured}
+    context, rows = multiprocessing.get_context("spawn"), {}
+    for name, recipe in variants.items():
+        results = context.Queue()
+        process = context.Process(target=whole_job, args=(run, args.dataset, recipe, args.threads, results))
+        process.start()
+        process.join()
+        rows[name] = results.get()
+        print(f"  {name:10s} {rows[name]['seconds']:6.1f} s for {rows[name]['steps']} steps", flush=True)
+    print(f"  configured / before: {rows['configured']['seconds'] / rows['before']['seconds']:.2f}")
+    print(json.dumps(rows))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=str(ROOT), help="a directory holding a finished embedded-default run")
@@ -70,6 +108,7 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lm-head-loss", choices=["fused", "labelled"], default=None, help="default: the recipe's")
+    parser.add_argument("--whole-job", action="store_true", help="time whole fine-tunes, before and as configured")
     args = parser.parse_args()
 
     from transformers import TrainerCallback
@@ -80,6 +119,10 @@ def main():
     base, data = run / "results/models/base/organism", run / f"results/sft/{args.dataset}/vanilla.parquet"
     if not (base / "config.json").exists() or not data.exists():
         raise SystemExit(f"no finished embedded-default run in {run} ({base}, {data}): run `make run` first")
+    if args.whole_job:
+        print(f"whole organism fine-tunes: {args.recipe}, {args.dataset}, {args.threads} thread(s), own process each")
+        compare_whole_jobs(args, run)
+        return
     torch.set_num_threads(args.threads)
     recipe = organism_recipe(args.recipe, args.steps, args.lm_head_loss)
     step_ends: list[float] = []
