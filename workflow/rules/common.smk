@@ -15,6 +15,7 @@ from ctxaware.plan import (
     DATA,
     DATA_STATS,
     DIAGNOSIS_CSV,
+    EVAL_ANSWERS,
     EVAL_GENERATIONS,
     EVAL_RESULT,
     GENERATION_CACHE,
@@ -35,6 +36,7 @@ from ctxaware.plan import (
 from ctxaware.organism import EVAL_FILES as ORGANISM_EVAL_FILES
 from ctxaware.organism import SFT_FILES as ORGANISM_SFT_FILES
 from ctxaware.provenance import code_digest
+from ctxaware.tasks import JUDGED_TASKS
 from ctxaware.tasks import TASKS as ALL_TASKS
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -45,6 +47,8 @@ DATASETS = PLAN.datasets
 MODELS = PLAN.models
 PAIRS = PLAN.pairs
 TASKS = PLAN.tasks
+GENERATED_TASKS = PLAN.generated_tasks()  # scored by `evaluate`
+JUDGED = PLAN.judged_tasks()  # answered by `evaluate`, scored by `judge`
 SCORER = PLAN.scorer
 LAYER_STUDY = PLAN.layer_study
 DIAGNOSIS = config["diagnosis"]
@@ -124,6 +128,10 @@ def evaluation_settings(wildcards):
 
 def evaluation_files(wildcards):
     return PLAN.evaluation_files(wildcards.model, wildcards.dataset)
+
+
+def judge_files():
+    return PLAN.judge_files()
 
 
 def pair_inputs(roles):
