@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ctxaware.chat import append_indicator
 from ctxaware.generation import Generator
+from ctxaware.judge import JUDGED_TASKS
 from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
 from ctxaware.modeling import load_model
-from ctxaware.tasks import JUDGED_TASKS, TASKS, nih, qa
+from ctxaware.tasks import TASKS, nih, qa
 
 BACKENDS = ("transformers", "vllm")
 

@@ -37,6 +37,8 @@ class JudgeUnavailable(RuntimeError):
 
 
 JUDGE_KEY = "evaluation.mtbench.judge"
+# the tasks scored by a judge in a job of their own (`judge`, a CPU job): `evaluate` writes their answers
+JUDGED_TASKS = ("mtbench",)
 
 
 class JudgmentCache:

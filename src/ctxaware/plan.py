@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from ctxaware.judge import JUDGED_TASKS
 from ctxaware.methods import (
     ATTENTION,
     BETA,
@@ -25,7 +26,7 @@ from ctxaware.methods import (
     parse_tagging,
     training_recipe,
 )
-from ctxaware.tasks import JUDGED_TASKS, QA_TASKS
+from ctxaware.tasks import QA_TASKS
 from ctxaware.tasks.nih import resolve_template
 
 # Artifact paths with wildcards: the rules' outputs and the inputs the plan hands their consumers.

@@ -1,5 +1,6 @@
 # Config is read and validated here, once; the experiment plan (ctxaware.plan) answers every config question.
 # The rule files use these names and one-line input functions (docs/architecture.md).
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,11 +36,14 @@ from ctxaware.plan import (
 )
 from ctxaware.organism import EVAL_FILES as ORGANISM_EVAL_FILES
 from ctxaware.organism import SFT_FILES as ORGANISM_SFT_FILES
-from ctxaware.provenance import code_digest
-from ctxaware.tasks import JUDGED_TASKS
+from ctxaware.provenance import check_output_cache, code_digest
+from ctxaware.judge import JUDGED_TASKS
 from ctxaware.tasks import TASKS as ALL_TASKS
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+# --cache (profiles/slurm turns it on) without a cache directory: Snakemake would warn, then fail on the first
+# cached rule with "Cache backend unavailable"; say what to set instead
+check_output_cache(workflow.workflow_settings.cache, os.environ)
 # the cross-references and the method grammar are checked here; each error names its config key
 PLAN = Plan(config)
 

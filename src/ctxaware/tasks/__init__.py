@@ -6,5 +6,3 @@ TASKS is the one list of them (evaluation, wildcards, Table 4's columns); the sc
 QA_TASKS = ("squad", "quac", "drop")
 CONTEXT_TASKS = ("nih", *QA_TASKS)  # Table 4's avg is their mean
 TASKS = (*CONTEXT_TASKS, "mtbench")
-# scored by a judge in a job of its own (`judge`, a CPU job): `evaluate` writes their answers, `judge` the result
-JUDGED_TASKS = ("mtbench",)
