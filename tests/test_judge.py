@@ -244,13 +244,16 @@ def test_missing_key_for_remote_endpoint_names_the_variable(monkeypatch):
     assert "export MY_JUDGE_KEY=" in str(info.value) and "evaluation.mtbench.judge.api_key_env" in str(info.value)
 
 
-def test_a_named_key_is_required_on_loopback_too(server):
+def test_a_named_key_is_required_on_loopback_too(server, monkeypatch):
     """Only api_key_env null sends no key; a named variable that is unset fails before any request."""
     judge = make_judge(server, api_key_env="OPENAI_API_KEY")
     with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY is not set"):
         judge.check_key()
     with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY is not set"):
         grade(judge, WRITING, ANSWERS)
+    monkeypatch.setenv("OPENAI_API_KEY", "")  # an empty key is no key
+    with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY is not set"):
+        judge.check_key()
     assert judge.calls == 0 and server.requests == []
 
 

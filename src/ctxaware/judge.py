@@ -99,9 +99,9 @@ class OpenAIJudge:  # pragma: no mutate block
     def check_key(self) -> None:
         """A named key variable must be set (api_key_env null: no key is sent, for a server without
         authentication); checked before any request, so a job without its key fails at once."""
-        if self.api_key_env is not None and os.environ.get(self.api_key_env) is None:
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise JudgeUnavailable(
-                f"environment variable {self.api_key_env} is not set: export {self.api_key_env}=<the API key of "
+                f"environment variable {self.api_key_env} is not set (or empty): export {self.api_key_env}=<the API key of "
                 f"{self.base_url}> where the judge job runs (config key {JUDGE_KEY}.api_key_env names the variable; "
                 "null sends no key, for a server without authentication)"
             )
