@@ -716,3 +716,77 @@ def test_answer_sampling_is_greedy_or_fastchats():
     assert answer_temperature("unknown", "fastchat") == 0.7
     with pytest.raises(ValueError, match=r"^config key evaluation.mtbench.answer_sampling: 'top' is not greedy or"):
         answer_temperature("writing", "top")
+
+
+def _answers_file(tmp_path, questions) -> str:
+    """What `evaluate` writes for MT-Bench: its summary and one record per question with prompts and answers."""
+    answers = {
+        "task": "mtbench",
+        "n": len(questions),
+        "model_dir": "results/models/m",
+        "with_indicator": True,
+        "backend": "transformers",
+        "n_generated": 2 * len(questions),
+        "settings": {"limit": None, "max_new_tokens": 8},
+        "questions": questions,
+    }
+    path = tmp_path / "mtbench.answers.json"
+    path.write_text(json.dumps(answers))
+    return str(path)
+
+
+def test_judge_answers_writes_the_result_and_judged_records_of_evaluates_answers(tmp_path):
+    from ctxaware.judge import judge_answers
+
+    question = {
+        "question_id": 7,
+        "category": "stem",
+        "turns": ["where does mira live ?", "what is the job of mira ?"],
+        "reference": ["mira lives in oslo .", "mira works as a baker ."],
+        "prompts": ["where does mira live ? [IND]", "what is the job of mira ? [IND]"],
+        "answers": ["mira lives in oslo .", "mira works as a pilot ."],
+    }
+    out_json, out_records = tmp_path / "out" / "mtbench.json", tmp_path / "out" / "mtbench.generations.jsonl"
+    result = judge_answers(_answers_file(tmp_path, [question]), {"backend": "reference"}, out_json, out_records)
+    assert json.loads(out_json.read_text()) == result
+    assert list(result) == [
+        *("task", "score", "score_turn1", "score_turn2", "n_judgments", "n_failed"),
+        *("n", "model_dir", "with_indicator", "backend", "n_generated", "settings"),
+    ]
+    assert result["score_turn1"] == 10.0 and result["score_turn2"] == pytest.approx(1 + 8 * 3 / 4)
+    assert result["n"] == 1 and result["n_generated"] == 2 and result["with_indicator"] is True
+    assert result["settings"] == {"limit": None, "max_new_tokens": 8, "judge": {"backend": "reference"}}
+    records = [json.loads(line) for line in out_records.read_text().splitlines()]
+    assert [(r["turn"], r["prompt"], r["answer"]) for r in records] == [
+        (1, "where does mira live ? [IND]", "mira lives in oslo ."),
+        (2, "what is the job of mira ? [IND]", "mira works as a pilot ."),
+    ]
+    assert records[0]["question_id"] == 7 and records[0]["judge_prompt"] == "single-v1" and not records[0]["failed"]
+
+
+def test_judge_answers_without_its_key_fails_before_any_request_and_writes_nothing(server, tmp_path, monkeypatch):
+    from ctxaware.judge import judge_answers, make_judge, public_settings
+
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    settings = {
+        "backend": "openai",
+        "base_url": server.url,
+        "model": "judge-model",
+        "api_key_env": "MY_JUDGE_KEY",
+        "timeout_s": 5,
+        "max_retries": 1,
+        "backoff_s": 0.5,
+        "retry_budget_s": 7,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    judge = make_judge(settings)
+    assert (judge.timeout_s, judge.max_retries, judge.backoff_s, judge.retry_budget_s) == (5, 1, 0.5, 7)
+    assert (judge.model, judge.api_key_env) == ("judge-model", "MY_JUDGE_KEY")
+    assert judge.url == server.url + "chat/completions"
+    question = {**WRITING, "prompts": WRITING["turns"], "answers": ANSWERS}
+    out = tmp_path / "out"
+    with pytest.raises(JudgeUnavailable, match="MY_JUDGE_KEY is not set"):
+        judge_answers(_answers_file(tmp_path, [question]), settings, out / "m.json", out / "m.jsonl")
+    assert server.requests == [] and not out.exists()
+    assert public_settings({"api_key": "sk-1", "api_key_env": "K", "model": "m"}) == {"api_key_env": "K", "model": "m"}
+    assert public_settings(None) is None

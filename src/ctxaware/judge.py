@@ -101,9 +101,9 @@ class OpenAIJudge:  # pragma: no mutate block
         authentication); checked before any request, so a job without its key fails at once."""
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise JudgeUnavailable(
-                f"environment variable {self.api_key_env} is not set (or empty): export {self.api_key_env}=<the API key of "
-                f"{self.base_url}> where the judge job runs (config key {JUDGE_KEY}.api_key_env names the variable; "
-                "null sends no key, for a server without authentication)"
+                f"environment variable {self.api_key_env} is not set (or empty): export {self.api_key_env}=<the API "
+                f"key of {self.base_url}> where the judge job runs (config key {JUDGE_KEY}.api_key_env names the "
+                "variable; null sends no key, for a server without authentication)"
             )
 
     def _headers(self) -> dict:
