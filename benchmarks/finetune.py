@@ -85,6 +85,8 @@ def recipe_for(method: str, args) -> dict:
         "precision": "auto",  # bf16-mixed on a GPU, fp32 on the CPU, as the workflow's recipes
         "loss": "all",
         "save_steps": 10**6,
+        "logging_steps": 1,
+        "lm_head_loss": "fused",
         "indicator_embedding": "trainable",
         "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": ALL_PROJECTIONS},
     }

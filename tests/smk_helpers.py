@@ -61,6 +61,46 @@ def indicator_methods(config: dict) -> tuple[str, str]:
     )
 
 
+# what a run from scratch must reproduce byte for byte: every result file, and the models' weights (their logs
+# hold run times)
+COMPARED = ["results/data", "results/scores", "results/sft", "results/eval", "results/tables"]
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file under folder, following linked folders: the between-workflow cache (profiles/slurm) leaves its
+    rules' outputs as links into the cache, whose contents Path.rglob skips (Python 3.11)."""
+    return [Path(root, name) for root, _, names in os.walk(folder, followlinks=True) for name in names]
+
+
+def result_files(workdir: Path) -> list[str]:
+    """The files of a finished run that a second run from scratch must reproduce, relative to workdir (cached
+    outputs, links into the cache, included)."""
+    files = [path for folder in COMPARED for path in files_under(workdir / folder) if path.is_file()]
+    files += [path for path in files_under(workdir / "results/models") if path.name.endswith(".safetensors")]
+    return sorted(str(path.relative_to(workdir)) for path in files if not path.name.startswith("."))
+
+
+def differing_files(run: Path, again: Path) -> list[str]:
+    """The result files of `run` that `again` lacks or holds with other bytes (and any `again` has besides)."""
+    files, others = result_files(run), result_files(again)
+    extra = sorted(set(others) - set(files))
+    return extra + [f for f in files if f not in others or (again / f).read_bytes() != (run / f).read_bytes()]
+
+
+def _tool_output(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def slurm_unreachable() -> str | None:
+    """Why no Slurm cluster can take the workflow's jobs here, or None when one answers."""
+    if not all(shutil.which(tool) for tool in ("sbatch", "scontrol", "sinfo", "squeue")):
+        return "Slurm client tools (sbatch, scontrol, sinfo, squeue) are not on PATH"
+    ping = _tool_output("scontrol", "ping")
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return "no Slurm controller answers `scontrol ping`"
+    return None
+
+
 def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
     """(rule, first output) of every job a dry run lists."""
     jobs = []

@@ -9,6 +9,7 @@ from ctxaware.chat import (
     Span,
     append_indicator,
     encode_with_spans,
+    free_marks,
     prepare_tokenizer,
     render,
     with_system,
@@ -114,8 +115,10 @@ CONVERSATION = [
         [{"role": "system", "content": "Answer from the passage."}, *CONVERSATION[:2]],
         [{"role": "user", "content": "user"}, {"role": "assistant", "content": "a"}],  # contents like headers
         [{"role": "user", "content": ""}, {"role": "assistant", "content": "Paris."}],  # an empty user message
+        # private-use characters, even shaped like a sentinel: real chat data holds them
+        [{"role": "user", "content": "a \ue000 b \ue0001\ue001"}, {"role": "assistant", "content": "\ue001\ue002"}],
     ],
-    ids=["multi-turn", "system", "header-like", "empty"],
+    ids=["multi-turn", "system", "header-like", "empty", "private-use"],
 )
 def test_spans_are_the_pieces_the_conversation_is_built_from(tokenizer, messages):
     ids, spans = _pieces(tokenizer, messages)
@@ -139,11 +142,6 @@ def _with_template(template):
 
 
 def test_templates_that_do_not_copy_the_content_once_and_verbatim_are_refused(tokenizer):
-    sentinels = "^message content holds the private-use characters U\\+E000/U\\+E001 used to locate roles$"
-    with pytest.raises(ValueError, match=sentinels):
-        encode_with_spans(tokenizer, [{"role": "user", "content": "a \ue000 b"}])
-    with pytest.raises(ValueError, match=sentinels):
-        encode_with_spans(tokenizer, [{"role": "user", "content": "a \ue001"}])
     upper = _with_template("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | upper }}{% endfor %}")
     with pytest.raises(ValueError, match="^chat template does not copy message content verbatim; cannot locate"):
         encode_with_spans(upper, [{"role": "user", "content": "hi"}])
@@ -253,3 +251,26 @@ def test_content_edges_inside_tokens_and_at_the_end_of_the_text():
     encoded = encode_with_spans(last, [{"role": "user", "content": "the fox"}])
     user = encoded.spans[1]
     assert last.decode(encoded.input_ids[user.start : user.end]) == "the fox" and user.end == len(encoded.input_ids)
+
+
+def test_sentinel_marks_are_the_first_characters_the_text_does_not_hold():
+    assert free_marks("plain text") == ("\ue000", "\ue001")
+    assert free_marks("\ue000 \ue002 \ue004") == ("\ue001", "\ue003")
+    every = {chr(code) for code in range(0x110000)}
+    assert free_marks("".join(every - {"\U0010ffff", "A"})) == ("\U0010ffff", "A")  # the last, then wrapping
+    assert free_marks("".join(every - {"\x00", "\ue000"})) == ("\ue000", "\x00")
+    with pytest.raises(ValueError, match="^the conversation holds every Unicode character but one; no sentinel"):
+        free_marks("".join(every - {"A"}))
+
+
+def test_a_template_writing_private_use_characters_still_locates_each_content():
+    """The marks are free in the whole render, the template's own text too: this template's header of message
+    0 is what a fixed U+E000/U+E001 sentinel of message 0 would be."""
+    custom = _with_template("{% for m in messages %}\ue000{{ loop.index0 }}\ue001{{ m['content'] }}{% endfor %}")
+    messages = [{"role": "user", "content": "0"}, {"role": "assistant", "content": "\ue0021\ue003"}]
+    encoded = encode_with_spans(custom, messages)
+    text = custom.decode(encoded.input_ids)
+    assert text == "\ue0000\ue001\ue0001\ue0010\ue0002\ue001\ue0021\ue003"
+    offsets = custom(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    contents = [text[offsets[span.start][0] : offsets[span.end - 1][1]] for span in encoded.spans[1:]]
+    assert contents == ["0", "\ue0021\ue003"] and encoded.spans[0].start == encoded.spans[0].end

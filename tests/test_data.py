@@ -145,10 +145,53 @@ def test_sharegpt_rows():
         duplicate_ids_renamed=1,
     )
     assert stats["malformed_examples"] == [
-        "resources/x.json row 5 (id sg-5): missing 'conversations'",
+        "resources/x.json row 5 (id sg-5): missing 'conversations' or 'messages'",
         "resources/x.json row 6 (id sg-6): message 0 'value' is int, expected str",
         "resources/x.json row 9 (id sg-9): message 0 has unknown from 'robot'",
     ]
+
+
+def test_sharegpt_reads_messages_and_either_key_pair_as_the_originals_converter():
+    """`format: sharegpt` takes `conversations` or `messages`, each message `from`/`value` or `role`/`content`
+    (the original's `vicuna_to_ultrachat`): the same rows in any layout give the same conversations."""
+
+    def relayout(row, field, role_key, text_key):
+        out = {k: v for k, v in row.items() if k != "conversations"}
+        if "conversations" in row:
+            out[field] = [
+                {role_key: m["from"], text_key: m["value"]} if isinstance(m, dict) else m for m in row["conversations"]
+            ]
+        return out
+
+    expected, expected_stats = adapt(SHAREGPT_ROWS, "sharegpt")
+    for field in ("conversations", "messages"):
+        for role_key, text_key in (("from", "value"), ("role", "content"), ("from", "content"), ("role", "value")):
+            rows = [relayout(row, field, role_key, text_key) for row in SHAREGPT_ROWS]
+            convs, stats = adapt(rows, "sharegpt")
+            assert convs == expected, (field, role_key, text_key)
+            assert {k: v for k, v in stats.items() if k != "malformed_examples"} == {
+                k: v for k, v in expected_stats.items() if k != "malformed_examples"
+            }
+            assert stats["malformed_examples"][1:] == [
+                f"<memory> row 6 (id sg-6): message 0 '{text_key}' is int, expected str",
+                f"<memory> row 9 (id sg-9): message 0 has unknown {role_key} 'robot'",
+            ]
+
+    # parquet rows carry every column and struct field, the absent ones None; the first present one wins
+    row = {
+        "id": "p",
+        "conversations": None,
+        "messages": [
+            {"from": None, "value": None, "role": "user", "content": "Q"},
+            {"from": "gpt", "value": "A", "role": "user", "content": "ignored"},
+        ],
+    }
+    assert adapt([row], "sharegpt", strict=True)[0][0]["messages"] == msgs(("user", "Q"), ("assistant", "A"))
+    both = {"id": "b", "conversations": sg(("human", "first"), ("gpt", "wins")), "messages": uc(("user", "x"))}
+    assert adapt([both], "sharegpt")[0][0]["messages"] == msgs(("user", "first"), ("assistant", "wins"))
+    with pytest.raises(DataError, match=r"^s\.json row 0 \(id q\): message 1 has no 'value' or 'content'$"):
+        bad = {"id": "q", "messages": [{"role": "user", "content": "Q"}, {"role": "gpt"}]}
+        adapt([bad], "sharegpt", source="s.json", strict=True)
 
 
 def test_system_and_blank_messages():
@@ -232,7 +275,7 @@ def test_wizardlm_rows():
 @pytest.mark.parametrize(
     ("rows", "fmt", "match"),
     [
-        (SHAREGPT_ROWS, "sharegpt", r"^s\.json row 5 \(id sg-5\): missing 'conversations'$"),
+        (SHAREGPT_ROWS, "sharegpt", r"^s\.json row 5 \(id sg-5\): missing 'conversations' or 'messages'$"),
         (ULTRACHAT_ROWS, "ultrachat", r"^s\.json row 5 \(id u5\): missing 'messages'$"),
         (WIZARDLM_ROWS, "wizardlm", r"^s\.json row 3: missing 'output'$"),
     ],
@@ -245,10 +288,10 @@ def test_strict_raises_on_first_bad_row(rows, fmt, match):
 def test_majority_malformed_means_wrong_format():
     with pytest.raises(
         DataError,
-        match=r"^c\.jsonl: 7 of 7 rows are malformed for format 'sharegpt'.*"
-        r"first: c\.jsonl row 0: missing 'conversations'",
+        match=r"^c\.jsonl: 8 of 8 rows are malformed for format 'sharegpt'.*"
+        r"first: c\.jsonl row 0: missing 'conversations' or 'messages'",
     ):
-        adapt(ULTRACHAT_ROWS, "sharegpt", source="c.jsonl")
+        adapt(WIZARDLM_ROWS, "sharegpt", source="c.jsonl")
     good, bad = WIZARDLM_ROWS[0], WIZARDLM_ROWS[3]
     with pytest.raises(DataError, match="2 of 3 rows"):
         adapt([good, bad, bad], "wizardlm")

@@ -134,7 +134,7 @@ def test_roles_are_the_pieces_the_prompt_is_built_from(tiny, use_template, adds_
     assert ids == generator.encode_chat([{"role": "user", "content": CONTENT}], use_template, prefix)
 
 
-@pytest.mark.parametrize("content", ["user", "a", "assistant", "s", "t", "system", "\n"])
+@pytest.mark.parametrize("content", ["user", "a", "assistant", "s", "t", "system", "\n", "\ue0000\ue001 \ue000"])
 def test_user_role_is_the_content_even_when_a_header_holds_it(tiny, content):
     _, tokenizer = tiny
     ids, roles = encode_roles(tokenizer, content, True, "")

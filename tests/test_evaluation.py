@@ -292,6 +292,8 @@ INDICATOR_RECIPE = dict(
     gradient_checkpointing=False,
     loss="assistant",
     save_steps=1000,
+    logging_steps=1,
+    lm_head_loss="fused",
     precision="auto",
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj"]),
@@ -369,3 +371,15 @@ def test_constrained_local_judge_returns_the_rating_its_model_favours(tiny_model
     records = grade(judge, question, ["A poem.", "Short."])
     assert [r["rating"] for r in records] == [favoured, favoured] and not any(r["failed"] for r in records)
     assert records[0]["judgment"] == f"Rating: [[{favoured}]]"
+
+
+def test_a_model_without_a_chat_template_is_prompted_in_the_fine_tunes_template():
+    """A base model evaluated as a reference row (the organism's) has no template: it gets the Zephyr template
+    every fine-tune learns; an instruct model or a fine-tune keeps its own."""
+    from types import SimpleNamespace
+
+    from ctxaware.chat import ZEPHYR_TEMPLATE
+    from ctxaware.evaluation import with_chat_template
+
+    assert with_chat_template(SimpleNamespace(chat_template=None)).chat_template == ZEPHYR_TEMPLATE
+    assert with_chat_template(SimpleNamespace(chat_template="{{ own }}")).chat_template == "{{ own }}"

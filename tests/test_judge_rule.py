@@ -75,9 +75,11 @@ def finished_copy(embedded_run: Path, destination: Path) -> Path:
 
 
 def judged_config(workdir: Path, url: str) -> str:
-    """The embedded default cut to the seed model's fine-tune (tiny, ShareGPT, vanilla), judged over HTTP."""
+    """The embedded default cut to the seed model's fine-tune (tiny, ShareGPT, vanilla; no reference row), judged
+    over HTTP."""
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     config["models"] = {"tiny": {**config["models"]["tiny"], "datasets": ["sharegpt"], "methods": ["vanilla"]}}
+    config["reference_models"] = {}
     config["evaluation"]["mtbench"]["judge"] = {
         "backend": "openai",
         "base_url": url,
@@ -107,9 +109,17 @@ def test_a_failing_judge_fails_only_its_job_and_table4_rebuilds_once_it_answers(
     assert not (workdir / RUN / "mtbench.json").exists()
     evaluated = {name: (workdir / RUN / name).read_bytes() for name in EVALUATE_OUTPUTS}  # evaluate's stay
 
-    # 2. no key: the job fails before any request, naming the variable
+    # 2. no key (set, but empty): the run stops at start-up (onstart: a judge job is due), naming the variable,
+    # before any job; and where that check is skipped (--no-hooks; or a cluster node without the key) the judge
+    # job fails alone before any request, naming it
+    stopped = snakemake(workdir, *args, check=False, env={KEY: ""})
+    assert stopped.returncode != 0
+    assert f"config key evaluation.mtbench.judge.api_key_env: the environment variable {KEY}" in (
+        stopped.stdout + stopped.stderr
+    )
+    assert "rule judge:" not in stopped.stdout + stopped.stderr and len(loopback_judge.requests) == 3
     started = time.monotonic()
-    failed = snakemake(workdir, *args, check=False, env={KEY: ""})  # set, but empty
+    failed = snakemake(workdir, *args, "--no-hooks", check=False, env={KEY: ""})
     assert failed.returncode != 0 and time.monotonic() - started < 120
     log = (workdir / JUDGE_LOG).read_text()
     assert f"{KEY} is not set" in log and f"export {KEY}=" in log, log

@@ -264,3 +264,28 @@ def test_conflicts_come_as_passages_and_as_needles_and_follow_ups_bring_no_passa
     follow_ups = [t for c in conversations for t in c[1:]]
     assert len(follow_ups) > 40 and {t.kind for t in follow_ups} <= set(corpus.FOLLOW_UP_KINDS)
     assert not any(t.context_dependent for t in follow_ups)
+
+
+def test_pretraining_gives_the_same_bits_whatever_the_thread_count(world_dir, tmp_path):
+    """The pretraining job takes 2 threads where the run has them, a Slurm job of the light stage 1: at the
+    embedded default's model shape (hidden 64, intermediate 256, 4 layers and heads) the weights are the same
+    bits either way, so a local run and a cluster run pretrain the same base."""
+    from safetensors.torch import load_file
+
+    from ctxaware.organism.build import pretrain_base
+
+    default_shape = {"hidden_size": 64, "intermediate_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4}
+    settings = _settings()
+    settings["pretraining"].update(default_shape)
+    threads = torch.get_num_threads()
+    weights = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            pretrain_base(str(world_dir), str(tmp_path / str(count)), settings)
+            weights[count] = load_file(str(tmp_path / str(count) / "model.safetensors"))
+    finally:
+        torch.set_num_threads(threads)
+    assert weights[1].keys() == weights[2].keys()
+    assert all(torch.equal(weights[1][name], weights[2][name]) for name in weights[1])
+    assert weights[1]["model.embed_tokens.weight"].shape[1] == 64

@@ -2,6 +2,7 @@
 does it: the grid, each job's settings, which paths are inputs, and the errors that name a config key."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,18 @@ import yaml
 from smk_helpers import ROOT
 
 import ctxaware
-from ctxaware.plan import ORGANISM_BASE, Plan, canonical, fill, is_local, task_files
+from ctxaware.plan import (
+    ORGANISM_BASE,
+    Plan,
+    Shape,
+    canonical,
+    fill,
+    is_local,
+    longest_nih_context,
+    read_model_config,
+    shape_of,
+    task_files,
+)
 from ctxaware.tasks import TASKS
 
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -437,3 +449,356 @@ def test_the_plan_and_the_gather_jobs_import_no_ml_library():
     env = {**os.environ, "PYTHONPATH": str(Path(ctxaware.__file__).parents[1])}  # the package these tests import
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout == "[]\n"
+
+
+def test_a_warmup_over_the_whole_run_is_refused_naming_the_recipe():
+    """transformers 5 reads warmup_steps=1 as one step, not the whole run: a ratio must stay below 1."""
+    from snakemake.exceptions import WorkflowError
+
+    plan_of(change=lambda c: c["recipes"]["full"].update(warmup_ratio=0.99))
+    with pytest.raises(WorkflowError, match=r"(?s)1 is greater than or equal to the maximum of 1.*warmup_ratio"):
+        plan_of(change=lambda c: c["recipes"]["full"].update(warmup_ratio=1))
+
+
+REFERENCES = {
+    "chat": {"source": "org/chat-model"},
+    "pretrained": {"source": "organism", "nih_max_context": 300, "qa_prompt_style": "simple"},
+}
+
+
+def test_reference_models_are_evaluate_only_rows_first_in_table4():
+    plan = plan_of(change=lambda c: c.update(reference_models=copy.deepcopy(REFERENCES)))
+    assert plan.grid() == plan_of().grid()  # no fine-tune, no scoring, no tagging for them
+    rows = plan.table4_rows()
+    assert rows[2:] == plan_of().table4_rows()
+    assert [(row["sft_dataset"], row["model"], row["method"]) for row in rows[:2]] == [
+        ("-", "chat", "reference"),
+        ("-", "pretrained", "reference"),
+    ]
+    assert rows[0]["results"] == {task: f"results/eval/chat/none/reference/{task}.json" for task in TASKS}
+    assert set(plan.eval_results()) >= set(rows[1]["results"].values())
+    assert plan.nih_heatmaps() == plan_of().nih_heatmaps()
+    # the model itself: the organism's base is an input the workflow builds, a hub id the job loads
+    assert (plan.reference_source("chat"), plan.reference_inputs("chat")) == ("org/chat-model", [])
+    assert plan.reference_source("pretrained") == ORGANISM_BASE and plan.reference_inputs("pretrained") == [
+        ORGANISM_BASE
+    ]
+    # its own NIH cap (the schema's 2000 by default) and QA prompt style, no dataset's
+    chat, pretrained = plan.reference_evaluation_settings("chat"), plan.reference_evaluation_settings("pretrained")
+    assert (chat["nih"]["max_context"], pretrained["nih"]["max_context"]) == (2000, 300)
+    prompts = plan.config["evaluation"]["qa_prompts"]
+    assert chat["squad"]["prompt_template"] == prompts["default"]["squad"]
+    assert pretrained["squad"]["prompt_template"] == prompts["simple"]["squad"]
+    assert plan.reference_evaluation_files("chat") == plan.evaluation_files("small", "sharegpt")
+    assert not plan_of().references  # none by default
+
+
+def test_a_reference_named_like_a_fine_tuned_model_is_refused():
+    with pytest.raises(ValueError, match=r"^config key reference_models\.small: also a key of models"):
+        plan_of(change=lambda c: c.update(reference_models={"small": {"source": "org/chat-model"}}))
+
+
+def test_the_shipped_configs_have_their_reference_rows():
+    from smk_helpers import configured_plan
+
+    paper = configured_plan(ROOT / "config/paper.yaml")
+    assert {name: paper.reference_source(name) for name in paper.references} == {
+        "llama2-7b-chat": "meta-llama/Llama-2-7b-chat-hf",
+        "llama3-8b-instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    }
+    published = {(row["sft_dataset"], row["model"], row["method"]) for row in _paper_table4()}
+    assert {(row["sft_dataset"], row["model"], row["method"]) for row in paper.table4_rows()} == published
+    embedded = configured_plan(ROOT / "config/config.yaml")
+    assert [embedded.reference_source(name) for name in embedded.references] == [ORGANISM_BASE]
+    assert embedded.table4_rows()[0]["method"] == "reference"
+
+
+def _paper_table4() -> list[dict]:
+    import csv
+
+    with open(ROOT / "resources/paper/table4.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# start-up checks: what a job would find wrong, known before any job runs
+
+
+def write_model_config(directory: Path, layers=4, window=512) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(
+        json.dumps({"num_hidden_layers": layers, "max_position_embeddings": window, "model_type": "llama"})
+    )
+    return str(directory)
+
+
+def fake_hub_cache(root: Path, repo: str, config: dict, monkeypatch) -> None:
+    """A hub cache holding `repo`'s config.json at main, as huggingface_hub lays it out."""
+    import huggingface_hub.constants
+
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs/main").write_text("abc123")
+    (repo_dir / "snapshots/abc123").mkdir(parents=True)
+    (repo_dir / "snapshots/abc123/config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+
+
+def test_a_models_config_is_read_from_its_directory_or_the_hub_cache_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = write_model_config(tmp_path / "local", layers=6, window=300)
+    assert read_model_config(local)["num_hidden_layers"] == 6
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "weights.bin").write_text("")
+    assert read_model_config(str(tmp_path / "bare")) is None  # a directory without config.json
+    assert read_model_config("weights.bin") is None  # a local file is no model
+    assert read_model_config("results/models/tiny/sharegpt/vanilla") is None  # not trained yet
+    fake_hub_cache(
+        tmp_path / "hub", "org/cached", {"num_hidden_layers": 22, "max_position_embeddings": 2048}, monkeypatch
+    )
+    assert read_model_config("org/cached") == {"num_hidden_layers": 22, "max_position_embeddings": 2048}
+    assert read_model_config("org/not-downloaded") is None  # the job loads it and checks
+    assert read_model_config("not a repo id!") is None
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org/cached").write_text("")
+    assert read_model_config("org/cached") is None  # a local file of that name, never the hub's model
+    assert shape_of({"num_hidden_layers": 2}, "m") == Shape(2, None, "m")
+
+
+@pytest.mark.parametrize(
+    ("nih", "cap", "context"),
+    [
+        ({"min_context": 40, "n_lengths": 3, "context_buffer": 0}, 160, 160),
+        ({"min_context": 40, "n_lengths": 3, "context_buffer": 100}, 160, 60),
+        ({"min_context": 40, "n_lengths": 3, "context_buffer": 160}, 160, 160),  # at the buffer: used whole
+        ({"min_context": 40, "n_lengths": 3, "context_buffer": 159}, 160, 1),
+        ({"min_context": 300, "n_lengths": 2, "context_buffer": 0}, 160, 300),  # the grid descends from min_context
+        ({"min_context": 40, "n_lengths": 2, "context_buffer": 0}, 160, 160),
+        ({"min_context": 40, "n_lengths": 1, "context_buffer": 0}, 160, 40),  # linspace of one length: min_context
+    ],
+)
+def test_the_longest_nih_context_follows_the_grid_and_the_buffer(nih, cap, context):
+    assert longest_nih_context(nih, cap) == context
+
+
+def test_a_model_shape_comes_from_the_organism_its_base_or_its_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = plan_of(
+        change=lambda c: c.update(organism={"pretraining": {"num_layers": 3, "max_position_embeddings": 256}})
+    )
+    organism = Shape(3, 256, "organism.pretraining")
+    assert plan.model_shape("organism") == organism and plan.model_shape(ORGANISM_BASE) == organism
+    assert plan.model_shape("results/models/small/sharegpt/vanilla") == organism  # a fine-tune has its base's
+    assert plan.model_shape("results/models/small/sharegpt/vanilla/") == organism
+    assert plan.model_shape("results/models/other/sharegpt/vanilla") is None  # no grid model: not built here
+    assert plan.model_shape("results/models/big/wizardlm/vanilla") is None  # org/big-model is not in the cache
+    local = write_model_config(tmp_path / "m", layers=5, window=128)
+    assert plan.model_shape(local) == Shape(5, 128, local)
+
+
+def seed_at(path):
+    return lambda c: c["scoring"].update(seed_model={"name": "s", "path": path})
+
+
+def test_the_scoring_and_layer_study_layers_are_checked_against_the_seed_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    organism = {"pretraining": {"num_layers": 4}}
+    plan_of(change=lambda c: c.update(organism=organism, scoring={**c["scoring"], "layer": 3})).check_layers()
+    with pytest.raises(
+        ValueError,
+        match=r"^config key scoring.layer: layer\(s\) \[4\] out of range: the seed model \(organism.pretraining\) has "
+        r"4 layers, 0 to 3$",
+    ):
+        plan_of(change=lambda c: c.update(organism=organism, scoring={**c["scoring"], "layer": 4})).check_layers()
+
+    def study(layers):
+        def change(config):
+            config.update(organism=organism, report={"layer_agreement": {"layers": layers}})
+            config["scoring"]["layer"] = 0
+
+        return change
+
+    plan_of(change=study([0, 3])).check_layers()
+    with pytest.raises(ValueError, match=r"^config key report.layer_agreement.layers: layer\(s\) \[4, 7\] out of "):
+        plan_of(change=study([0, 4, 3, 7])).check_layers()
+    local = write_model_config(tmp_path / "seed", layers=2)
+    with pytest.raises(ValueError, match=rf"^config key scoring.layer: .*the seed model \({local}\) has 2 layers"):
+        plan_of(change=seed_at(local)).check_layers()  # layer 15 by default
+    plan_of(change=seed_at("org/not-downloaded")).check_layers()  # unknown here: the job checks
+    (tmp_path / "no-layers").mkdir()
+    (tmp_path / "no-layers/config.json").write_text("{}")
+    plan_of(change=seed_at(str(tmp_path / "no-layers"))).check_layers()
+
+
+def test_the_nih_caps_are_each_fine_tunes_and_each_pairs():
+    def change(config):
+        config["diagnosis"] = {"pairs": {"p": {"base": "b/base", "instruct": "b/chat", "nih_max_context": 700}}}
+        config["datasets"]["ultrachat"]["nih_max_context"] = 400  # equal to the model's: the model's key
+
+    assert plan_of(change=change).nih_caps() == [
+        ("models.small.nih_max_context", 400, "organism"),
+        ("models.small.nih_max_context", 400, "organism"),
+        ("datasets.wizardlm.nih_max_context", 300, "organism"),
+        ("datasets.wizardlm.nih_max_context", 300, "org/big-model"),
+        ("diagnosis.pairs.p.nih_max_context", 700, "b/base"),
+        ("diagnosis.pairs.p.nih_max_context", 700, "b/chat"),
+    ]
+    without_nih = plan_of(change=lambda c: c["evaluation"].update(tasks=["squad"]))
+    assert without_nih.nih_caps() == []
+
+
+def test_nih_windows_are_checked_against_max_position_embeddings():
+    def window(size, buffer=0, new_tokens=50):
+        def change(config):
+            config["organism"] = {"pretraining": {"max_position_embeddings": size}}
+            config["evaluation"]["nih"] = {"context_buffer": buffer, "max_new_tokens": new_tokens, "min_context": 10}
+
+        return plan_of(change=change)
+
+    window(450).check_nih_windows()  # the longest context (400) and 50 new tokens fit exactly
+    window(400, buffer=50).check_nih_windows()
+    with pytest.raises(
+        ValueError,
+        match=r"^config key models.small.nih_max_context: the longest NIH context \(400\) holds 400 tokens of needle "
+        r"and haystack after evaluation.nih.context_buffer 0; with evaluation.nih.max_new_tokens 50 that is 450, over "
+        r"the max_position_embeddings 449 of organism.pretraining. Lower models.small.nih_max_context, or raise "
+        r"evaluation.nih.context_buffer$",
+    ):
+        window(449).check_nih_windows()
+    with pytest.raises(ValueError, match=r"^config key models.small.nih_max_context: .* 351, over .* 350 "):
+        window(350, buffer=50, new_tokens=1).check_nih_windows()
+    # a model whose shape is unknown here (org/big-model) is skipped, and the pairs after it are still checked
+    pair = {"p": {"base": "organism", "instruct": "org/big-model", "nih_max_context": 10**6}}
+    with pytest.raises(ValueError, match=r"^config key diagnosis.pairs.p.nih_max_context: "):
+        plan_of(change=lambda c: c.update(diagnosis={"pairs": pair})).check_nih_windows()
+
+
+def test_a_model_without_a_window_is_left_to_the_job(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    windowless = write_model_config(tmp_path / "m")
+    config = json.loads((tmp_path / "m/config.json").read_text())
+    del config["max_position_embeddings"]
+    (tmp_path / "m/config.json").write_text(json.dumps(config))
+
+    def change(config):
+        config["diagnosis"] = {"pairs": {"p": {"base": windowless, "instruct": windowless, "nih_max_context": 10**6}}}
+
+    plan_of(change=change).check_nih_windows()
+
+
+def test_the_haystack_is_a_directory_with_text_unless_a_job_writes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def haystack(path, tasks=None, pairs=None):
+        def change(config):
+            config["evaluation"]["nih"] = {"haystack": path}
+            config["evaluation"]["tasks"] = tasks or list(TASKS)
+            config["diagnosis"] = {"pairs": pairs or {}}
+
+        return plan_of(change=change)
+
+    error = r"^config key evaluation.nih.haystack: hay is no directory of .txt files with text$"
+    with pytest.raises(FileNotFoundError, match=error):
+        haystack("hay").check_haystack()  # missing
+    (tmp_path / "hay").mkdir()
+    (tmp_path / "hay/empty.txt").write_text("")
+    (tmp_path / "hay/notes.md").write_text("text, but not a .txt file")
+    with pytest.raises(FileNotFoundError, match=error):
+        haystack("hay").check_haystack()
+    haystack("hay", tasks=["squad"]).check_haystack()  # no NIH: not read
+    pair = {"p": {"base": "a/b", "instruct": "a/c"}}
+    with pytest.raises(FileNotFoundError, match=error):
+        haystack("hay", tasks=["squad"], pairs=pair).check_haystack()  # Section 2 reads it
+    (tmp_path / "hay/essay.txt").write_text("One sentence.")
+    haystack("hay").check_haystack()
+    haystack("results/organism/haystack").check_haystack()  # the organism_world job writes it
+    with pytest.raises(ModuleNotFoundError, match=r"^config key evaluation.nih.haystack: 'package:no_such_pkg/x' "):
+        haystack("package:no_such_pkg/x").check_haystack()
+
+
+def test_mtbench_files_exist_unless_a_job_writes_them_or_the_hub_holds_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def files(questions, references=None, tasks=None):
+        def change(config):
+            config["evaluation"]["mtbench"] = {"questions": questions, "references": references}
+            config["evaluation"]["tasks"] = tasks or list(TASKS)
+
+        return plan_of(change=change)
+
+    with pytest.raises(FileNotFoundError, match=r"^config key evaluation.mtbench.questions: no file q.jsonl$"):
+        files("q.jsonl").check_mtbench_files()
+    with pytest.raises(FileNotFoundError, match=r"^config key evaluation.mtbench.questions: no file q.json$"):
+        files("q.json").check_mtbench_files()
+    files("q.jsonl", tasks=["nih"]).check_mtbench_files()  # no MT-Bench: not read
+    files("HuggingFaceH4/mt_bench_prompts").check_mtbench_files()  # a hub dataset
+    files("results/organism/eval/mtbench.jsonl", "results/organism/eval/ref.jsonl").check_mtbench_files()
+    (tmp_path / "q.jsonl").write_text("")
+    files("q.jsonl").check_mtbench_files()
+    with pytest.raises(FileNotFoundError, match=r"^config key evaluation.mtbench.references: no file refs$"):
+        files("q.jsonl", "refs").check_mtbench_files()  # references are always a file
+    with pytest.raises(FileNotFoundError, match=r"^config key evaluation.mtbench.references: no file refs$"):
+        files("results/organism/eval/mtbench.jsonl", "refs").check_mtbench_files()
+    with pytest.raises(ModuleNotFoundError, match=r"^config key evaluation.mtbench.references: 'package:no_such_pkg/"):
+        files("q.jsonl", "package:no_such_pkg/r.jsonl").check_mtbench_files()
+    with pytest.raises(ModuleNotFoundError, match=r"^config key evaluation.mtbench.questions: 'package:no_such_pkg/"):
+        files("package:no_such_pkg/q.jsonl").check_mtbench_files()
+
+
+def test_check_startup_runs_every_check(monkeypatch):
+    plan, called = plan_of(), []
+    for name in ("check_layers", "check_nih_windows", "check_haystack", "check_mtbench_files"):
+        monkeypatch.setattr(plan, name, lambda name=name: called.append(name))
+    plan.check_startup()
+    assert called == ["check_layers", "check_nih_windows", "check_haystack", "check_mtbench_files"]
+
+
+def test_the_judges_key_is_missing_only_for_an_openai_judge_with_no_variable():
+    def judge(tasks=None, **settings):
+        def change(config):
+            config["evaluation"]["mtbench"]["judge"] = {"backend": "openai", **settings}
+            config["evaluation"]["tasks"] = tasks or list(TASKS)
+
+        return plan_of(change=change)
+
+    assert judge().judge_key_missing({}) == (
+        "config key evaluation.mtbench.judge.api_key_env: the environment variable OPENAI_API_KEY is not set (or "
+        "empty); the openai judge (https://api.openai.com/v1) grades MT-Bench with the key it holds. Set it where "
+        "the judge jobs run, set api_key_env to null for a server without authentication, or choose "
+        "evaluation.mtbench.judge.backend reference or local"
+    )
+    assert "OPENAI_API_KEY is not set" in judge().judge_key_missing({"OPENAI_API_KEY": ""})  # empty: no key
+    assert judge().judge_key_missing({"OPENAI_API_KEY": "k"}) is None
+    assert "variable MY_KEY is not set" in judge(api_key_env="MY_KEY").judge_key_missing({"OPENAI_API_KEY": "k"})
+    assert judge(api_key_env="MY_KEY").judge_key_missing({"MY_KEY": "k"}) is None
+    loopback = judge(base_url="http://127.0.0.1:8000/v1")
+    assert "OPENAI_API_KEY is not set" in loopback.judge_key_missing({})  # a named key is needed on loopback too
+    assert judge(api_key_env=None).judge_key_missing({}) is None  # null: the judge sends no key
+    assert judge(tasks=["nih"]).judge_key_missing({}) is None
+    assert plan_of().judge_key_missing({}) is None  # CONFIG's judge is local
+    reference = plan_of(change=lambda c: c["evaluation"]["mtbench"].update(judge={"backend": "reference"}))
+    assert reference.judge_key_missing({}) is None
+
+
+def test_a_method_no_model_trains_is_an_error_naming_methods():
+    def change(config):
+        config["methods"].append("indicator-0.55")
+        config["models"]["small"]["methods"] = ["vanilla", "indicator-0.6"]
+        config["models"]["big"]["methods"] = ["qk-lora"]
+
+    with pytest.raises(
+        ValueError,
+        match=r"^config key methods: no model trains \['indicator-0.55'\] \(models.small.methods: \['vanilla', "
+        r"'indicator-0.6'\], models.big.methods: \['qk-lora'\]\); add each to the methods of a model that should "
+        r"train it, or remove it from methods$",
+    ):
+        plan_of(change=change)
+    with pytest.raises(ValueError, match=r"^config key methods: no model trains \['vanilla', 'indicator-0.6', 'qk"):
+        plan_of(change=lambda c: [model.update(datasets=[]) for model in c["models"].values()])
+    plan_of(change=lambda c: c["models"]["big"].update(methods=["qk-lora"]))  # small trains the others
+
+
+def test_the_embedded_default_names_each_method_no_model_trains():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["methods"] = [*config["methods"], "indicator-0.55", "indicator-lr-q0.3"]
+    with pytest.raises(ValueError, match=r"^config key methods: no model trains \['indicator-0.55', 'indicator-lr-q0"):
+        plan_of(config)

@@ -276,3 +276,32 @@ def test_sharded_scoring_gathers_to_exactly_the_one_shard_table(tiny_model_dir, 
     assert gathered.equals(unsharded)
     assert list(unsharded["conversation_id"].unique()) == [c["id"] for c in conversations]
     assert list(unsharded.columns[:5]) == ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]
+
+
+def test_private_use_characters_in_a_message_score_normally(tiny_model_dir):
+    """U+E000/U+E001 (the characters an earlier sentinel used) in the content: the plan's user columns and
+    response rows are the contents located in the decoded text, and the shard scores as the brute force."""
+    model, tokenizer = load_model(tiny_model_dir, attn_implementation="eager")
+    private = {
+        "id": "private",
+        "messages": [
+            {"role": "user", "content": "Read \ue000this\ue001 and \ue0000\ue001: what is marked?"},
+            {"role": "assistant", "content": "The word \ue000this\ue001."},
+        ],
+    }
+    # the conversation tokenized piece by piece (a private-use character is several byte tokens, which decode
+    # one by one to nothing readable): the Zephyr headers are special tokens
+    ids, positions = [tokenizer.bos_token_id], {}
+    for message in with_system(private["messages"]):
+        ids += tokenizer(f"<|{message['role']}|>\n", add_special_tokens=False)["input_ids"]
+        content = tokenizer(message["content"], add_special_tokens=False)["input_ids"]
+        positions[message["role"]] = list(range(len(ids), len(ids) + len(content)))
+        ids += content + tokenizer("</s>\n", add_special_tokens=False)["input_ids"]
+    plan = plan_conversation(tokenizer, private, max_length=512)
+    assert plan.input_ids == ids and len(positions["user"]) > 20
+    assert [i for i, user in enumerate(plan.user_mask) if user] == positions["user"]
+    assert [turn.rows for turn in plan.turns] == [positions["assistant"]]
+    scores = score_conversations(model, tokenizer, [SINGLE, private, MULTI], layers=[1], max_length=512)
+    assert scores["conversation_id"].tolist() == ["single", "private", "multi", "multi"]
+    reference = reference_scores(model, tokenizer, [SINGLE, private, MULTI], 1, 512)
+    assert scores["score"].tolist() == pytest.approx(reference, abs=1e-4) and not scores["score"].isna().any()

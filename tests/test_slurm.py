@@ -6,16 +6,14 @@ one the test is skipped, unless CTXAWARE_REQUIRE_SLURM=1 (set by .ci/run), which
 """
 
 import collections
-import fnmatch
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from smk_helpers import ROOT, copy_workflow, planned_jobs, snakemake
+from smk_helpers import ROOT, copy_workflow, differing_files, planned_jobs, result_files, slurm_unreachable, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -35,11 +33,7 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
 
 def _cluster() -> dict:
     """Partitions, default partition, GPUs and whether accounting (sacct) works; skip or fail without one."""
-    reason = None
-    if not all(shutil.which(tool) for tool in ("sbatch", "scontrol", "sinfo", "squeue")):
-        reason = "Slurm client tools (sbatch, scontrol, sinfo, squeue) are not on PATH"
-    elif _run("scontrol", "ping").returncode != 0 or "UP" not in _run("scontrol", "ping").stdout:
-        reason = "no Slurm controller answers `scontrol ping`"
+    reason = slurm_unreachable()
     if reason:
         message = f"{reason}; start one with ../shared/tools/local-slurm.sh up (see .ci/run)"
         if os.environ.get("CTXAWARE_REQUIRE_SLURM") == "1":
@@ -156,7 +150,8 @@ def test_every_cluster_job_went_through_sbatch(slurm_run):
     counts = collections.Counter(by_rule.values())
     expected = {rule: n for rule, n in slurm_run["planned"].items() if rule not in LOCAL_RULES}
     assert counts == expected
-    assert counts["judge"] == counts["evaluate"]  # MT-Bench's judge, on the default (CPU) partition below
+    # MT-Bench's judge, one per evaluation (the reference rows' too), on the default (CPU) partition below
+    assert counts["judge"] == counts["evaluate"] + counts["evaluate_reference"]
     cache = Path(slurm_run["env"]["SNAKEMAKE_OUTPUT_CACHE"])
     assert len(list(cache.iterdir())) >= counts["finetune"]  # the profile's cache took the cached rules' outputs
     if not slurm_run["cluster"]["accounting"]:
@@ -184,25 +179,16 @@ def test_every_cluster_job_went_through_sbatch(slurm_run):
         assert "cpu=1," in tres and "mem=3000M" in tres, (rule, tres)
 
 
-def _matching(root: Path, pattern: str) -> list[str]:
-    """Paths under root/results matching pattern (fnmatch: `*` spans folders), following linked folders: the
-    between-workflow cache leaves its rules' outputs as links into the cache, which Path.glob's `**` skips."""
-    found = []
-    for folder, _, files in os.walk(root / "results", followlinks=True):
-        found += [str(Path(folder, name).relative_to(root)) for name in files]
-    return sorted(path for path in found if fnmatch.fnmatch(path, pattern))
-
-
 def test_slurm_run_gives_the_local_results(slurm_run, embedded_run):
-    """Table 4, the scores, every generation and every fine-tuned model's weights, byte for byte."""
+    """The run from scratch through Slurm reproduces the local run byte for byte: prepared data, scores, tagged
+    data, every evaluation (generations included), the tables and every model's weights. It is also the suite's
+    reproducibility run (tests/test_reproducible.py skips where this one runs)."""
     workdir = slurm_run["workdir"]
-    paths = ["results/tables/table4.csv", "results/scores/sharegpt/tiny-sharegpt.parquet"]
-    for pattern in ("results/eval/**/*.generations.jsonl", "results/models/**/*.safetensors"):
-        local = _matching(embedded_run, pattern)
-        assert local and _matching(workdir, pattern) == local, pattern
-        paths += local
-    for path in paths:
-        assert (workdir / path).read_bytes() == (embedded_run / path).read_bytes(), path
+    files = result_files(embedded_run)
+    assert "results/tables/table4.csv" in files and "results/scores/sharegpt/tiny-sharegpt.parquet" in files
+    assert "results/models/tiny-qlora/sharegpt/qk-lora-indicator-0.9/adapter_model.safetensors" in files
+    assert any(f.endswith(".generations.jsonl") for f in files)
+    assert differing_files(embedded_run, workdir) == []
 
 
 def test_slurm_run_leaves_nothing_to_do(slurm_run):

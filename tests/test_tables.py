@@ -175,3 +175,21 @@ def test_table4_takes_the_coordinates_from_the_row_not_the_path(tmp_path, task, 
     assert frame.loc[0, ["sft_dataset", "model", "method"]].tolist() == ["d", "m", "qk-lora"]
     assert frame.loc[0, column] == 0.5
     assert frame.drop(columns=[column]).iloc[0, 3:].isna().all()
+
+
+def test_table4_has_the_evaluate_only_rows_and_the_threshold_ablation_leaves_them_out(tmp_path):
+    """A reference row (a named model evaluated as it is: sft_dataset `-`, method `reference`) is a row of
+    Table 4 like any other; it has no threshold, so the ablation figure draws the fine-tunes only."""
+    from ctxaware.figures import threshold_ablation
+
+    path = tmp_path / "results/eval/chat/none/reference/nih.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"task": "nih", "score": 0.8264, "n": 9}))
+    reference = {"sft_dataset": "-", "model": "chat", "method": "reference", "results": {"nih": str(path)}}
+    out = {suffix: tmp_path / f"table4.{suffix}" for suffix in ("csv", "md", "tex")}
+    frame = write_table4([reference, *_rows(tmp_path)], out["csv"], out["md"], out["tex"])
+    assert frame.iloc[0].tolist()[:4] == ["-", "chat", "reference", 0.8264] and frame.iloc[0].isna().sum() == 5
+    pd.testing.assert_frame_equal(frame.iloc[1:].reset_index(drop=True), pd.DataFrame(EXPECTED, columns=TABLE4_COLUMNS))
+    drawn = threshold_ablation(str(out["csv"]), str(tmp_path / "ablation.png"))
+    assert drawn["method"].tolist() == ["vanilla", "indicator-0.6", "vanilla"]
+    assert (tmp_path / "ablation.png").stat().st_size > 0

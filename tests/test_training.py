@@ -25,6 +25,8 @@ RECIPE = dict(
     precision="auto",
     loss="all",
     save_steps=100,
+    logging_steps=1,
+    lm_head_loss="fused",
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
     qk_lora=dict(target_modules=["q_proj", "k_proj"], learning_rate=None),
@@ -76,10 +78,12 @@ def _changed_rows(after: torch.Tensor, before: torch.Tensor) -> list[int]:
     return torch.nonzero((after - before).abs().amax(dim=1) > 1e-7).flatten().tolist()
 
 
-@pytest.mark.parametrize("finetuning", ["qlora", "lora"])
-def test_adapter_finetune_trains_only_the_indicator_rows_and_lora(tiny_model_dir, train_parquet, tmp_path, finetuning):
+@pytest.mark.parametrize(("finetuning", "lm_head_loss"), [("qlora", "fused"), ("lora", "fused"), ("qlora", "labelled")])
+def test_adapter_finetune_trains_only_the_indicator_rows_and_lora(
+    tiny_model_dir, train_parquet, tmp_path, finetuning, lm_head_loss
+):
     out, checkpoints = tmp_path / "model", tmp_path / "checkpoints"
-    recipe = dict(RECIPE, finetuning=finetuning)
+    recipe = dict(RECIPE, finetuning=finetuning, lm_head_loss=lm_head_loss)
     log = finetune(tiny_model_dir, train_parquet, str(out), str(checkpoints), recipe, with_indicator=True)
     info = json.loads((out / MODEL_INFO).read_text())
     assert info["adapter"] and info["recipe"] == finetuning and log["global_step"] == 2
@@ -396,3 +400,93 @@ def test_auto_precision_is_bf16_mixed_on_a_gpu_and_fp32_on_the_cpu():
     assert precision_dtypes("bf16-mixed", "qlora") == (torch.bfloat16, torch.bfloat16, True)
     with pytest.raises(ValueError, match="config key recipes.<recipe>.precision: 'fp16'"):
         resolve_precision("fp16", "cuda")
+
+
+@pytest.mark.parametrize("finetuning", ["full", "qlora"])
+def test_the_labelled_positions_loss_trains_as_the_fused_lm_head_does(
+    tiny_model_dir, train_parquet, tmp_path, finetuning
+):
+    """lm_head_loss: labelled (the LM head and cross-entropy on the labelled positions only) is the same loss as
+    TRL's fused LM head: the same per-step losses and, after 4 steps, the same weights to float rounding; and it
+    is really another path (not bit-equal, and without TRL's per-step entropy and token accuracy). Without
+    [IND]: an adapter with a trainable [IND] row on an untied output embedding takes the logits loss anyway."""
+    recipe = dict(RECIPE, finetuning=finetuning, loss="assistant", max_steps=4, per_device_batch_size=2)
+    recipe.update(global_batch_size=2, learning_rate=1e-3)
+    logs, weights = {}, {}
+    for head in ("fused", "labelled"):
+        out = tmp_path / head
+        logs[head] = finetune(
+            tiny_model_dir, train_parquet, str(out), str(tmp_path / f"c-{head}"), dict(recipe, lm_head_loss=head), False
+        )
+        name = "model.safetensors" if finetuning == "full" else "adapter_model.safetensors"
+        weights[head] = load_file(str(out / name))
+    losses = {head: [entry["loss"] for entry in log["log_history"] if "loss" in entry] for head, log in logs.items()}
+    assert len(losses["fused"]) == 4 and losses["labelled"] == pytest.approx(losses["fused"], rel=1e-4)
+    assert "mean_token_accuracy" in logs["fused"]["log_history"][0]
+    assert "mean_token_accuracy" not in logs["labelled"]["log_history"][0]
+    assert weights["fused"].keys() == weights["labelled"].keys()
+    for key, fused in weights["fused"].items():
+        torch.testing.assert_close(weights["labelled"][key], fused, rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(weights["labelled"][k], fused) for k, fused in weights["fused"].items())
+
+
+def test_the_labelled_positions_loss_is_the_models_own_loss(tiny_model_dir, train_parquet, tmp_path):
+    """On one batch: the LM head on the labelled positions only gives the model's full-logits loss, alone and
+    over a num_items_in_batch; a batch with no label is a finite zero."""
+    from ctxaware.training import labelled_positions_loss
+
+    recipe = dict(RECIPE, finetuning="full", loss="assistant", lm_head_loss="labelled")
+    trainer, _, _ = build_trainer(tiny_model_dir, train_parquet, str(tmp_path / "c"), recipe, True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < batch["labels"].numel() // 2  # assistant-only: most positions carry no label
+    with torch.no_grad():
+        full = trainer.model(**batch).loss
+        torch.testing.assert_close(labelled_positions_loss(trainer.model, batch), full)
+        torch.testing.assert_close(labelled_positions_loss(trainer.model, batch, 4 * labelled), full / 4)
+        unlabelled = dict(batch, labels=torch.full_like(batch["labels"], -100))
+        assert float(labelled_positions_loss(trainer.model, unlabelled)) == 0.0
+
+
+def test_the_warmup_ratio_reaches_each_transformers_as_a_fraction():
+    """transformers 4 reads a fraction from `warmup_ratio` (its int `warmup_steps` of 0.1 is no warmup),
+    transformers 5 from a float `warmup_steps` below 1 (its `warmup_ratio` deprecated, then removed)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    from ctxaware.training import _checkpointing_argument, _warmup_argument
+
+    @dataclasses.dataclass
+    class Transformers4:
+        warmup_steps: int = 0
+        warmup_ratio: float = 0.0
+
+    @dataclasses.dataclass
+    class Transformers5Deprecating:
+        warmup_steps: float = 0
+        warmup_ratio: float | None = None
+
+    @dataclasses.dataclass
+    class Transformers5:
+        warmup_steps: float = 0
+
+    assert _warmup_argument(Transformers4, 0.1) == {"warmup_ratio": 0.1}
+    assert _warmup_argument(Transformers5Deprecating, 0.1) == {"warmup_steps": 0.1}
+    assert _warmup_argument(Transformers5, 0.1) == {"warmup_steps": 0.1}
+    for installed in (TrainingArguments, SFTConfig):  # whichever transformers is installed: 10% of 200 steps
+        settings = dict(output_dir="unused", use_cpu=True, bf16=False, **{_checkpointing_argument(installed): False})
+        args = installed(**settings, **_warmup_argument(installed, 0.1))
+        assert args.get_warmup_steps(200) == 20
+
+
+def test_the_trainer_warms_up_over_its_warmup_ratio(tiny_model_dir, train_parquet, tmp_path):
+    """8 conversations, global batch 4, 2 epochs: 4 steps, the first quarter (half) of them warming up from 0."""
+    peak = RECIPE["learning_rate"]
+    for ratio, expected in ((0.25, [0.0, 1.0, 2 / 3, 1 / 3]), (0.5, [0.0, 0.5, 1.0, 0.5])):
+        recipe = dict(RECIPE, finetuning="full", epochs=2, lr_scheduler="linear", warmup_ratio=ratio)
+        trainer, _, _ = build_trainer(tiny_model_dir, train_parquet, str(tmp_path / str(ratio)), recipe, False)
+        trainer.train()
+        rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+        assert rates == pytest.approx([peak * share for share in expected])  # the rate each step trained with

@@ -2,15 +2,20 @@
 The complete run is the session fixture `embedded_run` (conftest.py)."""
 
 import base64
+import hashlib
 import json
 import math
+import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
 import yaml
 from smk_helpers import configured_plan, copy_workflow, indicator_methods, planned_jobs, snakemake
 
+from ctxaware.methods import REFERENCE
+from ctxaware.plan import NO_DATASET
 from ctxaware.tables import TASK_COLUMN
 
 pytestmark = pytest.mark.workflow
@@ -20,9 +25,10 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
     config = config_of(embedded_run)
     table = pd.read_csv(embedded_run / "results/tables/table4.csv")
     assert list(table.columns) == ["sft_dataset", "model", "method", "nih", "squad", "quac", "drop", "avg", "mt_bench"]
-    expected = set(configured_plan(embedded_run / "config/config.yaml").grid())
-    assert set(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
-    assert len(table) == len(expected)
+    rows = configured_plan(embedded_run / "config/config.yaml").table4_rows()
+    expected = [(row["sft_dataset"], row["model"], row["method"]) for row in rows]
+    assert list(map(tuple, table[["sft_dataset", "model", "method"]].to_numpy())) == expected
+    assert expected[0] == ("-", "organism-base", "reference")  # the organism's base, evaluated as it is
     assert {"vanilla", "qk-lora", *indicator_methods(config)} <= set(table["method"])  # every kind of method
     for column in ["nih", "squad", "quac", "drop", "avg"]:
         assert table[column].between(0, 1).all(), column
@@ -40,7 +46,8 @@ def test_table4_has_every_configured_row_with_scores_in_range(embedded_run):
 def eval_score(workdir, row, task) -> float:
     """An evaluation's `score`, checked against the mean of its generations' per-record scores (MT-Bench: of the
     judge's ratings that did not fail)."""
-    stem = workdir / f"results/eval/{row.model}/{row.sft_dataset}/{row.method}/{task}"
+    dataset = NO_DATASET if row.method == REFERENCE else row.sft_dataset
+    stem = workdir / f"results/eval/{row.model}/{dataset}/{row.method}/{task}"
     score = json.loads(stem.with_suffix(".json").read_text())["score"]
     records = pd.read_json(f"{stem}.generations.jsonl", lines=True)
     per_record = records.loc[~records["failed"], "rating"] if task == "mtbench" else records["score"]
@@ -144,9 +151,13 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
 
     jobs = plan_with(embedded_run, "squad-tokens", change)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
-    assert counts["evaluate"] == len(configured_plan(embedded_run / "config/config.yaml").grid())  # all on SQuAD
-    # MT-Bench's answers are rewritten, so its judge reruns too (with a judgment cache: no new requests)
-    assert set(counts) <= {"evaluate", "judge", "nih_heatmap", "table4", "threshold_ablation", "all"}
+    plan = configured_plan(embedded_run / "config/config.yaml")
+    assert counts["evaluate"] == len(plan.grid()) and counts["evaluate_reference"] == len(plan.references)
+    # MT-Bench's answers are rewritten, so its judge reruns too, the reference rows' included (with a judgment
+    # cache: no new requests)
+    assert counts["judge"] == counts["evaluate"] + counts["evaluate_reference"]
+    tables = {"nih_heatmap", "table4", "threshold_ablation", "all"}
+    assert set(counts) <= {"evaluate", "evaluate_reference", "judge", *tables}
     assert "table4" in counts
 
 
@@ -208,6 +219,89 @@ def test_nothing_to_do_after_a_complete_run(embedded_run):
     assert "Nothing to be done" in output, output[-2000:]
 
 
+LLAMA_REFERENCES = ("llama2-7b-chat", "llama3-8b-instruct")
+
+
+def results_digest(workdir) -> dict[str, str]:
+    """Every file under results/ (links as their targets) with the sha256 of its bytes."""
+    return {
+        str(path.relative_to(workdir)): (
+            f"-> {os.readlink(path)}" if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        for path in sorted((workdir / "results").rglob("*"))
+        if path.is_file() or path.is_symlink()
+    }
+
+
+def test_a_bad_layer_fails_at_start_up_and_keeps_every_result(embedded_run, tmp_path):
+    """Issue 23: after a complete run, `scoring.layer` beyond the seed model's layers stops a real run before any
+    job starts, naming the key, and leaves every file under results/ byte-identical; the setting reverted plans
+    what it planned before (nothing, on this code's own complete run): no scoring shard was deleted."""
+    workdir = tmp_path / "run"
+    shutil.copytree(embedded_run, workdir, symlinks=True)  # a copy (mtimes kept): the other tests' run stays as is
+    config_file = workdir / "config/config.yaml"
+    good = config_file.read_text()
+    config = yaml.safe_load(good)
+    layers = configured_plan(config_file).config["organism"]["pretraining"]["num_layers"]
+    before = snakemake(workdir, "-n", "--cores", "2")
+    if not os.environ.get("CTXAWARE_EMBEDDED_RUN"):  # the fixture is this code's complete run
+        assert "Nothing to be done" in before.stdout + before.stderr, before.stdout[-2000:]
+    digest = results_digest(workdir)
+    assert any(path.startswith("results/scores/") for path in digest)
+
+    config["scoring"]["layer"] = layers + 5
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    failed = snakemake(workdir, "--cores", "2", check=False, timeout=900)
+    assert failed.returncode != 0
+    assert f"config key scoring.layer: layer(s) [{layers + 5}] out of range" in failed.stdout + failed.stderr, (
+        failed.stdout[-3000:]
+    )
+    assert "rule score_turns" not in failed.stdout + failed.stderr  # no job started
+    assert results_digest(workdir) == digest
+
+    config_file.write_text(good)
+    after = snakemake(workdir, "-n", "--cores", "2")
+    assert planned_jobs(after.stdout) == planned_jobs(before.stdout)
+    nothing = ["Nothing to be done" in run.stdout + run.stderr for run in (before, after)]
+    assert nothing[0] == nothing[1]
+
+
+def test_an_openai_judge_without_its_key_warns_a_dry_run_and_stops_a_run_that_judges(embedded_run, tmp_path):
+    """Issue 23: the judge's key variable unset: a dry run plans (with a warning), a real run due to judge stops
+    before any job starts (every result kept), and a run that judges nothing needs no key. Only the judge jobs
+    depend on the judge's settings: evaluate keeps its results."""
+    workdir = tmp_path / "run"
+    shutil.copytree(embedded_run, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["evaluation"]["mtbench"]["judge"] = {"backend": "openai", "api_key_env": "CTXAWARE_TEST_UNSET_KEY"}
+    (workdir / "config/openai.yaml").write_text(yaml.safe_dump(config))
+    args = ("--cores", "2", "--configfile", "config/openai.yaml")
+    message = "config key evaluation.mtbench.judge.api_key_env: the environment variable CTXAWARE_TEST_UNSET_KEY"
+    dry = snakemake(workdir, "-n", *args)
+    assert message in dry.stdout + dry.stderr
+    planned = {rule for rule, _ in planned_jobs(dry.stdout)}
+    assert "judge" in planned and not planned & {"evaluate", "evaluate_reference"}
+    digest = results_digest(workdir)
+    run = snakemake(workdir, *args, check=False, timeout=900)
+    assert run.returncode != 0 and message in run.stdout + run.stderr
+    assert "rule judge" not in run.stdout + run.stderr and results_digest(workdir) == digest
+    snakemake(workdir, "results/tables/table3.csv", *args, "--forcerun", "table3")  # no judgment, no key
+
+
+def test_a_method_no_model_trains_stops_the_run_naming_it(tmp_path):
+    """Issue 23, item 7: on the embedded default each model lists its own methods, so a method added to the
+    top-level `methods` only would plan nothing but the tables: start-up stops and names it."""
+    workdir = copy_workflow(tmp_path / "untrained")
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["methods"] = [*config["methods"], "indicator-0.55"]
+    (workdir / "config/untrained.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/untrained.yaml", check=False)
+    assert result.returncode != 0
+    assert (
+        "config key methods: no model trains ['indicator-0.55'] (models.tiny.methods: " in result.stdout + result.stderr
+    )
+
+
 def test_paper_config_plans_the_full_grid_offline(tmp_path):
     workdir = copy_workflow(tmp_path / "paper")
     output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml").stdout
@@ -218,7 +312,17 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["finetune"] == 3 * 3 * methods
     assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
-    assert counts["judge"] == counts["evaluate"]  # and one CPU job judges its MT-Bench answers
+    # Table 4's evaluated references: the instruct models as they are, no fine-tune of theirs
+    jobs = planned_jobs(output)
+    references = sorted(path for rule, path in jobs if rule == "evaluate_reference")
+    assert references == [f"results/eval/{name}/none/reference/nih.json" for name in LLAMA_REFERENCES]
+    # one CPU job judges each evaluation's MT-Bench answers, the references' too
+    judged = sorted(path for rule, path in jobs if rule == "judge" and "/none/reference/" in path)
+    assert judged == [f"results/eval/{name}/none/reference/mtbench.json" for name in LLAMA_REFERENCES]
+    assert counts["judge"] == counts["evaluate"] + len(LLAMA_REFERENCES)
+    assert not any(
+        name in path for rule, path in jobs if rule not in {"evaluate_reference", "judge"} for name in LLAMA_REFERENCES
+    )
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert not {"organism_world", "pretrain_organism"} & set(counts)
 

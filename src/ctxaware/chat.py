@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import itertools
+import sys
 from dataclasses import dataclass
 
 from ctxaware import IND_TOKEN
@@ -81,34 +83,42 @@ class Encoded:
     n_tokens_untruncated: int
 
 
-# Private-use characters no template writes: a message rendered with one of these as its content shows where
-# the template puts that message's content, whatever text its headers hold.
-_SENTINEL = "\ue000{}\ue001"
+# Sentinels mark where the template puts each message's content. They are built from two characters the
+# rendered conversation does not hold (content and template alike), so no content can clash with them: the
+# Private Use Area's first free ones, which no template writes, and past it the rest of Unicode.
+MARK_START = 0xE000
 
 
-def sentinel(index: int) -> str:
-    return _SENTINEL.format(index)
+def free_marks(text: str) -> tuple[str, str]:
+    """The first two characters, from U+E000 on (then wrapping to U+0000), that `text` does not hold."""
+    present = set(text)
+    codes = itertools.chain(range(MARK_START, sys.maxunicode + 1), range(MARK_START))
+    marks = tuple(itertools.islice((chr(code) for code in codes if chr(code) not in present), 2))
+    if len(marks) < 2:
+        raise ValueError("the conversation holds every Unicode character but one; no sentinel can locate roles")
+    return marks
 
 
-def check_no_sentinel(messages: list[dict]) -> None:
-    if any("\ue000" in m["content"] or "\ue001" in m["content"] for m in messages):
-        raise ValueError("message content holds the private-use characters U+E000/U+E001 used to locate roles")
+def sentinel(index: int, marks: tuple[str, str]) -> str:
+    """Message `index`'s placeholder: its number between the two marks (free_marks of the real render)."""
+    return f"{marks[0]}{index}{marks[1]}"
 
 
 def content_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and each message's content as [start, end) character offsets in it.
 
-    The conversation is rendered once with every content replaced by a unique sentinel, so each content is
+    The conversation is rendered once with every content replaced by a unique sentinel (made of characters the
+    real render does not hold, so no content clashes with it), so each content is
     placed where the template puts it, after its own header: searching the rendered text for the content
     itself would land on a header that contains it ("user", "a", "s", "\n", ...). The real render must equal
     the sentinel render with the contents put back, i.e. the template copies content verbatim.
     """
-    check_no_sentinel(messages)
-    skeleton = _text(tokenizer, [{"role": m["role"], "content": sentinel(i)} for i, m in enumerate(messages)])
     text = _text(tokenizer, messages)
+    marks = free_marks(text)
+    skeleton = _text(tokenizer, [{"role": m["role"], "content": sentinel(i, marks)} for i, m in enumerate(messages)])
     pieces, char_spans, cursor, length = [], [], 0, 0
     for index, message in enumerate(messages):
-        marker = sentinel(index)
+        marker = sentinel(index, marks)
         at = skeleton.find(marker, cursor)
         if at < 0:
             raise ValueError("chat template does not render each message's content once, in order; cannot locate roles")

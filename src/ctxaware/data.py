@@ -89,12 +89,20 @@ def _label(value, where: str) -> bool | None:
     raise _Malformed(f"{where} '{LABEL_KEY}' is {type(value).__name__}, expected a boolean")
 
 
+# ShareGPT exports come in two layouts: `conversations` of {from, value} (the original dump) and `messages` of
+# {role, content} (e.g. ucla-cmllab/vicuna_cleaned, read by the original through `vicuna_to_ultrachat`). As that
+# converter does, either column is read with either key pair, the first of each that is present winning.
+SHAREGPT_FIELDS = ("conversations", "messages")
+SHAREGPT_ROLE_KEYS = ("from", "role")
+SHAREGPT_TEXT_KEYS = ("value", "content")
+
+
 def _parse_sharegpt(row: dict) -> tuple[object, list[Message]]:
-    return row.get("id"), _parse_messages(row, "conversations", "from", "value", SHAREGPT_ROLES)
+    return row.get("id"), _parse_messages(row, SHAREGPT_FIELDS, SHAREGPT_ROLE_KEYS, SHAREGPT_TEXT_KEYS, SHAREGPT_ROLES)
 
 
 def _parse_ultrachat(row: dict) -> tuple[object, list[Message]]:
-    return row.get("prompt_id"), _parse_messages(row, "messages", "role", "content", ULTRACHAT_ROLES)
+    return row.get("prompt_id"), _parse_messages(row, ("messages",), ("role",), ("content",), ULTRACHAT_ROLES)
 
 
 def _parse_wizardlm(row: dict) -> tuple[object, list[Message]]:
@@ -110,18 +118,32 @@ def _parse_wizardlm(row: dict) -> tuple[object, list[Message]]:
     return _row_id(row, "idx", "id"), [("user", instruction, None), ("assistant", row["output"], label)]
 
 
-def _parse_messages(row: dict, field: str, role_key: str, text_key: str, roles: dict) -> list[Message]:
-    if field not in row:
-        raise _Malformed(f"missing '{field}'")
+def _first_present(mapping: dict, keys: tuple[str, ...]) -> str | None:
+    """The first of `keys` that `mapping` holds with a value (a column or struct field that is None is absent:
+    parquet rows carry every column of the file)."""
+    return next((k for k in keys if mapping.get(k) is not None), None)
+
+
+def _either(keys: tuple[str, ...]) -> str:
+    return " or ".join(f"'{k}'" for k in keys)
+
+
+def _parse_messages(
+    row: dict, fields: tuple[str, ...], role_keys: tuple[str, ...], text_keys: tuple[str, ...], roles: dict
+) -> list[Message]:
+    field = _first_present(row, fields)
+    if field is None:
+        raise _Malformed(f"missing {_either(fields)}")
     if not isinstance(row[field], list):
         raise _Malformed(f"'{field}' is {type(row[field]).__name__}, expected a list")
     messages = []
     for j, msg in enumerate(row[field]):
         if not isinstance(msg, dict):
             raise _Malformed(f"message {j} is {type(msg).__name__}, expected an object")
-        for key in (role_key, text_key):
-            if msg.get(key) is None:
-                raise _Malformed(f"message {j} has no '{key}'")
+        role_key, text_key = _first_present(msg, role_keys), _first_present(msg, text_keys)
+        for key, keys in ((role_key, role_keys), (text_key, text_keys)):
+            if key is None:
+                raise _Malformed(f"message {j} has no {_either(keys)}")
         role, text = msg[role_key], msg[text_key]
         if not isinstance(text, str):
             raise _Malformed(f"message {j} '{text_key}' is {type(text).__name__}, expected str")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ctxaware.chat import append_indicator
+from ctxaware.chat import ZEPHYR_TEMPLATE, append_indicator
 from ctxaware.generation import Generator
 from ctxaware.judge import JUDGED_TASKS
 from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
@@ -142,6 +142,15 @@ def run_mtbench(
     return {"n": len(questions)}, records
 
 
+def with_chat_template(tokenizer):
+    """A model without a chat template of its own (a base model evaluated as a reference row, such as the
+    organism's) is prompted in the Zephyr template every fine-tune learns; fine-tunes and instruct models keep
+    theirs."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = ZEPHYR_TEMPLATE
+    return tokenizer
+
+
 @contextmanager
 def generators(
     model_dir: str, engine: dict | None = None, work_dir: str | None = None
@@ -152,6 +161,7 @@ def generators(
     backend = engine.get("backend", "transformers")
     if backend == "transformers":
         model, tokenizer = load_model(model_dir)
+        with_chat_template(tokenizer)
         yield lambda batch_tokens, cache_path: Generator(model, tokenizer, batch_tokens, cache_path)
     elif backend == "vllm":
         from ctxaware.vllm_backend import VLLMGenerator, import_vllm, load_vllm
@@ -162,6 +172,7 @@ def generators(
             Path(work_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="vllm-") as work:  # a merged copy, if any
             llm, tokenizer, lora_request = load_vllm(model_dir, settings, work)
+            with_chat_template(tokenizer)
             chunk = settings.get("chunk_prompts", 1024)
             yield lambda batch_tokens, cache_path: VLLMGenerator(llm, tokenizer, lora_request, chunk, cache_path)
     else:

@@ -34,6 +34,7 @@ from decimal import Decimal
 QK_LORA = "qk-lora"
 VANILLA = "vanilla"
 INDICATOR = "indicator-"
+REFERENCE = "reference"  # Table 4's method of an evaluate-only row: a named existing model, no fine-tune
 ATTENTION = "attention"
 LIKELIHOOD_RATIO = "likelihood_ratio"
 # score -> its short name, written before the threshold in branch names (`indicator-lr-q0.3`) and after the seed

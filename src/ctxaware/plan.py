@@ -10,6 +10,7 @@ compare by value. A rule that needs the config gets one method here (docs/archit
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +21,7 @@ from ctxaware.methods import (
     BETA,
     INDICATOR,
     LIKELIHOOD_RATIO,
+    REFERENCE,
     SCORE_METHODS,
     check_methods,
     parse_method,
@@ -43,11 +45,16 @@ TAGGED_BRANCH = INDICATOR + "{tagging}"
 MODEL = "results/models/{model}/{dataset}/{method}"
 CHECKPOINTS = "results/checkpoints/{model}/{dataset}/{method}"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
+# an evaluate-only row (config reference_models): {model} its name, {dataset} NO_DATASET, {method} REFERENCE
+NO_DATASET = "none"
+NO_SFT_DATASET = "-"  # its sft_dataset in Table 4
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
 EVAL_ANSWERS = "results/eval/{model}/{dataset}/{method}/{task}.answers.json"  # a judged task's, before the judge
 GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
 NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
 DIAGNOSIS_CSV = "results/diagnosis/{pair}/{experiment}.csv"
+# a fine-tune of a grid model, as a path: it has its base's shape
+FINE_TUNE = re.compile(r"results/models/([^/]+)/[^/]+/[^/]+/?")
 
 
 class _Keep(dict):
@@ -85,6 +92,46 @@ def local_inputs(paths: list[str]) -> list[str]:
     return [path for path in paths if is_local(path)]
 
 
+class Shape(NamedTuple):
+    """What the plan checks of a model before any job runs: its layers and its position window (None: unknown),
+    and where they were read (named in errors)."""
+
+    layers: int | None
+    window: int | None
+    source: str
+
+
+def read_model_config(source: str) -> dict | None:
+    """A model's config.json, read without torch: a local directory's, or for a hub id the copy in the local hub
+    cache (huggingface_hub's try_to_load_from_cache, no network). None when it is in neither: a workflow output not
+    made yet, a hub model never downloaded here; the job that loads the model then checks it."""
+    path = Path(source)
+    if path.is_dir():
+        config = path / "config.json"
+        return json.loads(config.read_text()) if config.is_file() else None
+    if is_local(source):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+    except Exception:  # no huggingface_hub where Snakemake runs (--sdm conda), or not a hub id
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def shape_of(config: dict, source: str) -> Shape:
+    return Shape(config.get("num_hidden_layers"), config.get("max_position_embeddings"), source)
+
+
+def longest_nih_context(settings: dict, max_context: int) -> int:
+    """Needle and haystack tokens of the NIH grid's longest context (`nih.grid` from min_context to the cap, each
+    length less the buffer, a length at or below the buffer whole: `nih.context_budget`)."""
+    longest = max(settings["min_context"], max_context) if settings["n_lengths"] > 1 else settings["min_context"]
+    buffer = settings["context_buffer"]
+    return longest if longest <= buffer else longest - buffer
+
+
 class Run(NamedTuple):
     """One fine-tune: a row of Table 4."""
 
@@ -115,6 +162,12 @@ def check_references(config: dict) -> None:
                 raise ValueError(
                     f"config key models.{name}.methods: {method!r} is not in methods ({config['methods']})"
                 )
+    for name in config["reference_models"]:
+        if name in models:
+            raise ValueError(
+                f"config key reference_models.{name}: also a key of models; an evaluate-only row needs a name of "
+                "its own (its evaluations share the fine-tunes' results/eval/<model>/ folders)"
+            )
     check_likelihood_ratio(config["scoring"]["likelihood_ratio"])
     scorer = config["scoring"]["seed_model"]
     if "path" in scorer:
@@ -149,6 +202,7 @@ class Plan:
         check_references(config)
         self.config = config
         self.datasets, self.models = config["datasets"], config["models"]
+        self.references = config["reference_models"]
         self.methods = config["methods"]
         self.evaluation = config["evaluation"]
         self.tasks = self.evaluation["tasks"]
@@ -158,6 +212,7 @@ class Plan:
         self.pairs = self.diagnosis["pairs"]
         self.layer_study = dict(config["report"]["layer_agreement"])
         self.layer_study["dataset"] = self.layer_study["dataset"] or next(iter(self.datasets))
+        self.check_methods_trained()
 
     # the grid
 
@@ -170,16 +225,33 @@ class Plan:
             if self.models[model]["methods"] is None or method in self.models[model]["methods"]
         ]
 
+    def reference_runs(self) -> list[Run]:
+        """The evaluate-only rows (config reference_models): named existing models, evaluated as they are."""
+        return [Run(NO_DATASET, name, REFERENCE) for name in self.references]
+
+    def check_methods_trained(self) -> None:
+        """Every method of `methods` is trained by some model: a model's own `methods` list (or `datasets`) can
+        leave one untrained, and a setting that plans nothing would otherwise pass in silence."""
+        trained = {run.method for run in self.grid()}
+        untrained = [method for method in self.methods if method not in trained]
+        if untrained:
+            lists = ", ".join(f"models.{name}.methods: {model['methods']}" for name, model in self.models.items())
+            raise ValueError(
+                f"config key methods: no model trains {untrained} ({lists}); add each to the methods of a model "
+                "that should train it, or remove it from methods"
+            )
+
     def table4_rows(self) -> list[dict]:
-        """Table 4's rows: a fine-tune's coordinates and its evaluation json per task."""
+        """Table 4's rows: the evaluate-only references first (sft_dataset `-`, method `reference`), then each
+        fine-tune's coordinates; each with its evaluation json per task."""
         return [
             {
-                "sft_dataset": run.dataset,
+                "sft_dataset": NO_SFT_DATASET if run.method == REFERENCE else run.dataset,
                 "model": run.model,
                 "method": run.method,
                 "results": {task: fill(EVAL_RESULT, **run._asdict(), task=task) for task in self.tasks},
             }
-            for run in self.grid()
+            for run in [*self.reference_runs(), *self.grid()]
         ]
 
     def eval_results(self) -> list[str]:
@@ -210,12 +282,20 @@ class Plan:
 
     def base_source(self, model: str) -> str:
         """Where a base model's weights come from: the organism the workflow pretrains, a local path or a hub id."""
-        source = self.models[model]["source"]
-        return ORGANISM_BASE if source == "organism" else source
+        return _model_source(self.models[model]["source"])
 
     def base_inputs(self, model: str) -> list[str]:
         """Base models the workflow builds are inputs; the job loads a directory or hub id itself."""
         source = self.base_source(model)
+        return [source] if is_artifact(source) else []
+
+    def reference_source(self, reference: str) -> str:
+        """The model an evaluate-only row evaluates: the organism's base, a local path or a hub id."""
+        return _model_source(self.references[reference]["source"])
+
+    def reference_inputs(self, reference: str) -> list[str]:
+        """A reference the workflow builds (the organism's base) is an input; the job loads others itself."""
+        source = self.reference_source(reference)
         return [source] if is_artifact(source) else []
 
     # scoring and tagging
@@ -332,6 +412,12 @@ class Plan:
         style = self.datasets[dataset]["qa_prompt_style"]
         return {task: self.task_settings(task, max_context, style) for task in self.tasks}
 
+    def reference_evaluation_settings(self, reference: str) -> dict[str, dict]:
+        """Every task as an evaluate-only row is evaluated: NIH up to its own context cap, QA in its prompt style."""
+        settings = self.references[reference]
+        cap, style = settings["nih_max_context"], settings["qa_prompt_style"]
+        return {task: self.task_settings(task, cap, style) for task in self.tasks}
+
     def evaluation_engine(self) -> dict:
         """The generation backend; vLLM settings only when vLLM is chosen, so they never rerun other backends."""
         if self.evaluation["backend"] == "vllm":
@@ -357,8 +443,10 @@ class Plan:
 
     def evaluation_files(self, model: str, dataset: str) -> list[str]:
         """Local files the evaluations read (editing one reruns them); hub ids are not files."""
-        settings = self.evaluation_settings(model, dataset)
-        return local_inputs([path for task in settings for path in task_files(task, settings[task])])
+        return settings_files(self.evaluation_settings(model, dataset))
+
+    def reference_evaluation_files(self, reference: str) -> list[str]:
+        return settings_files(self.reference_evaluation_settings(reference))
 
     # Section 2 on (base, instruct) pairs
 
@@ -393,6 +481,131 @@ class Plan:
     def steering(self) -> dict:
         return canonical({key: self.diagnosis["steering"][key] for key in ("alphas", "heads", "compat")})
 
+    # start-up checks: what a job would only find once it runs, checked before any job starts
+
+    def organism_shape(self) -> Shape:
+        pretraining = self.config["organism"]["pretraining"]
+        return Shape(pretraining["num_layers"], pretraining["max_position_embeddings"], "organism.pretraining")
+
+    def model_shape(self, source: str) -> Shape | None:
+        """The shape of a model as the config names it: the organism (`organism`, its base directory) from its
+        settings; a fine-tune of a grid model (results/models/{model}/...) from its base, whose layers and window
+        fine-tuning keeps; a local directory or a cached hub id from its config.json. None when unknown here."""
+        if source in ("organism", ORGANISM_BASE):
+            return self.organism_shape()
+        fine_tune = FINE_TUNE.fullmatch(source)
+        if fine_tune and fine_tune.group(1) in self.models:
+            return self.model_shape(self.models[fine_tune.group(1)]["source"])
+        config = read_model_config(source)
+        return None if config is None else shape_of(config, source)
+
+    def check_layers(self) -> None:
+        """`scoring.layer` and the layer study's layers exist in the seed model."""
+        shape = self.model_shape(self.scorer_model())
+        if shape is None or shape.layers is None:
+            return
+        for key, layers in (
+            ("scoring.layer", [self.scoring["layer"]]),
+            ("report.layer_agreement.layers", self.layer_study["layers"] or []),
+        ):
+            bad = [layer for layer in layers if layer >= shape.layers]
+            if bad:
+                raise ValueError(
+                    f"config key {key}: layer(s) {bad} out of range: the seed model ({shape.source}) has "
+                    f"{shape.layers} layers, 0 to {shape.layers - 1}"
+                )
+
+    def nih_caps(self) -> list[tuple[str, int, str]]:
+        """(key, context cap, model source) of every NIH grid the run generates: each fine-tune's (the smaller of
+        its model's and its dataset's nih_max_context) and each diagnosis pair's, for both its models."""
+        caps = []
+        if "nih" in self.tasks:
+            for dataset_name, model_name in dict.fromkeys((run.dataset, run.model) for run in self.grid()):
+                model, dataset = self.models[model_name], self.datasets[dataset_name]
+                cap_of_dataset = dataset["nih_max_context"]
+                if cap_of_dataset is not None and cap_of_dataset < model["nih_max_context"]:
+                    caps.append((f"datasets.{dataset_name}.nih_max_context", cap_of_dataset, model["source"]))
+                else:
+                    caps.append((f"models.{model_name}.nih_max_context", model["nih_max_context"], model["source"]))
+        for name, pair in self.pairs.items():
+            caps += [
+                (f"diagnosis.pairs.{name}.nih_max_context", pair["nih_max_context"], pair[r])
+                for r in ("base", "instruct")
+            ]
+        return caps
+
+    def check_nih_windows(self) -> None:
+        """The longest NIH context's needle and haystack, with the new tokens, fit each model's window (the job
+        checks the whole prompt, its template's tokens too, before generating)."""
+        settings = self.evaluation["nih"]
+        for key, cap, source in self.nih_caps():
+            shape = self.model_shape(source)
+            if shape is None or shape.window is None:
+                continue
+            context = longest_nih_context(settings, cap)
+            if context + settings["max_new_tokens"] > shape.window:
+                raise ValueError(
+                    f"config key {key}: the longest NIH context ({cap}) holds {context} tokens of needle and haystack "
+                    f"after evaluation.nih.context_buffer {settings['context_buffer']}; with "
+                    f"evaluation.nih.max_new_tokens {settings['max_new_tokens']} that is "
+                    f"{context + settings['max_new_tokens']}, over the max_position_embeddings {shape.window} of "
+                    f"{shape.source}. Lower {key}, or raise evaluation.nih.context_buffer"
+                )
+
+    def check_haystack(self) -> None:
+        """A haystack the run reads is a directory with text (.txt files); one the workflow writes (the
+        organism's) is never empty. Shorter than a context is no error: it is cycled, as the original did."""
+        source = self.evaluation["nih"]["haystack"]
+        if ("nih" not in self.tasks and not self.pairs) or is_artifact(source):
+            return
+        from ctxaware.sources import resolve
+
+        directory = Path(resolve(source, "evaluation.nih.haystack"))
+        if not any(path.stat().st_size for path in directory.glob("*.txt")):
+            raise FileNotFoundError(
+                f"config key evaluation.nih.haystack: {source} is no directory of .txt files with text"
+            )
+
+    def check_mtbench_files(self) -> None:
+        """MT-Bench's question and reference files exist, unless a job writes them (results/) or the questions
+        are a hub dataset (no file suffix)."""
+        if "mtbench" not in self.tasks:
+            return
+        from ctxaware.sources import is_package_ref, resolve
+
+        settings = self.evaluation["mtbench"]
+        for name in ("questions", "references"):
+            source, key = settings[name], f"evaluation.mtbench.{name}"
+            if source is None or is_artifact(source):
+                continue
+            if is_package_ref(source):
+                resolve(source, key)
+            elif (name == "references" or Path(source).suffix in (".json", ".jsonl")) and not Path(source).is_file():
+                raise FileNotFoundError(f"config key {key}: no file {source}")
+
+    def check_startup(self) -> None:
+        """Everything a job would find wrong that is known before it runs, each error naming its config key:
+        nothing is deleted nor recomputed for a setting that cannot work (README: Start-up checks)."""
+        self.check_layers()
+        self.check_nih_windows()
+        self.check_haystack()
+        self.check_mtbench_files()
+
+    def judge_key_missing(self, environ) -> str | None:
+        """The error when the run grades MT-Bench with the openai judge and the variable that holds its key is
+        unset or empty, as the judge job's own check (`OpenAIJudge.check_key`; api_key_env null: no key is sent)."""
+        judge = self.evaluation["mtbench"]["judge"]
+        if "mtbench" not in self.tasks or judge["backend"] != "openai" or judge["api_key_env"] is None:
+            return None
+        if environ.get(judge["api_key_env"]):
+            return None
+        return (
+            f"config key evaluation.mtbench.judge.api_key_env: the environment variable {judge['api_key_env']} is "
+            f"not set (or empty); the openai judge ({judge['base_url']}) grades MT-Bench with the key it holds. Set "
+            "it where the judge jobs run, set api_key_env to null for a server without authentication, or choose "
+            "evaluation.mtbench.judge.backend reference or local"
+        )
+
     # jobs
 
     def stage_resources(self, stage: str) -> dict:
@@ -408,6 +621,15 @@ class Plan:
 
     def threads(self, stage: str) -> int:
         return self.config["resources"][stage]["cpus_per_task"]
+
+
+def _model_source(source: str) -> str:
+    return ORGANISM_BASE if source == "organism" else source
+
+
+def settings_files(settings: dict[str, dict]) -> list[str]:
+    """The local files the tasks of `settings` read."""
+    return local_inputs([path for task in settings for path in task_files(task, settings[task])])
 
 
 def task_files(task: str, settings: dict) -> list[str]:

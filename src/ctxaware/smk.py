@@ -10,6 +10,16 @@ import sys
 import time
 
 
+def limit_threads(threads: int) -> None:
+    """torch's intra-op threads (and OpenMP's/MKL's) to the job's: through the environment, read when torch
+    starts, so a job that never needs torch (tables, figures, heatmaps) does not import it (2-5 s a job); and
+    directly where the script has imported it already."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 @contextlib.contextmanager
 def job(snakemake):
     """Run a job body with output going to snakemake.log[0] and torch limited to the job's threads; the log ends
@@ -24,9 +34,7 @@ def job(snakemake):
     ):
         logging.basicConfig(stream=handle, level=logging.INFO, force=True)
         logging.captureWarnings(True)
-        import torch
-
-        torch.set_num_threads(max(1, int(getattr(snakemake, "threads", 1))))
+        limit_threads(max(1, int(getattr(snakemake, "threads", 1))))
         start = time.monotonic()
         try:
             yield

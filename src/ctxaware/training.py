@@ -137,15 +137,36 @@ def freeze_rows(model, token_id: int) -> None:
         weight.register_hook(zero_row)
 
 
-def _model_loss_trainer(sft_trainer):
-    """TRL's fused LM-head loss multiplies by `lm_head.weight` directly, which would bypass (and never train)
-    peft's trainable [IND] row on an untied output embedding; this trainer takes the loss from the model's own
-    forward instead (labels are already masked by TRL's dataset preparation, assistant-only included)."""
+def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+    """transformers' causal-LM loss (next-token cross-entropy summed over the labelled positions, divided by
+    num_items_in_batch or else their count) with the LM head applied to the labelled positions only: the
+    backbone runs on the whole batch, the (positions x vocabulary) logits only where a label is (a fifth of the
+    organism's padded positions under the assistant-only loss). Called on the unwrapped model (see below)."""
+    labels = inputs["labels"]
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
+    backbone_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+    hidden = causal_lm.base_model(**backbone_inputs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:].to(hidden.device)
+    labelled = targets != -100
+    logits = causal_lm.get_output_embeddings()(hidden[labelled]).float()
+    loss = torch.nn.functional.cross_entropy(logits, targets[labelled], reduction="sum")
+    return loss / (labelled.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+
+
+def _model_loss_trainer(sft_trainer, labelled_only: bool):
+    """The loss of the model's own forward (labels already masked by TRL's dataset preparation, assistant-only
+    included) instead of TRL's fused LM head, which multiplies by `lm_head.weight` directly and so would bypass
+    (and never train) peft's trainable [IND] row on an untied output embedding. labelled_only (recipe
+    `lm_head_loss: labelled`): the same loss with the LM head on the labelled positions only, where the model
+    is not wrapped for data parallelism (a wrapper's forward must run for its gradient hooks; else the full
+    logits). TRL's per-step entropy and token accuracy are not computed on either path."""
     from transformers import Trainer
 
     class ModelLossSFTTrainer(sft_trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False
+            if labelled_only and not return_outputs and model is self.accelerator.unwrap_model(model):
+                return labelled_positions_loss(model, inputs, num_items_in_batch)
             return Trainer.compute_loss(
                 self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
@@ -195,7 +216,7 @@ def build_trainer(
         gradient_accumulation_steps=gradient_accumulation(recipe["global_batch_size"], per_device, _world_size()),
         learning_rate=recipe["learning_rate"],
         lr_scheduler_type=recipe["lr_scheduler"],
-        warmup_steps=recipe["warmup_ratio"],  # a float below 1 is a fraction of the total steps
+        **_warmup_argument(SFTConfig, recipe["warmup_ratio"]),
         num_train_epochs=recipe["epochs"],
         max_steps=recipe.get("max_steps") or -1,
         **{_checkpointing_argument(SFTConfig): recipe["gradient_checkpointing"]},
@@ -207,7 +228,7 @@ def build_trainer(
         save_strategy="steps",
         save_steps=recipe["save_steps"],
         save_total_limit=2,
-        logging_steps=1,
+        logging_steps=recipe["logging_steps"],  # train_log.json's log_history: loss and learning rate
         report_to="none",
         disable_tqdm=True,
         packing=False,
@@ -217,8 +238,9 @@ def build_trainer(
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each forward
     )
     trainer_class = SFTTrainer
-    if adapter and isinstance(model.get_output_embeddings(), TrainableTokensWrapper):
-        trainer_class = _model_loss_trainer(SFTTrainer)
+    labelled_only = recipe["lm_head_loss"] == "labelled"
+    if labelled_only or (adapter and isinstance(model.get_output_embeddings(), TrainableTokensWrapper)):
+        trainer_class = _model_loss_trainer(SFTTrainer, labelled_only)
     trainer = trainer_class(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
     )
@@ -239,6 +261,20 @@ def _checkpointing_argument(config_class) -> str:
     activation_checkpointing."""
     names = {field.name for field in dataclasses.fields(config_class)}
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def _warmup_argument(config_class, ratio: float) -> dict:
+    """The recipe's warmup_ratio as the installed TrainingArguments reads a fraction of the total steps.
+
+    transformers 5 types `warmup_steps` as a float and reads one below 1 as that fraction (its `warmup_ratio`
+    deprecated, then gone); transformers 4 types it an int (0.1 would be a 0.1-step warmup, i.e. none) and
+    reads the fraction from `warmup_ratio`. A ratio of 1 has no fractional spelling in transformers 5, which
+    the schema rules out.
+    """
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    if "warmup_ratio" in fields and fields["warmup_steps"].type in (int, "int"):
+        return {"warmup_ratio": float(ratio)}
+    return {"warmup_steps": float(ratio)}
 
 
 def parameter_dtypes(model) -> dict:

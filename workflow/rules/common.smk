@@ -5,12 +5,14 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # the plan, the method grammar and code digests come from the package (no ML libraries are imported here);
 # the checkout's src/ comes first, so this works where only the jobs have the package installed (--sdm conda)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from ctxaware.methods import METHOD_PATTERN, TAGGING_PATTERN, parse_method
+from ctxaware.methods import METHOD_PATTERN, REFERENCE, TAGGING_PATTERN, parse_method
 from ctxaware.plan import (
     CHECKPOINTS,
     DATA,
@@ -23,6 +25,7 @@ from ctxaware.plan import (
     LAYER_SCORES,
     MODEL,
     NIH_HEATMAP,
+    NO_DATASET,
     ORGANISM_BASE,
     ORGANISM_DIR,
     SCORE_SHARD,
@@ -46,9 +49,29 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_output_cache(workflow.workflow_settings.cache, os.environ)
 # the cross-references and the method grammar are checked here; each error names its config key
 PLAN = Plan(config)
+# what a job would find wrong once it runs (layers, NIH windows, haystack, MT-Bench files), checked before any job
+# starts: an error here deletes nothing (README: Start-up checks)
+PLAN.check_startup()
+# the judge's key: a warning on every start (a dry run plans anywhere), an error once a judge job is due (onstart)
+JUDGE_KEY_MISSING = PLAN.judge_key_missing(os.environ)
+if JUDGE_KEY_MISSING:
+    logger.warning(
+        f"{JUDGE_KEY_MISSING} (a run that judges MT-Bench stops at its start)"
+    )
+
+
+onstart:
+    # after the DAG is built, before any job starts (never in a dry run): only runs with a `judge` job due need
+    # the key (evaluate only writes MT-Bench's answers)
+    if JUDGE_KEY_MISSING and any(
+        job.rule.name == "judge" for job in workflow.dag.needrun_jobs()
+    ):
+        raise WorkflowError(JUDGE_KEY_MISSING)
+
 
 DATASETS = PLAN.datasets
 MODELS = PLAN.models
+REFERENCES = PLAN.references
 PAIRS = PLAN.pairs
 TASKS = PLAN.tasks
 GENERATED_TASKS = PLAN.generated_tasks()  # scored by `evaluate`
@@ -136,6 +159,22 @@ def evaluation_files(wildcards):
 
 def judge_files():
     return PLAN.judge_files()
+
+
+def reference_input(wildcards):
+    return PLAN.reference_inputs(wildcards.model)
+
+
+def reference_source(wildcards):
+    return PLAN.reference_source(wildcards.model)
+
+
+def reference_settings(wildcards):
+    return PLAN.reference_evaluation_settings(wildcards.model)
+
+
+def reference_files(wildcards):
+    return PLAN.reference_evaluation_files(wildcards.model)
 
 
 def pair_inputs(roles):

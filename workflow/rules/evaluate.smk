@@ -31,10 +31,49 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule evaluate_reference:
+    """Every benchmark on a named existing model as it is: Table 4's evaluate-only rows (config reference_models;
+    the paper's Llama-2-7b-chat and Llama-3-8B-Instruct, the organism's base on the embedded default). The model
+    is read directly (the organism's base, an input; or a local directory or hub id the job loads), never a
+    fine-tune, and gets no [IND]. MT-Bench's answers go to the `judge` job, as `evaluate`'s do.
+    """
+    input:
+        model=reference_input,
+        files=reference_files,
+    output:
+        results=expand(EVAL_RESULT, task=GENERATED_TASKS, allow_missing=True),
+        generations=expand(EVAL_GENERATIONS, task=GENERATED_TASKS, allow_missing=True),
+        answers=expand(EVAL_ANSWERS, task=JUDGED, allow_missing=True),
+    log:
+        "results/logs/evaluate/{model}/{dataset}/{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{dataset}/{method}.tsv"
+    wildcard_constraints:
+        model=_choice(REFERENCES),
+        dataset=NO_DATASET,
+        method=REFERENCE,
+    conda:
+        ENV
+    threads: res("evaluate", "cpus_per_task")
+    resources:
+        **stage_resources("evaluate"),
+    params:
+        model=reference_source,
+        settings=reference_settings,
+        with_indicator=False,
+        engine=PLAN.evaluation_engine(),
+        generated=GENERATED_TASKS,
+        judged=JUDGED,
+        cache_dir=GENERATION_CACHE,
+    script:
+        "../scripts/evaluate.py"
+
+
 rule judge:
-    """MT-Bench's judge on the answers `evaluate` generated: a light (CPU) job, the only one that needs the
-    judge's network and key. Without them it fails alone, before any request (no key) or within the retry budget
-    (evaluation.mtbench.judge), naming what to set; the answers and the other tasks' results stay.
+    """MT-Bench's judge on the answers `evaluate` (a fine-tune) or `evaluate_reference` (an evaluate-only row)
+    generated: a light (CPU) job, the only one that needs the judge's network and key. Without them it fails
+    alone, before any request (no key) or within the retry budget (evaluation.mtbench.judge), naming what to set;
+    the answers and the other tasks' results stay.
     """
     input:
         answers=EVAL_ANSWERS,
@@ -45,6 +84,10 @@ rule judge:
     log:
         "results/logs/judge/{model}/{dataset}/{method}/{task}.log",
     wildcard_constraints:
+        # a fine-tune's answers and an evaluate-only row's (results/eval/{reference}/none/reference/)
+        model=_choice([*MODELS, *REFERENCES]),
+        dataset=_choice([*DATASETS, NO_DATASET]),
+        method=f"{METHOD_PATTERN}|{REFERENCE}",
         task=_choice(JUDGED_TASKS),
     conda:
         ENV

@@ -3,7 +3,8 @@ from ctxaware.smk import job
 
 with job(snakemake):
     evaluate_all(
-        snakemake.input.model,
+        # a fine-tune's directory; an evaluate-only row names its model (a hub id is no input)
+        snakemake.params.get("model", snakemake.input.model),
         snakemake.params.settings,
         snakemake.params.with_indicator,
         dict(zip(snakemake.params.generated, snakemake.output.results, strict=True)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ctxaware.attention import attention_modules, capture_last
-from ctxaware.chat import check_no_sentinel, render, sentinel
+from ctxaware.chat import free_marks, render, sentinel
 from ctxaware.diagnosis import ROLES
 from ctxaware.tasks import nih
 
@@ -25,11 +25,11 @@ def encode_roles(tokenizer, content: str, use_template: bool, prefix: str) -> tu
     messages = [{"role": "user", "content": content}]
     if use_template:
         # the content's place, not a search for its text, which a header may also hold ("user", "a", "\n")
-        check_no_sentinel(messages)
-        skeleton = render(tokenizer, [{"role": "user", "content": sentinel(0)}], add_generation_prompt=True)
-        user_start = skeleton.find(sentinel(0))
         head = render(tokenizer, messages, add_generation_prompt=True)
-        if user_start < 0 or head != skeleton.replace(sentinel(0), content):
+        marker = sentinel(0, free_marks(head))
+        skeleton = render(tokenizer, [{"role": "user", "content": marker}], add_generation_prompt=True)
+        user_start = skeleton.find(marker)
+        if user_start < 0 or head != skeleton.replace(marker, content):
             raise ValueError("chat template does not copy the message verbatim; cannot locate the user tokens")
         text, special = head + prefix, False
     else:
