@@ -96,7 +96,9 @@ def test_slurm_profile_turns_the_cache_on_and_sends_the_judge_to_the_cpu_partiti
     judges = [block for block in jobs if block.startswith("rule judge:")]
     assert judges and all("slurm_partition=cpu" in block and "gpu=0" in block for block in judges)
     evaluations = [block for block in jobs if block.startswith("rule evaluate:")]
-    assert evaluations and all("slurm_partition=gpu" in block for block in evaluations)
+    references = [block for block in jobs if block.startswith("rule evaluate_reference:")]  # Table 4's references
+    assert evaluations and references and all("slurm_partition=gpu" in block for block in evaluations + references)
+    assert len(judges) == len(evaluations) + len(references)
 
     unset = snakemake(workdir, "--profile", "profiles/slurm", "-n", check=False, env={"SNAKEMAKE_OUTPUT_CACHE": ""})
     assert unset.returncode != 0 and "export SNAKEMAKE_OUTPUT_CACHE=" in unset.stderr + unset.stdout
