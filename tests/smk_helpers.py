@@ -66,10 +66,17 @@ def indicator_methods(config: dict) -> tuple[str, str]:
 COMPARED = ["results/data", "results/scores", "results/sft", "results/eval", "results/tables"]
 
 
+def files_under(folder: Path) -> list[Path]:
+    """Every file under folder, following linked folders: the between-workflow cache (profiles/slurm) leaves its
+    rules' outputs as links into the cache, whose contents Path.rglob skips (Python 3.11)."""
+    return [Path(root, name) for root, _, names in os.walk(folder, followlinks=True) for name in names]
+
+
 def result_files(workdir: Path) -> list[str]:
-    """The files of a finished run that a second run from scratch must reproduce, relative to workdir."""
-    files = [path for folder in COMPARED for path in (workdir / folder).rglob("*") if path.is_file()]
-    files += list((workdir / "results/models").rglob("*.safetensors"))
+    """The files of a finished run that a second run from scratch must reproduce, relative to workdir (cached
+    outputs, links into the cache, included)."""
+    files = [path for folder in COMPARED for path in files_under(workdir / folder) if path.is_file()]
+    files += [path for path in files_under(workdir / "results/models") if path.name.endswith(".safetensors")]
     return sorted(str(path.relative_to(workdir)) for path in files if not path.name.startswith("."))
 
 

@@ -1,6 +1,11 @@
-"""Snakemake's between-workflow output cache: a second checkout gets the seed fine-tune and the scores from it."""
+"""Snakemake's between-workflow output cache: a second checkout gets the seed fine-tune and the scores from it; a
+reverted setting is a cache hit; profiles/slurm turns the cache on."""
+
+import re
+import shutil
 
 import pytest
+import yaml
 from smk_helpers import copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -40,3 +45,60 @@ def test_second_checkout_takes_scores_from_the_cache_without_running_the_scorer(
     plan = snakemake(second, *args, env=env).stdout
     assert "shard-1-of-1.parquet will be written to global between-workflow cache" in plan, plan
     assert "obtained from" not in plan
+
+
+def test_reverting_a_scoring_setting_is_a_cache_hit_with_the_scorer_not_run(embedded_run, tmp_path):
+    """On a copy of a finished run: score at the default layer into the cache, change the layer (the scorer runs),
+    change it back: the shard comes from the cache, byte for byte, and the scorer does not run."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+    workdir = copy_workflow(tmp_path / "run")
+    shutil.copytree(embedded_run / "results", workdir / "results")
+    if (embedded_run / ".snakemake/metadata").is_dir():
+        shutil.copytree(embedded_run / ".snakemake/metadata", workdir / ".snakemake/metadata")
+    shard = workdir / "results/scores/sharegpt/tiny-sharegpt/shard-1-of-1.parquet"
+    default = (SCORES, "--cores", "2", "--cache")
+    snakemake(workdir, *default, "--forcerun", "score_turns", env=env)  # the default layer's shard, cached
+    assert "scored" in (workdir / SHARD_LOG).read_text()
+    scored = shard.read_bytes()
+
+    config = (workdir / "config/config.yaml").read_text().replace("layer: 3", "layer: 1")
+    (workdir / "config/layer1.yaml").write_text(config)
+    snakemake(workdir, *default, "--configfile", "config/layer1.yaml", env=env)
+    assert "scored" in (workdir / SHARD_LOG).read_text() and shard.read_bytes() != scored
+
+    plan = snakemake(workdir, *default, "-n", env=env).stdout  # back to layer 3: params changed, so planned
+    assert "shard-1-of-1.parquet will be obtained from global between-workflow cache" in plan, plan
+    result = snakemake(workdir, *default, env=env)
+    assert (workdir / SHARD_LOG).read_text() == ""  # the scorer did not run (Snakemake only created its log)
+    assert shard.read_bytes() == scored and "from cache" in result.stderr
+    assert "Nothing to be done" in snakemake(workdir, SCORES, "--cores", "2", "-n").stdout
+
+
+def test_slurm_profile_turns_the_cache_on_and_sends_the_judge_to_the_cpu_partition(tmp_path):
+    """`snakemake --profile profiles/slurm -n` (the paper's grid; no cluster needed to plan): the cached rules
+    write to the cache, and `judge` asks for the default (CPU) partition and no GPU; without a cache directory
+    the workflow stops naming SNAKEMAKE_OUTPUT_CACHE."""
+    workdir = copy_workflow(tmp_path / "paper")
+    profile = yaml.safe_load((workdir / "profiles/slurm/config.yaml").read_text())
+    assert profile["cache"] is True and "judge" not in profile["set-resources"]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    plan = snakemake(workdir, "--profile", "profiles/slurm", "-n", env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)}).stdout
+    jobs = re.split(r"\n(?=rule \w+:)", plan)
+    cached = [block for block in jobs if "will be written to global between-workflow cache" in block]
+    assert {re.match(r"rule (\w+):", block).group(1) for block in cached} == {
+        "score_turns",
+        "score_layers",
+        "finetune",
+    }
+    judges = [block for block in jobs if block.startswith("rule judge:")]
+    assert judges and all("slurm_partition=cpu" in block and "gpu=0" in block for block in judges)
+    evaluations = [block for block in jobs if block.startswith("rule evaluate:")]
+    references = [block for block in jobs if block.startswith("rule evaluate_reference:")]  # Table 4's references
+    assert evaluations and references and all("slurm_partition=gpu" in block for block in evaluations + references)
+    assert len(judges) == len(evaluations) + len(references)
+
+    unset = snakemake(workdir, "--profile", "profiles/slurm", "-n", check=False, env={"SNAKEMAKE_OUTPUT_CACHE": ""})
+    assert unset.returncode != 0 and "export SNAKEMAKE_OUTPUT_CACHE=" in unset.stderr + unset.stdout

@@ -22,6 +22,7 @@ import torch
 from ctxaware import IND_TOKEN
 from ctxaware.evaluation import evaluate_task
 from ctxaware.generation import Generator
+from ctxaware.judge import judge_questions, make_judge, summarize
 from ctxaware.modeling import load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,19 +223,26 @@ def test_mtbench_score_is_the_mean_rating_of_each_turns_answer(tiny_model_dir, r
         "sampling_seed": 0,
         "sampling_top_k": 50,
         "sampling_top_p": 1.0,
-        "judge": {
-            "backend": "openai",
-            "base_url": rating_judge.url,
-            "model": "judge",
-            "api_key_env": "OPENAI_API_KEY",
-            "timeout_s": 10,
-            "max_retries": 0,
-            "cache_dir": str(tmp_path / "judgments"),
-        },
+    }
+    judge_settings = {
+        "backend": "openai",
+        "base_url": rating_judge.url,
+        "model": "judge",
+        "api_key_env": None,
+        "timeout_s": 10,
+        "max_retries": 0,
+        "backoff_s": 1,
+        "retry_budget_s": 60,
+        "cache_dir": str(tmp_path / "judgments"),
     }
     generator = ScriptedGenerator(load_tokenizer(tiny_model_dir), answer)
-    summary, records = evaluate_task("mtbench", generator, settings, False)
-    assert len(generator.prompts) == 8 and len(rating_judge.prompts) == 8
+    summary, answered = evaluate_task("mtbench", generator, settings, False)
+    assert summary == {"n": 4} and len(generator.prompts) == 8 and rating_judge.prompts == []  # no judge here
+    assert [a["question_id"] for a in answered] == [q["question_id"] for q in questions]
+    assert all(len(a["answers"]) == len(a["prompts"]) == 2 for a in answered)
+    records = judge_questions(make_judge(judge_settings), answered)  # the judge job's work
+    summary = summarize(records) | summary
+    assert len(rating_judge.prompts) == 8
     assert len(list((tmp_path / "judgments").glob("*.json"))) == 8  # the judge the settings ask for, its cache
     # turn 2 is generated after the model's own first answer
     second = [p for p in generator.prompts if "rate me 1." in p]
@@ -245,6 +253,7 @@ def test_mtbench_score_is_the_mean_rating_of_each_turns_answer(tiny_model_dir, r
             record = by_turn[(question["question_id"], turn)]
             expected = None if question["turns"][turn - 1] == silent else float(2 * i + turn)
             assert record["rating"] == expected and record["failed"] == (expected is None)
+            assert record["prompt"] == question["turns"][turn - 1] and record["answer"].startswith(("Here", WRONG))
     assert summary["score_turn1"] == pytest.approx((1 + 3 + 5 + 7) / 4)
     assert summary["score_turn2"] == pytest.approx((2 + 4 + 6) / 3)
     assert summary["score"] == pytest.approx(28 / 7) and summary["n_failed"] == 1 and summary["n"] == 4
@@ -352,7 +361,6 @@ def _judge_model(base_dir: str, out: Path, logits: dict[str, float]) -> str:
     ("favoured", "logits"), [(3, {"3": 4.0}), (8, {"8": 4.0, "3": 2.0}), (5, {"5": 4.0, "6": 3.9})]
 )
 def test_constrained_local_judge_returns_the_rating_its_model_favours(tiny_model_dir, tmp_path, favoured, logits):
-    from ctxaware.evaluation import make_judge
     from ctxaware.judge import grade
     from ctxaware.local_judge import LocalJudge
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ctxaware.judge import JudgeError, JudgmentCache, OpenAIJudge, grade, summarize
+from ctxaware.judge import JudgeError, JudgeUnavailable, JudgmentCache, OpenAIJudge, grade, summarize
 from ctxaware.tasks.mtbench import (
     PROMPTS,
     judge_messages,
@@ -86,7 +86,8 @@ def server(monkeypatch):
 
 
 def make_judge(server, **kwargs):
-    return OpenAIJudge(server.url, "judge-model", **{"backoff_s": 0.01, "timeout_s": 5, **kwargs})
+    """A judge of the scripted server; no key unless asked for (api_key_env)."""
+    return OpenAIJudge(server.url, "judge-model", **{"backoff_s": 0.01, "timeout_s": 5, "api_key_env": None, **kwargs})
 
 
 def test_valid_ratings_and_request_shape(server):
@@ -104,7 +105,7 @@ def test_valid_ratings_and_request_shape(server):
         "temperature": 0,
         "max_tokens": 64,
     }
-    assert "Authorization" not in request["headers"]  # loopback endpoint and no key set
+    assert "Authorization" not in request["headers"]  # api_key_env null: no key is sent
     assert summarize(records) == {
         "score": 7.75,
         "score_turn1": 7.0,
@@ -138,9 +139,19 @@ def test_http_500_is_retried(server):
 def test_429_is_retried_until_max_retries(server):
     server.script = [("status", 429, "slow down")] * 3
     judge = make_judge(server, max_retries=2)
-    with pytest.raises(JudgeError, match="127.0.0.1") as info:
+    with pytest.raises(JudgeUnavailable, match="127.0.0.1") as info:
         judge.judge(judge_messages(WRITING, ANSWERS, 1))
     assert "429" in str(info.value) and judge.calls == 3
+    assert "failed after 3 attempts" in str(info.value) and "evaluation.mtbench.judge.max_retries" in str(info.value)
+
+
+def test_no_retry_starts_past_the_retry_budget(server):
+    server.script = [("status", 500, "down")] * 10
+    judge = make_judge(server, max_retries=9, backoff_s=0.2, retry_budget_s=0.5)  # waits 0.2, 0.4: then over
+    started = time.monotonic()
+    with pytest.raises(JudgeUnavailable, match="failed after 2 attempts"):
+        judge.judge(judge_messages(WRITING, ANSWERS, 1))
+    assert judge.calls == 2 and time.monotonic() - started < 0.5
 
 
 def test_timeout_then_success(server):
@@ -150,24 +161,38 @@ def test_timeout_then_success(server):
     assert judge.calls == 2
 
 
-def test_every_attempt_times_out_is_recorded_failed(server):
+def test_a_judge_still_failing_after_its_retries_stops_grading(server):
+    """Not a failed judgment (a NaN score that looks like a result) but the judge job's failure."""
     server.script = [("sleep", 0.8), ("sleep", 0.8), ok("Rating: [[9]]")]
     judge = make_judge(server, timeout_s=0.5, max_retries=1)
-    records = grade(judge, WRITING, ANSWERS)
-    assert records[0]["failed"] and records[0]["rating"] is None
-    assert "failed after 2 attempts" in records[0]["error"] and server.url in records[0]["error"]
-    assert records[1]["rating"] == 9.0 and not records[1]["failed"]  # the other turn still gets graded
-    assert judge.calls == 3
-    assert summarize(records)["n_failed"] == 1 and summarize(records)["score"] == 9.0
+    with pytest.raises(JudgeUnavailable) as info:
+        grade(judge, WRITING, ANSWERS)
+    assert not isinstance(info.value, JudgeError)  # grade() lets it through
+    assert "failed after 2 attempts" in str(info.value) and server.url in str(info.value)
+    assert "timeout_s" in str(info.value) and judge.calls == 2  # turn 2 was never asked
 
 
-def test_401_fails_immediately_without_retry(server):
-    server.script = [("status", 401, '{"error": "bad key"}'), ok("Rating: [[3]]")]
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [(401, "set OPENAI_API_KEY to a key this endpoint accepts"), (403, "set OPENAI_API_KEY"), (404, "base_url")],
+)
+def test_a_rejected_key_or_a_wrong_endpoint_stops_grading_without_retry(server, monkeypatch, status, says):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    server.script = [("status", status, '{"error": "bad"}'), ok("Rating: [[3]]")]
+    judge = make_judge(server, max_retries=5, api_key_env="OPENAI_API_KEY")
+    with pytest.raises(JudgeUnavailable, match=f"HTTP {status}") as info:
+        grade(judge, WRITING, ANSWERS)
+    assert says in str(info.value) and "bad" in str(info.value)
+    assert judge.calls == 1  # not retried, and turn 2 was never asked
+
+
+def test_a_bad_request_fails_only_its_judgment(server):
+    server.script = [("status", 400, '{"error": "context too long"}'), ok("Rating: [[3]]")]
     judge = make_judge(server, max_retries=5)
     records = grade(judge, WRITING, ANSWERS)
-    assert records[0]["failed"] and "HTTP 401" in records[0]["error"] and "bad key" in records[0]["error"]
+    assert records[0]["failed"] and "HTTP 400" in records[0]["error"] and "context too long" in records[0]["error"]
     assert records[1]["rating"] == 3.0
-    assert judge.calls == 2  # one request per turn: the 401 was not retried
+    assert judge.calls == 2  # one request per turn: the 400 was not retried
 
 
 def test_malformed_reply_fails_without_retry(server):
@@ -216,6 +241,20 @@ def test_missing_key_for_remote_endpoint_names_the_variable(monkeypatch):
     with pytest.raises(RuntimeError, match="MY_JUDGE_KEY") as info:
         grade(judge, WRITING, ANSWERS)  # a configuration error aborts grading instead of failing judgments
     assert not isinstance(info.value, JudgeError) and judge.calls == 0
+    assert "export MY_JUDGE_KEY=" in str(info.value) and "evaluation.mtbench.judge.api_key_env" in str(info.value)
+
+
+def test_a_named_key_is_required_on_loopback_too(server, monkeypatch):
+    """Only api_key_env null sends no key; a named variable that is unset fails before any request."""
+    judge = make_judge(server, api_key_env="OPENAI_API_KEY")
+    with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY is not set"):
+        judge.check_key()
+    with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY is not set"):
+        grade(judge, WRITING, ANSWERS)
+    monkeypatch.setenv("OPENAI_API_KEY", "")  # an empty key is no key
+    with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY is not set"):
+        judge.check_key()
+    assert judge.calls == 0 and server.requests == []
 
 
 def test_prompts_match_fastchat_wording():
@@ -393,8 +432,7 @@ def test_reference_rating_rewards_the_right_fact_and_the_right_form():
 
 
 def test_reference_judge_grades_each_turn_against_its_reference_and_fails_without_one():
-    from ctxaware.evaluation import make_judge
-    from ctxaware.judge import ReferenceJudge, summarize
+    from ctxaware.judge import ReferenceJudge, make_judge, summarize
 
     judge = make_judge({"backend": "reference"})
     assert isinstance(judge, ReferenceJudge)
@@ -678,3 +716,77 @@ def test_answer_sampling_is_greedy_or_fastchats():
     assert answer_temperature("unknown", "fastchat") == 0.7
     with pytest.raises(ValueError, match=r"^config key evaluation.mtbench.answer_sampling: 'top' is not greedy or"):
         answer_temperature("writing", "top")
+
+
+def _answers_file(tmp_path, questions) -> str:
+    """What `evaluate` writes for MT-Bench: its summary and one record per question with prompts and answers."""
+    answers = {
+        "task": "mtbench",
+        "n": len(questions),
+        "model_dir": "results/models/m",
+        "with_indicator": True,
+        "backend": "transformers",
+        "n_generated": 2 * len(questions),
+        "settings": {"limit": None, "max_new_tokens": 8},
+        "questions": questions,
+    }
+    path = tmp_path / "mtbench.answers.json"
+    path.write_text(json.dumps(answers))
+    return str(path)
+
+
+def test_judge_answers_writes_the_result_and_judged_records_of_evaluates_answers(tmp_path):
+    from ctxaware.judge import judge_answers
+
+    question = {
+        "question_id": 7,
+        "category": "stem",
+        "turns": ["where does mira live ?", "what is the job of mira ?"],
+        "reference": ["mira lives in oslo .", "mira works as a baker ."],
+        "prompts": ["where does mira live ? [IND]", "what is the job of mira ? [IND]"],
+        "answers": ["mira lives in oslo .", "mira works as a pilot ."],
+    }
+    out_json, out_records = tmp_path / "out" / "mtbench.json", tmp_path / "out" / "mtbench.generations.jsonl"
+    result = judge_answers(_answers_file(tmp_path, [question]), {"backend": "reference"}, out_json, out_records)
+    assert json.loads(out_json.read_text()) == result
+    assert list(result) == [
+        *("task", "score", "score_turn1", "score_turn2", "n_judgments", "n_failed"),
+        *("n", "model_dir", "with_indicator", "backend", "n_generated", "settings"),
+    ]
+    assert result["score_turn1"] == 10.0 and result["score_turn2"] == pytest.approx(1 + 8 * 3 / 4)
+    assert result["n"] == 1 and result["n_generated"] == 2 and result["with_indicator"] is True
+    assert result["settings"] == {"limit": None, "max_new_tokens": 8, "judge": {"backend": "reference"}}
+    records = [json.loads(line) for line in out_records.read_text().splitlines()]
+    assert [(r["turn"], r["prompt"], r["answer"]) for r in records] == [
+        (1, "where does mira live ? [IND]", "mira lives in oslo ."),
+        (2, "what is the job of mira ? [IND]", "mira works as a pilot ."),
+    ]
+    assert records[0]["question_id"] == 7 and records[0]["judge_prompt"] == "single-v1" and not records[0]["failed"]
+
+
+def test_judge_answers_without_its_key_fails_before_any_request_and_writes_nothing(server, tmp_path, monkeypatch):
+    from ctxaware.judge import judge_answers, make_judge, public_settings
+
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    settings = {
+        "backend": "openai",
+        "base_url": server.url,
+        "model": "judge-model",
+        "api_key_env": "MY_JUDGE_KEY",
+        "timeout_s": 5,
+        "max_retries": 1,
+        "backoff_s": 0.5,
+        "retry_budget_s": 7,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    judge = make_judge(settings)
+    assert (judge.timeout_s, judge.max_retries, judge.backoff_s, judge.retry_budget_s) == (5, 1, 0.5, 7)
+    assert (judge.model, judge.api_key_env) == ("judge-model", "MY_JUDGE_KEY")
+    assert judge.url == server.url + "chat/completions"
+    question = {**WRITING, "prompts": WRITING["turns"], "answers": ANSWERS}
+    out = tmp_path / "out"
+    with pytest.raises(JudgeUnavailable, match="MY_JUDGE_KEY is not set"):
+        judge_answers(_answers_file(tmp_path, [question]), settings, out / "m.json", out / "m.jsonl")
+    assert server.requests == [] and not out.exists()
+    assert public_settings({"api_key": "sk-1", "api_key_env": "K", "model": "m"}) == {"api_key_env": "K", "model": "m"}
+    assert public_settings(None) is None

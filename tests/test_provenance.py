@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from ctxaware.provenance import code_digest
+from ctxaware.provenance import check_output_cache, code_digest
 
 
 @pytest.fixture
@@ -38,3 +38,15 @@ def test_digest_does_not_import_the_package_modules():
         del sys.modules[name]
     assert len(code_digest("ctxaware.training")) == 16
     assert "ctxaware.training" not in sys.modules
+
+
+def test_the_output_cache_needs_its_directory_when_on(tmp_path):
+    check_output_cache(None, {})  # off: nothing to check
+    check_output_cache([], {"SNAKEMAKE_OUTPUT_CACHE": str(tmp_path)})
+    check_output_cache(["finetune"], {"SNAKEMAKE_OUTPUT_CACHE": "s3://bucket/cache"})  # a storage URI
+    for environ in ({}, {"SNAKEMAKE_OUTPUT_CACHE": ""}):
+        with pytest.raises(ValueError, match="export SNAKEMAKE_OUTPUT_CACHE=") as info:
+            check_output_cache([], environ)
+        assert "profiles/slurm" in str(info.value)
+    with pytest.raises(ValueError, match="not a directory: create it"):
+        check_output_cache([], {"SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "missing")})

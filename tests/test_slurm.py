@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 GPU_STAGES = {
     "score": ["score_turns", "score_layers"],
     "finetune": ["finetune"],
-    "evaluate": ["evaluate", "nih_template_study", "attention_allocation", "attention_steering"],
+    "evaluate": ["evaluate", "evaluate_reference", "nih_template_study", "attention_allocation", "attention_steering"],
 }
-GPU_RULES = {rule for rules in GPU_STAGES.values() for rule in rules}
+GPU_RULES = {rule for rules in GPU_STAGES.values() for rule in rules}  # judge is not one: a light CPU job
 LOCAL_RULES = {"all", "vanilla_sft"}
 RUN_TIMEOUT_S = 3600
 
@@ -96,9 +96,11 @@ def slurm_run(tmp_path_factory):
     (workdir / "profiles/slurm-ci/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     (workdir / "config/slurm-ci.yaml").write_text(yaml.safe_dump(slurm_config(cluster), sort_keys=False))
     args = ("--profile", "profiles/slurm-ci", "--configfile", "config/slurm-ci.yaml")
-    planned = collections.Counter(rule for rule, _ in planned_jobs(snakemake(workdir, *args, "-n").stdout))
+    cache = tmp_path_factory.mktemp("output-cache")  # the profile turns the between-workflow cache on
+    env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+    planned = collections.Counter(rule for rule, _ in planned_jobs(snakemake(workdir, *args, "-n", env=env).stdout))
     try:
-        result = snakemake(workdir, *args, check=False, timeout=RUN_TIMEOUT_S)
+        result = snakemake(workdir, *args, check=False, timeout=RUN_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired as error:
         output = (error.stderr or b"").decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr
         _cancel(output or "")
@@ -113,6 +115,7 @@ def slurm_run(tmp_path_factory):
         "gpu_partitions": gpu_partitions,
         "default_partition": profile["default-resources"]["slurm_partition"],
         "log": result.stderr,
+        "env": env,
     }
 
 
@@ -147,6 +150,10 @@ def test_every_cluster_job_went_through_sbatch(slurm_run):
     counts = collections.Counter(by_rule.values())
     expected = {rule: n for rule, n in slurm_run["planned"].items() if rule not in LOCAL_RULES}
     assert counts == expected
+    # MT-Bench's judge, one per evaluation (the reference rows' too), on the default (CPU) partition below
+    assert counts["judge"] == counts["evaluate"] + counts["evaluate_reference"]
+    cache = Path(slurm_run["env"]["SNAKEMAKE_OUTPUT_CACHE"])
+    assert len(list(cache.iterdir())) >= counts["finetune"]  # the profile's cache took the cached rules' outputs
     if not slurm_run["cluster"]["accounting"]:
         return
     rows = subprocess.run(
@@ -186,4 +193,4 @@ def test_slurm_run_gives_the_local_results(slurm_run, embedded_run):
 
 def test_slurm_run_leaves_nothing_to_do(slurm_run):
     args = ("--profile", "profiles/slurm-ci", "--configfile", "config/slurm-ci.yaml", "-n")
-    assert "Nothing to be done" in snakemake(slurm_run["workdir"], *args).stdout
+    assert "Nothing to be done" in snakemake(slurm_run["workdir"], *args, env=slurm_run["env"]).stdout

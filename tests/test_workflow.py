@@ -103,7 +103,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     jobs = planned_jobs(output)
     rules = {rule for rule, _ in jobs}
     assert not rules & {"score_turns", "gather_scores", "score_layers", "prepare_dataset", "pretrain_organism"}
-    branch_rules = {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}
+    branch_rules = {"tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"}
     for rule, path in jobs:
         if rule in branch_rules:
             assert "indicator-0.7" in path, (rule, path)
@@ -112,7 +112,7 @@ def test_adding_a_beta_schedules_only_that_branch(embedded_run):
     grid = configured_plan(embedded_run / "config/more-betas.yaml").grid()
     pairs = {(run.dataset, run.model) for run in grid if run.method == "indicator-0.7"}
     assert counts["tag_indicator"] == len(config["datasets"]) == len(pairs)
-    assert counts["finetune"] == counts["evaluate"] == counts["nih_heatmap"] == len(pairs)
+    assert counts["finetune"] == counts["evaluate"] == counts["judge"] == counts["nih_heatmap"] == len(pairs)
     assert rules - branch_rules <= {"table4", "threshold_ablation", "all"}
 
 
@@ -127,12 +127,12 @@ def test_the_both_scores_config_adds_only_its_branches_and_the_likelihood_ratio(
     assert counts["score_turns"] == counts["gather_scores"] == n_datasets
     seed = config_of(embedded_run)["scoring"]["seed_model"]["name"]
     assert all(f"/{seed}-lr" in path for rule, path in jobs if rule in {"score_turns", "gather_scores"})
-    assert counts["tag_indicator"] == counts["finetune"] == counts["evaluate"] == 2 * n_datasets
+    assert counts["tag_indicator"] == counts["finetune"] == counts["evaluate"] == counts["judge"] == 2 * n_datasets
     for rule, path in jobs:
-        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+        if rule in {"tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"}:
             assert "indicator-q0.3" in path or "indicator-lr-q0.3" in path, (rule, path)
     assert set(counts) == {
-        *("score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "nih_heatmap"),
+        *("score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"),
         *("score_validity", "table3", "table4", "threshold_ablation"),
     }
 
@@ -153,13 +153,17 @@ def test_changing_an_evaluation_setting_reruns_only_evaluations_and_tables(embed
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
     plan = configured_plan(embedded_run / "config/config.yaml")
     assert counts["evaluate"] == len(plan.grid()) and counts["evaluate_reference"] == len(plan.references)
-    assert set(counts) <= {"evaluate", "evaluate_reference", "nih_heatmap", "table4", "threshold_ablation", "all"}
+    # MT-Bench's answers are rewritten, so its judge reruns too, the reference rows' included (with a judgment
+    # cache: no new requests)
+    assert counts["judge"] == counts["evaluate"] + counts["evaluate_reference"]
+    tables = {"nih_heatmap", "table4", "threshold_ablation", "all"}
+    assert set(counts) <= {"evaluate", "evaluate_reference", "judge", *tables}
     assert "table4" in counts
 
 
 def _indicator_branches_only(jobs):
     for rule, path in jobs:
-        if rule in {"finetune", "evaluate", "nih_heatmap"}:
+        if rule in {"finetune", "evaluate", "judge", "nih_heatmap"}:
             assert "indicator-" in path, (rule, path)  # vanilla and qk-lora fine-tunes never depend on the scores
     rules = {rule for rule, _ in jobs}
     assert {"score_turns", "gather_scores", "tag_indicator", "finetune", "evaluate", "table3", "table4"} <= rules
@@ -206,7 +210,7 @@ def test_changing_the_score_method_reruns_scoring_and_indicator_branches(embedde
     assert len(scored) == 2 * len(config_of(embedded_run)["datasets"])
     assert all(f"/{seed}-lr" in path for path in scored), scored  # the attention scores are not recomputed
     for rule, path in jobs:
-        if rule in {"tag_indicator", "finetune", "evaluate", "nih_heatmap"}:
+        if rule in {"tag_indicator", "finetune", "evaluate", "judge", "nih_heatmap"}:
             assert "indicator-lr-q0.3" in path, (rule, path)
 
 
@@ -262,9 +266,10 @@ def test_a_bad_layer_fails_at_start_up_and_keeps_every_result(embedded_run, tmp_
     assert nothing[0] == nothing[1]
 
 
-def test_an_openai_judge_without_its_key_warns_a_dry_run_and_stops_a_run_that_evaluates(embedded_run, tmp_path):
-    """Issue 23: the judge's key variable unset: a dry run plans (with a warning), a real run due to evaluate stops
-    before any job starts (every result kept), and a run that evaluates nothing needs no key."""
+def test_an_openai_judge_without_its_key_warns_a_dry_run_and_stops_a_run_that_judges(embedded_run, tmp_path):
+    """Issue 23: the judge's key variable unset: a dry run plans (with a warning), a real run due to judge stops
+    before any job starts (every result kept), and a run that judges nothing needs no key. Only the judge jobs
+    depend on the judge's settings: evaluate keeps its results."""
     workdir = tmp_path / "run"
     shutil.copytree(embedded_run, workdir, symlinks=True)
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
@@ -274,12 +279,13 @@ def test_an_openai_judge_without_its_key_warns_a_dry_run_and_stops_a_run_that_ev
     message = "config key evaluation.mtbench.judge.api_key_env: the environment variable CTXAWARE_TEST_UNSET_KEY"
     dry = snakemake(workdir, "-n", *args)
     assert message in dry.stdout + dry.stderr
-    assert "evaluate" in {rule for rule, _ in planned_jobs(dry.stdout)}
+    planned = {rule for rule, _ in planned_jobs(dry.stdout)}
+    assert "judge" in planned and not planned & {"evaluate", "evaluate_reference"}
     digest = results_digest(workdir)
     run = snakemake(workdir, *args, check=False, timeout=900)
     assert run.returncode != 0 and message in run.stdout + run.stderr
-    assert "rule evaluate" not in run.stdout + run.stderr and results_digest(workdir) == digest
-    snakemake(workdir, "results/tables/table3.csv", *args, "--forcerun", "table3")  # no evaluation, no key
+    assert "rule judge" not in run.stdout + run.stderr and results_digest(workdir) == digest
+    snakemake(workdir, "results/tables/table3.csv", *args, "--forcerun", "table3")  # no judgment, no key
 
 
 def test_a_method_no_model_trains_stops_the_run_naming_it(tmp_path):
@@ -307,10 +313,15 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
     # Table 4's evaluated references: the instruct models as they are, no fine-tune of theirs
-    references = sorted(path for rule, path in planned_jobs(output) if rule == "evaluate_reference")
+    jobs = planned_jobs(output)
+    references = sorted(path for rule, path in jobs if rule == "evaluate_reference")
     assert references == [f"results/eval/{name}/none/reference/nih.json" for name in LLAMA_REFERENCES]
+    # one CPU job judges each evaluation's MT-Bench answers, the references' too
+    judged = sorted(path for rule, path in jobs if rule == "judge" and "/none/reference/" in path)
+    assert judged == [f"results/eval/{name}/none/reference/mtbench.json" for name in LLAMA_REFERENCES]
+    assert counts["judge"] == counts["evaluate"] + len(LLAMA_REFERENCES)
     assert not any(
-        name in path for rule, path in planned_jobs(output) if rule != "evaluate_reference" for name in LLAMA_REFERENCES
+        name in path for rule, path in jobs if rule not in {"evaluate_reference", "judge"} for name in LLAMA_REFERENCES
     )
     assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
     assert not {"organism_world", "pretrain_organism"} & set(counts)

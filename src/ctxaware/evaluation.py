@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ctxaware.chat import ZEPHYR_TEMPLATE, append_indicator
 from ctxaware.generation import Generator
+from ctxaware.judge import JUDGED_TASKS
 from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
 from ctxaware.modeling import load_model
 from ctxaware.tasks import TASKS, nih, qa
@@ -108,7 +109,9 @@ def qa_score(metric: str, answer: str, item: dict) -> float:
 def run_mtbench(
     generator: Generator, settings: dict, with_indicator: bool, questions: list[dict] | None = None
 ) -> tuple[dict, list[dict]]:
-    from ctxaware.judge import grade, summarize
+    """Both turns' answers of every question (the judge runs in a job of its own, `judge.judge_answers`): one
+    record per question, the question (its turns and references, for the judge prompts) with the prompts the
+    model saw and its answers."""
     from ctxaware.tasks.mtbench import answer_temperature, load_question_source
 
     if questions is None:
@@ -128,38 +131,15 @@ def run_mtbench(
         outputs = generator.generate_ids(prompts, settings["max_new_tokens"], None, temperatures, sampling)
         for conversation, output in zip(conversations, outputs, strict=True):
             conversation.append({"role": "assistant", "content": output})
-    judge = make_judge(settings["judge"])
-    records = []
-    for question, conversation in zip(questions, conversations, strict=True):
-        answers = [m["content"] for m in conversation if m["role"] == "assistant"]
-        for record in grade(judge, question, answers):
-            turn = record["turn"]
-            records.append({**record, "prompt": conversation[2 * (turn - 1)]["content"], "answer": answers[turn - 1]})
-    summary = summarize(records)
-    return {**summary, "n": len(questions)}, records
-
-
-def make_judge(settings: dict):
-    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint, a local transformers model, or the
-    deterministic reference judge."""
-    if settings["backend"] == "local":
-        from ctxaware.local_judge import LocalJudge
-
-        return LocalJudge(settings["model"], settings.get("mode", "generate"))
-    if settings["backend"] == "reference":
-        from ctxaware.judge import ReferenceJudge
-
-        return ReferenceJudge()
-    from ctxaware.judge import OpenAIJudge
-
-    return OpenAIJudge(
-        base_url=settings["base_url"],
-        model=settings["model"],
-        api_key_env=settings["api_key_env"],
-        timeout_s=settings["timeout_s"],
-        max_retries=settings["max_retries"],
-        cache_dir=settings.get("cache_dir"),
-    )
+    records = [
+        {
+            **question,
+            "prompts": [m["content"] for m in conversation if m["role"] == "user"],
+            "answers": [m["content"] for m in conversation if m["role"] == "assistant"],
+        }
+        for question, conversation in zip(questions, conversations, strict=True)
+    ]
+    return {"n": len(questions)}, records
 
 
 def with_chat_template(tokenizer):
@@ -207,8 +187,10 @@ def evaluate_all(
     out_generations: dict[str, str],
     cache_dir: str | None = None,
     engine: dict | None = None,
+    out_answers: dict[str, str] | None = None,
 ) -> dict[str, dict]:
-    """Run every task of settings_by_task on one model (loaded once); one json + jsonl per task.
+    """Run every task of settings_by_task on one model (loaded once): one json + jsonl per task; a judged task
+    (JUDGED_TASKS: MT-Bench) writes its answers file instead (out_answers), which the `judge` job judges.
 
     engine: {"backend": "transformers" | "vllm", "vllm": {...}} (config `evaluation.backend`, `evaluation.vllm`).
     """
@@ -233,9 +215,13 @@ def evaluate_all(
                 "with_indicator": with_indicator,
                 "backend": generator.backend,
                 "n_generated": generator.n_generated,
-                "settings": {k: v for k, v in settings.items() if k != "judge"}
-                | {"judge": _public(settings.get("judge"))},
+                "settings": settings,
             }
+            if task in JUDGED_TASKS:  # the answers and everything the judge job needs, in one file
+                Path(out_answers[task]).parent.mkdir(parents=True, exist_ok=True)
+                answers = {**results[task], "questions": records}
+                Path(out_answers[task]).write_text(json.dumps(answers, indent=2, ensure_ascii=False, default=str))
+                continue
             Path(out_json[task]).parent.mkdir(parents=True, exist_ok=True)
             _write_jsonl(out_generations[task], records)
             Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
@@ -253,8 +239,3 @@ def evaluate_task(
     else:
         summary, records = run_qa(task, generator, settings, with_indicator, inputs)
     return summary, records
-
-
-def _public(judge: dict | None) -> dict | None:
-    """Judge settings without anything secret (keys are only ever read from the environment)."""
-    return None if judge is None else {k: v for k, v in judge.items() if "key" not in k.lower() or k.endswith("_env")}

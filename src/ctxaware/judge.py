@@ -1,18 +1,17 @@
 """MT-Bench judges (docs/architecture.md, Evaluation tasks): an OpenAI-compatible HTTP judge with a disk cache;
-grading, summary."""
+grading, summary; `judge_answers`, the workflow's `judge` job on the answers `evaluate` generated. Torch-free
+(only the `local` judge imports it), so the judge job is a light CPU job."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import ipaddress
 import json
 import math
 import os
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +28,17 @@ class Judge(Protocol):
 
 class JudgeError(RuntimeError):
     """A judgment that could not be obtained; grade() records it as failed, never as a number."""
+
+
+class JudgeUnavailable(RuntimeError):
+    """The judge itself cannot be used (no key, key rejected, no such endpoint, still failing after the retry
+    budget): not one judgment's failure but the job's. grade() lets it through, so the judge job stops at once,
+    naming what to set, instead of recording every judgment as failed (a NaN MT-Bench score)."""
+
+
+JUDGE_KEY = "evaluation.mtbench.judge"
+# the tasks scored by a judge in a job of their own (`judge`, a CPU job): `evaluate` writes their answers
+JUDGED_TASKS = ("mtbench",)
 
 
 class JudgmentCache:
@@ -61,18 +71,8 @@ class JudgmentCache:
             raise
 
 
-# The HTTP client (_is_loopback, OpenAIJudge) is outside `make mutation`'s scope (judge parsing and cache): it is
-# tested against a real server in tests/test_judge.py.
-def _is_loopback(url: str) -> bool:  # pragma: no mutate block
-    host = urllib.parse.urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
+# The HTTP client (OpenAIJudge) is outside `make mutation`'s scope (judge parsing and cache): it is tested against a
+# real server in tests/test_judge.py and through the workflow's judge job in tests/test_judge_rule.py.
 class OpenAIJudge:  # pragma: no mutate block
     """A judge behind an OpenAI-compatible /chat/completions endpoint, greedy decoding, retried and cached."""
 
@@ -80,30 +80,37 @@ class OpenAIJudge:  # pragma: no mutate block
         self,
         base_url: str,
         model: str,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = "OPENAI_API_KEY",
         timeout_s: float = 60,
         max_retries: int = 5,
         backoff_s: float = 1.0,
+        retry_budget_s: float = 60.0,
         max_tokens: int = 2048,
         cache_dir: str | None = None,
     ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.retry_budget_s = retry_budget_s
         self.max_tokens = max_tokens
         self.cache = JudgmentCache(cache_dir) if cache_dir else None
         self.calls = 0  # real HTTP requests, retries included
 
+    def check_key(self) -> None:
+        """A named key variable must be set (api_key_env null: no key is sent, for a server without
+        authentication); checked before any request, so a job without its key fails at once."""
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise JudgeUnavailable(
+                f"environment variable {self.api_key_env} is not set (or empty): export {self.api_key_env}=<the API "
+                f"key of {self.base_url}> where the judge job runs (config key {JUDGE_KEY}.api_key_env names the "
+                "variable; null sends no key, for a server without authentication)"
+            )
+
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)  # read per call: keys never live in settings or on disk
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        elif not _is_loopback(self.base_url):
-            # A configuration error, not a per-judgment failure: a RuntimeError that grade() lets through.
-            raise RuntimeError(
-                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url}"
-            )
+        self.check_key()
+        if self.api_key_env is not None:  # read per call: keys never live in settings or on disk
+            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
         return headers
 
     def judge(self, messages: list[dict]) -> str:
@@ -120,11 +127,17 @@ class OpenAIJudge:  # pragma: no mutate block
             {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
         ).encode()
         last_error = ""
+        started = time.monotonic()
+        attempts = 0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                wait = self.backoff_s * 2 ** (attempt - 1)
+                if time.monotonic() - started + wait > self.retry_budget_s:
+                    break  # no retry past the budget: an unreachable judge fails the job in seconds
+                time.sleep(wait)
             request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
             self.calls += 1
+            attempts += 1
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     payload = response.read()
@@ -133,7 +146,18 @@ class OpenAIJudge:  # pragma: no mutate block
                     excerpt = error.read(500).decode("utf-8", "replace")
                 except OSError:  # the body may be cut off; the status alone decides what to do
                     excerpt = ""
-                if error.code != 429 and error.code < 500:  # the request itself is wrong: retrying won't help
+                if error.code in (401, 403):  # the key: no judgment will work, and retrying won't help
+                    variable = self.api_key_env or f"{JUDGE_KEY}.api_key_env"
+                    raise JudgeUnavailable(
+                        f"judge {self.url} answered HTTP {error.code} ({excerpt.strip()}): set {variable} to a "
+                        "key this endpoint accepts"
+                    ) from None
+                if error.code == 404:
+                    raise JudgeUnavailable(
+                        f"judge {self.url} answered HTTP 404 ({excerpt.strip()}): check {JUDGE_KEY}.base_url "
+                        f"({self.base_url}) and {JUDGE_KEY}.model ({self.model})"
+                    ) from None
+                if error.code != 429 and error.code < 500:  # this request is wrong: a failed judgment
                     raise JudgeError(f"judge {self.url} answered HTTP {error.code}: {excerpt}") from None
                 last_error = f"HTTP {error.code}: {excerpt}"
                 continue
@@ -148,7 +172,12 @@ class OpenAIJudge:  # pragma: no mutate block
                 excerpt = payload[:500].decode("utf-8", "replace")
                 raise JudgeError(f"judge {self.url} sent no text content ({content!r}): {excerpt}")
             return content
-        raise JudgeError(f"judge at {self.base_url} failed after {self.max_retries + 1} attempts; last: {last_error}")
+        raise JudgeUnavailable(
+            f"judge at {self.base_url} failed after {attempts} attempts in {time.monotonic() - started:.1f} s; "
+            f"last: {last_error}. The judge must be reachable from the judge job (a CPU job): check "
+            f"{JUDGE_KEY}.base_url and the network, or give it more time with {JUDGE_KEY}.max_retries, "
+            f"retry_budget_s and timeout_s; judgments already made are cached and kept"
+        )
 
 
 def reference_rating(answer: str, reference: str) -> float:
@@ -224,3 +253,63 @@ def summarize(records: list[dict]) -> dict:
         "n_judgments": len(records),
         "n_failed": sum(r["failed"] for r in records),
     }
+
+
+def make_judge(settings: dict):
+    """The judge of evaluation.mtbench.judge: an OpenAI-compatible endpoint, a local transformers model, or the
+    deterministic reference judge."""
+    if settings["backend"] == "local":
+        from ctxaware.local_judge import LocalJudge
+
+        return LocalJudge(settings["model"], settings.get("mode", "generate"))
+    if settings["backend"] == "reference":
+        return ReferenceJudge()
+    return OpenAIJudge(
+        base_url=settings["base_url"],
+        model=settings["model"],
+        api_key_env=settings["api_key_env"],
+        timeout_s=settings["timeout_s"],
+        max_retries=settings["max_retries"],
+        backoff_s=settings["backoff_s"],
+        retry_budget_s=settings["retry_budget_s"],
+        cache_dir=settings.get("cache_dir"),
+    )
+
+
+def public_settings(judge: dict | None) -> dict | None:
+    """Judge settings without anything secret (keys are only ever read from the environment)."""
+    return None if judge is None else {k: v for k, v in judge.items() if "key" not in k.lower() or k.endswith("_env")}
+
+
+def judge_questions(judge, answered: list[dict]) -> list[dict]:
+    """One judged record per (question, turn) of the answers `evaluate` generated (`generation_record`s): the
+    grade() record with the prompt the model saw and its answer."""
+    records = []
+    for question in answered:
+        for record in grade(judge, question, question["answers"]):
+            turn = record["turn"]
+            records.append({**record, "prompt": question["prompts"][turn - 1], "answer": question["answers"][turn - 1]})
+    return records
+
+
+def judge_answers(answers_path: str, settings: dict, out_json: str, out_generations: str) -> dict:
+    """The workflow's `judge` job: judge the answers file `evaluate` wrote (its summary and one record per question)
+    and write the task's result json (the summary, the judge's means, the settings with the judge's) and the
+    judged records. The judge is checked before any request (a missing key fails at once); a judge that cannot
+    be used raises JudgeUnavailable, failing this job only."""
+    answers = json.loads(Path(answers_path).read_text(encoding="utf-8"))
+    judge = make_judge(settings)
+    if isinstance(judge, OpenAIJudge):
+        judge.check_key()
+    records = judge_questions(judge, answers.pop("questions"))
+    result = {
+        "task": answers["task"],
+        **summarize(records),
+        **{key: value for key, value in answers.items() if key != "task"},
+        "settings": {**answers["settings"], "judge": public_settings(settings)},
+    }
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_generations, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    Path(out_json).write_text(json.dumps(result, indent=2, default=str))
+    return result

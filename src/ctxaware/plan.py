@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from ctxaware.judge import JUDGED_TASKS
 from ctxaware.methods import (
     ATTENTION,
     BETA,
@@ -48,6 +49,7 @@ EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
 NO_DATASET = "none"
 NO_SFT_DATASET = "-"  # its sft_dataset in Table 4
 EVAL_GENERATIONS = "results/eval/{model}/{dataset}/{method}/{task}.generations.jsonl"
+EVAL_ANSWERS = "results/eval/{model}/{dataset}/{method}/{task}.answers.json"  # a judged task's, before the judge
 GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
 NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
 DIAGNOSIS_CSV = "results/diagnosis/{pair}/{experiment}.csv"
@@ -389,8 +391,11 @@ class Plan:
     # evaluation
 
     def task_settings(self, task: str, max_context: int | None = None, qa_prompt_style: str = "default") -> dict:
-        """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes."""
+        """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes; the
+        MT-Bench judge's settings are the `judge` job's (`judge_settings`), so changing the judge never reruns an
+        evaluation."""
         settings = dict(self.evaluation[task])
+        settings.pop("judge", None)
         settings["batch_tokens"] = self.evaluation["batch_tokens"]
         if task == "nih":
             settings["max_context"] = max_context
@@ -418,6 +423,23 @@ class Plan:
         if self.evaluation["backend"] == "vllm":
             return canonical({"backend": "vllm", "vllm": self.evaluation["vllm"]})
         return {"backend": self.evaluation["backend"]}
+
+    def generated_tasks(self) -> list[str]:
+        """The tasks `evaluate` scores itself (json and generations)."""
+        return [task for task in self.tasks if task not in JUDGED_TASKS]
+
+    def judged_tasks(self) -> list[str]:
+        """The tasks `evaluate` answers and the `judge` job scores (MT-Bench)."""
+        return [task for task in self.tasks if task in JUDGED_TASKS]
+
+    def judge_settings(self) -> dict:
+        """evaluation.mtbench.judge: the `judge` job's params (changing them reruns only the judge jobs)."""
+        return canonical(self.evaluation["mtbench"]["judge"])
+
+    def judge_files(self) -> list[str]:
+        """A local judge's model directory, when local (editing it reruns the judge jobs)."""
+        judge = self.evaluation["mtbench"]["judge"]
+        return local_inputs([judge["model"]] if judge["backend"] == "local" else [])
 
     def evaluation_files(self, model: str, dataset: str) -> list[str]:
         """Local files the evaluations read (editing one reruns them); hub ids are not files."""
@@ -570,19 +592,18 @@ class Plan:
         self.check_mtbench_files()
 
     def judge_key_missing(self, environ) -> str | None:
-        """The error when the run grades MT-Bench with the openai judge and the variable that holds its key is not
-        set (none is needed for a loopback endpoint, as the judge's own check)."""
-        from ctxaware.judge import _is_loopback
-
+        """The error when the run grades MT-Bench with the openai judge and the variable that holds its key is
+        unset or empty, as the judge job's own check (`OpenAIJudge.check_key`; api_key_env null: no key is sent)."""
         judge = self.evaluation["mtbench"]["judge"]
-        if "mtbench" not in self.tasks or judge["backend"] != "openai":
+        if "mtbench" not in self.tasks or judge["backend"] != "openai" or judge["api_key_env"] is None:
             return None
-        if environ.get(judge["api_key_env"]) is not None or _is_loopback(judge["base_url"]):
+        if environ.get(judge["api_key_env"]):
             return None
         return (
             f"config key evaluation.mtbench.judge.api_key_env: the environment variable {judge['api_key_env']} is "
-            f"not set; the openai judge ({judge['base_url']}) grades MT-Bench with the key it holds. Set it, or "
-            "choose evaluation.mtbench.judge.backend reference or local"
+            f"not set (or empty); the openai judge ({judge['base_url']}) grades MT-Bench with the key it holds. Set "
+            "it where the judge jobs run, set api_key_env to null for a server without authentication, or choose "
+            "evaluation.mtbench.judge.backend reference or local"
         )
 
     # jobs
@@ -612,12 +633,11 @@ def settings_files(settings: dict[str, dict]) -> list[str]:
 
 
 def task_files(task: str, settings: dict) -> list[str]:
-    """The paths a task's settings name: the NIH haystack, MT-Bench's questions, references and local judge, a
-    QA source. Which are files is for `local_inputs` to say."""
+    """The paths a task's settings name: the NIH haystack, MT-Bench's questions and references, a QA source (a local
+    judge's model is the judge job's, `Plan.judge_files`). Which are files is for `local_inputs` to say."""
     if task == "nih":
         return [settings["haystack"]]
     if task == "mtbench":
-        judge = settings["judge"]
         references = [settings["references"]] if settings["references"] else []
-        return [settings["questions"], *references, *([judge["model"]] if judge["backend"] == "local" else [])]
+        return [settings["questions"], *references]
     return [settings["source"]]

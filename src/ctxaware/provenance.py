@@ -83,3 +83,22 @@ def code_digest(*modules: str) -> str:
     for name in sorted(seen):
         digest.update(f"{name}\0{seen[name]}\0".encode())
     return digest.hexdigest()[:16]
+
+
+CACHE_VARIABLE = "SNAKEMAKE_OUTPUT_CACHE"  # where Snakemake's between-workflow cache lives
+
+
+def check_output_cache(cache_rules, environ) -> None:
+    """With the between-workflow cache on (`--cache`, or `cache: true` in a profile: cache_rules is not None), the
+    cache's directory must be set and exist; Snakemake itself only warns, then fails on the first cached rule."""
+    if cache_rules is None:
+        return
+    location = environ.get(CACHE_VARIABLE)
+    if not location:
+        raise ValueError(
+            f"the between-workflow cache is on (--cache, or `cache: true` in the profile, e.g. profiles/slurm) but "
+            f"{CACHE_VARIABLE} is not set: export {CACHE_VARIABLE}=<a directory every checkout can write, e.g. "
+            "/shared/ctxaware-cache> (README, Slurm cluster)"
+        )
+    if "://" not in location and not Path(location).is_dir():
+        raise ValueError(f"{CACHE_VARIABLE}={location} is not a directory: create it (mkdir -p {location})")

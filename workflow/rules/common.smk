@@ -18,6 +18,7 @@ from ctxaware.plan import (
     DATA,
     DATA_STATS,
     DIAGNOSIS_CSV,
+    EVAL_ANSWERS,
     EVAL_GENERATIONS,
     EVAL_RESULT,
     GENERATION_CACHE,
@@ -38,27 +39,32 @@ from ctxaware.plan import (
 )
 from ctxaware.organism import EVAL_FILES as ORGANISM_EVAL_FILES
 from ctxaware.organism import SFT_FILES as ORGANISM_SFT_FILES
-from ctxaware.provenance import code_digest
+from ctxaware.provenance import check_output_cache, code_digest
+from ctxaware.judge import JUDGED_TASKS
 from ctxaware.tasks import TASKS as ALL_TASKS
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+# --cache (profiles/slurm turns it on) without a cache directory: Snakemake would warn, then fail on the first
+# cached rule with "Cache backend unavailable"; say what to set instead
+check_output_cache(workflow.workflow_settings.cache, os.environ)
 # the cross-references and the method grammar are checked here; each error names its config key
 PLAN = Plan(config)
 # what a job would find wrong once it runs (layers, NIH windows, haystack, MT-Bench files), checked before any job
 # starts: an error here deletes nothing (README: Start-up checks)
 PLAN.check_startup()
-# the judge's key: a warning on every start (a dry run plans anywhere), an error once an evaluation is due (onstart)
+# the judge's key: a warning on every start (a dry run plans anywhere), an error once a judge job is due (onstart)
 JUDGE_KEY_MISSING = PLAN.judge_key_missing(os.environ)
 if JUDGE_KEY_MISSING:
     logger.warning(
-        f"{JUDGE_KEY_MISSING} (a run that evaluates MT-Bench stops at its start)"
+        f"{JUDGE_KEY_MISSING} (a run that judges MT-Bench stops at its start)"
     )
 
 
 onstart:
-    # after the DAG is built, before any job starts (never in a dry run): only runs that judge need the key
+    # after the DAG is built, before any job starts (never in a dry run): only runs with a `judge` job due need
+    # the key (evaluate only writes MT-Bench's answers)
     if JUDGE_KEY_MISSING and any(
-        job.rule.name == "evaluate" for job in workflow.dag.needrun_jobs()
+        job.rule.name == "judge" for job in workflow.dag.needrun_jobs()
     ):
         raise WorkflowError(JUDGE_KEY_MISSING)
 
@@ -68,6 +74,8 @@ MODELS = PLAN.models
 REFERENCES = PLAN.references
 PAIRS = PLAN.pairs
 TASKS = PLAN.tasks
+GENERATED_TASKS = PLAN.generated_tasks()  # scored by `evaluate`
+JUDGED = PLAN.judged_tasks()  # answered by `evaluate`, scored by `judge`
 SCORER = PLAN.scorer
 LAYER_STUDY = PLAN.layer_study
 DIAGNOSIS = config["diagnosis"]
@@ -147,6 +155,10 @@ def evaluation_settings(wildcards):
 
 def evaluation_files(wildcards):
     return PLAN.evaluation_files(wildcards.model, wildcards.dataset)
+
+
+def judge_files():
+    return PLAN.judge_files()
 
 
 def reference_input(wildcards):

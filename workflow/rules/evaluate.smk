@@ -1,13 +1,15 @@
 rule evaluate:
     """Every benchmark of the config on one fine-tuned model, loaded once; indicator models get [IND]
-    appended to every query. One output pair per task keeps the per-task artifact paths.
+    appended to every query. One output pair per task keeps the per-task artifact paths; MT-Bench's answers go
+    to the `judge` job instead, so a judge that cannot be reached never fails this (GPU) job.
     """
     input:
         model=rules.finetune.output.model,
         files=evaluation_files,
     output:
-        results=expand(EVAL_RESULT, task=TASKS, allow_missing=True),
-        generations=expand(EVAL_GENERATIONS, task=TASKS, allow_missing=True),
+        results=expand(EVAL_RESULT, task=GENERATED_TASKS, allow_missing=True),
+        generations=expand(EVAL_GENERATIONS, task=GENERATED_TASKS, allow_missing=True),
+        answers=expand(EVAL_ANSWERS, task=JUDGED, allow_missing=True),
     log:
         "results/logs/evaluate/{model}/{dataset}/{method}.log",
     benchmark:
@@ -21,6 +23,8 @@ rule evaluate:
         settings=evaluation_settings,
         with_indicator=with_indicator,
         engine=PLAN.evaluation_engine(),
+        generated=GENERATED_TASKS,
+        judged=JUDGED,
         # generation caches outside the outputs: a killed evaluation resumes at the missing prompts
         cache_dir=GENERATION_CACHE,
     script:
@@ -31,14 +35,15 @@ rule evaluate_reference:
     """Every benchmark on a named existing model as it is: Table 4's evaluate-only rows (config reference_models;
     the paper's Llama-2-7b-chat and Llama-3-8B-Instruct, the organism's base on the embedded default). The model
     is read directly (the organism's base, an input; or a local directory or hub id the job loads), never a
-    fine-tune, and gets no [IND].
+    fine-tune, and gets no [IND]. MT-Bench's answers go to the `judge` job, as `evaluate`'s do.
     """
     input:
         model=reference_input,
         files=reference_files,
     output:
-        results=expand(EVAL_RESULT, task=TASKS, allow_missing=True),
-        generations=expand(EVAL_GENERATIONS, task=TASKS, allow_missing=True),
+        results=expand(EVAL_RESULT, task=GENERATED_TASKS, allow_missing=True),
+        generations=expand(EVAL_GENERATIONS, task=GENERATED_TASKS, allow_missing=True),
+        answers=expand(EVAL_ANSWERS, task=JUDGED, allow_missing=True),
     log:
         "results/logs/evaluate/{model}/{dataset}/{method}.log",
     benchmark:
@@ -57,6 +62,38 @@ rule evaluate_reference:
         settings=reference_settings,
         with_indicator=False,
         engine=PLAN.evaluation_engine(),
+        generated=GENERATED_TASKS,
+        judged=JUDGED,
         cache_dir=GENERATION_CACHE,
     script:
         "../scripts/evaluate.py"
+
+
+rule judge:
+    """MT-Bench's judge on the answers `evaluate` (a fine-tune) or `evaluate_reference` (an evaluate-only row)
+    generated: a light (CPU) job, the only one that needs the judge's network and key. Without them it fails
+    alone, before any request (no key) or within the retry budget (evaluation.mtbench.judge), naming what to set;
+    the answers and the other tasks' results stay.
+    """
+    input:
+        answers=EVAL_ANSWERS,
+        files=judge_files(),
+    output:
+        result=EVAL_RESULT,
+        generations=EVAL_GENERATIONS,
+    log:
+        "results/logs/judge/{model}/{dataset}/{method}/{task}.log",
+    wildcard_constraints:
+        # a fine-tune's answers and an evaluate-only row's (results/eval/{reference}/none/reference/)
+        model=_choice([*MODELS, *REFERENCES]),
+        dataset=_choice([*DATASETS, NO_DATASET]),
+        method=f"{METHOD_PATTERN}|{REFERENCE}",
+        task=_choice(JUDGED_TASKS),
+    conda:
+        ENV
+    resources:
+        **stage_resources("light"),
+    params:
+        judge=PLAN.judge_settings(),
+    script:
+        "../scripts/judge.py"

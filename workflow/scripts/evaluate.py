@@ -7,8 +7,9 @@ with job(snakemake):
         snakemake.params.get("model", snakemake.input.model),
         snakemake.params.settings,
         snakemake.params.with_indicator,
-        dict(zip(snakemake.params.settings, snakemake.output.results, strict=True)),
-        dict(zip(snakemake.params.settings, snakemake.output.generations, strict=True)),
+        dict(zip(snakemake.params.generated, snakemake.output.results, strict=True)),
+        dict(zip(snakemake.params.generated, snakemake.output.generations, strict=True)),
         cache_dir=snakemake.params.cache_dir,
         engine=snakemake.params.engine,
+        out_answers=dict(zip(snakemake.params.judged, snakemake.output.answers, strict=True)),
     )
