@@ -11,13 +11,12 @@
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from loopback import ChatServer, chat_reply
 
 from ctxaware import IND_TOKEN
 from ctxaware.evaluation import evaluate_task
@@ -159,39 +158,20 @@ def test_nih_answers_found_only_at_some_depths_average_over_the_grid(tiny_model_
     assert summary["score"] == pytest.approx(4 / 6)
 
 
-class RatingJudge:
+class RatingJudge(ChatServer):
     """An OpenAI-compatible chat endpoint on this machine whose judge rates the judged answer (the one after the
     judge prompt's last assistant header) by the number it states ("rate me N")."""
 
     def __init__(self):
         self.prompts = []
-        judge = self
+        super().__init__(self.respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                judge.prompts.append(prompt)
-                judged = re.split(r"\[The Start of Assistant's Answer\]|### Assistant A:", prompt)[-1]
-                numbers = re.findall(r"rate me (\d+)", judged)
-                text = f"Fair. Rating: [[{numbers[-1]}]]" if numbers else "I cannot rate this."
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, path, headers, body):
+        prompt = body["messages"][-1]["content"]
+        self.prompts.append(prompt)
+        judged = re.split(r"\[The Start of Assistant's Answer\]|### Assistant A:", prompt)[-1]
+        numbers = re.findall(r"rate me (\d+)", judged)
+        return 200, chat_reply(f"Fair. Rating: [[{numbers[-1]}]]" if numbers else "I cannot rate this.")
 
 
 @pytest.fixture

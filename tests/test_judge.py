@@ -1,12 +1,11 @@
 import json
 import math
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from loopback import ChatServer, chat_reply
 
 from ctxaware.judge import JudgeError, JudgeUnavailable, JudgmentCache, OpenAIJudge, grade, summarize
 from ctxaware.tasks.mtbench import (
@@ -31,50 +30,21 @@ def ok(text):
     return ("ok", text)
 
 
-class ScriptedServer:
+class ScriptedServer(ChatServer):
     """A local chat-completions endpoint; each request pops the next scripted action."""
 
     def __init__(self):
         self.script, self.requests = [], []
-        server = self
+        super().__init__(self.respond)
+        self.url += "/"
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                action = server.script.pop(0) if server.script else ("status", 500, "script exhausted")
-                try:
-                    if action[0] == "sleep":
-                        time.sleep(action[1])
-                        action = ok("too late [[1]]")
-                    if action[0] == "ok":
-                        message = {"role": "assistant", "content": action[1]}
-                        self._send(200, json.dumps({"choices": [{"message": message}]}))
-                    else:
-                        self._send(action[1], action[2])
-                except OSError:  # the client gave up (timeout) and closed the connection
-                    pass
-
-            def _send(self, code, text):
-                data = text.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, path, headers, body):
+        self.requests.append({"path": path, "headers": headers, "body": body})
+        action = self.script.pop(0) if self.script else ("status", 500, "script exhausted")
+        if action[0] == "sleep":
+            time.sleep(action[1])
+            action = ok("too late [[1]]")
+        return (200, chat_reply(action[1])) if action[0] == "ok" else (action[1], action[2])
 
 
 @pytest.fixture

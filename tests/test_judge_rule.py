@@ -5,14 +5,13 @@ against an OpenAI-compatible judge on this machine's loopback."""
 
 import json
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from loopback import ChatServer, chat_reply
 from smk_helpers import copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -24,38 +23,16 @@ KEY = "CTXAWARE_TEST_JUDGE_KEY"
 EVALUATE_OUTPUTS = ["nih.json", "squad.json", "quac.json", "drop.json", "nih.generations.jsonl", "mtbench.answers.json"]
 
 
-class LoopbackJudge:
+class LoopbackJudge(ChatServer):
     """A chat-completions endpoint on 127.0.0.1: HTTP 500 to everything while `failing`, else a rating of 7."""
 
     def __init__(self):
         self.failing, self.requests = True, []
-        judge = self
+        super().__init__(self.respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                judge.requests.append(self.headers.get("Authorization"))
-                if judge.failing:
-                    code, body = 500, '{"error": "overloaded"}'
-                else:
-                    code, body = 200, json.dumps({"choices": [{"message": {"content": "Fine. Rating: [[7]]"}}]})
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, path, headers, body):
+        self.requests.append(headers.get("Authorization"))
+        return (500, '{"error": "overloaded"}') if self.failing else (200, chat_reply("Fine. Rating: [[7]]"))
 
 
 @pytest.fixture
