@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# the pretraining runs alone on the critical path: it gets every core (the same weights on any thread count)
 run: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --set-threads pretrain_organism=$(CORES)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15

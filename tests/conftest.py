@@ -2,7 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
-from smk_helpers import copy_workflow, snakemake
+from smk_helpers import LOCAL_RUN, copy_workflow, snakemake
 
 from ctxaware.tiny import build_tiny_model
 
@@ -50,5 +50,5 @@ def embedded_run(tmp_path_factory):
     if os.environ.get("CTXAWARE_EMBEDDED_RUN"):
         return Path(os.environ["CTXAWARE_EMBEDDED_RUN"]).resolve()
     workdir = copy_workflow(tmp_path_factory.mktemp("embedded"))
-    snakemake(workdir, "--cores", "2")
+    snakemake(workdir, *LOCAL_RUN)
     return workdir

@@ -13,6 +13,9 @@ from ctxaware.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "resources", "envs", "profiles"]
+# a local run of the embedded default as `make run` does it on 2 cores: the pretraining, alone on the critical
+# path, on both (its weights do not depend on the thread count)
+LOCAL_RUN = ("--cores", "2", "--set-threads", "pretrain_organism=2")
 
 
 def copy_workflow(destination: Path) -> Path:

@@ -7,7 +7,7 @@ embedded default twice, not three times).
 """
 
 import pytest
-from smk_helpers import copy_workflow, differing_files, result_files, slurm_unreachable, snakemake
+from smk_helpers import LOCAL_RUN, copy_workflow, differing_files, result_files, slurm_unreachable, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -16,7 +16,7 @@ def test_second_run_from_scratch_is_byte_identical(embedded_run, tmp_path):
     if slurm_unreachable() is None:
         pytest.skip("a Slurm cluster answers: its run from scratch (tests/test_slurm.py) is compared byte for byte")
     again = copy_workflow(tmp_path / "again")
-    snakemake(again, "--cores", "2")
+    snakemake(again, *LOCAL_RUN)
     files = result_files(embedded_run)
     assert "results/tables/table4.csv" in files and "results/scores/sharegpt/tiny-sharegpt.parquet" in files
     assert "results/eval/tiny/sharegpt/vanilla/nih.generations.jsonl" in files

@@ -43,10 +43,10 @@ rule pretrain_organism:
     cache: True
     conda:
         ENV
-    # a CPU job (it never asks a cluster for a GPU) that runs alone on the critical path: 2 threads, 1.4x faster
-    # than 1 on its 64-wide matrices (Snakemake scales it down to --cores 1; on a cluster the light stage's
-    # cpus_per_task is the request); its weights are the same bits whatever the thread count (test_organism)
-    threads: max(res("light", "cpus_per_task"), 2)
+    # a CPU job (it never asks a cluster for a GPU), the light stage's threads. It runs alone on the critical path:
+    # `make run` gives it every core (--set-threads pretrain_organism=N: 2 threads, 1.4x), as the tests' local
+    # runs do; its weights are the same bits whatever the thread count (test_organism)
+    threads: res("light", "cpus_per_task")
     resources:
         **stage_resources("light"),
     params:
