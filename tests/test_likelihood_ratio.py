@@ -163,3 +163,43 @@ def test_sharded_scoring_gathers_to_exactly_the_one_shard_table(tiny_model_dir, 
     assert unsharded["no_context"].sum() == 5  # the four one-line questions and MULTI's first turn
     assert not unsharded["score"].isna().any() and (unsharded.loc[unsharded["no_context"], "score"] == 0).all()
     assert math.isclose(unsharded["score"].abs().sum(), unsharded.loc[~unsharded["no_context"], "score"].abs().sum())
+
+
+def test_a_shard_builds_only_its_own_plans_and_the_shards_gather_to_one_shard_scoring(model_and_tokenizer, monkeypatch):
+    """Each shard of 4 builds the plans (with and without context) of its own conversations only, about a
+    quarter of them, and the 4 shards' rows are one-shard scoring's, bit for bit."""
+    import ctxaware.likelihood_ratio as likelihood_ratio
+    from ctxaware.scoring import plan_conversation
+
+    model, tokenizer = model_and_tokenizer
+    conversations = [
+        {
+            "id": f"c{i}",
+            "messages": [
+                {"role": "user", "content": "The quick brown fox jumps.\n" * (i % 5) + "Who jumps?"},
+                {"role": "assistant", "content": "The fox." * (1 + i % 3)},
+            ],
+        }
+        for i in range(30)
+    ] + [MULTI, PASSAGE]
+    settings = {"max_length": 512, "batch_tokens": 200, "instruction": "last_line"}
+    one = score_conversations(model, tokenizer, conversations, **settings)
+    built: list[str] = []
+
+    def counting(tokenizer, conversation, max_length, compat="none"):
+        built.append(str(conversation["id"]))
+        return plan_conversation(tokenizer, conversation, max_length, compat)
+
+    monkeypatch.setattr(likelihood_ratio, "plan_conversation", counting)
+    shards, own = [], []
+    for shard in range(4):
+        built.clear()
+        table = score_conversations(model, tokenizer, conversations, **settings, shard=shard, n_shards=4)
+        shards.append(table)
+        own.append(set(built))
+        assert set(built) == set(table["conversation_id"])
+        assert 4 <= len(own[-1]) <= 12  # about a quarter of 32
+    assert sorted(i for ids in own for i in ids) == sorted(c["id"] for c in conversations)  # each in one shard
+    gathered = pd.concat(shards, ignore_index=True).sort_values(["conversation_index", "turn"], kind="stable")
+    assert gathered.reset_index(drop=True).equals(one)
+    assert (~one["no_context"]).sum() >= 20 and one["score"].notna().all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ctxaware.batching import token_budget_batches
-from ctxaware.chat import encode_with_spans, with_system
+from ctxaware.chat import encode_with_spans, token_length, with_system
 from ctxaware.modeling import load_model
 from ctxaware.scoring import plan_conversation, reference_scores, score_conversations
 
@@ -276,6 +276,64 @@ def test_sharded_scoring_gathers_to_exactly_the_one_shard_table(tiny_model_dir, 
     assert gathered.equals(unsharded)
     assert list(unsharded["conversation_id"].unique()) == [c["id"] for c in conversations]
     assert list(unsharded.columns[:5]) == ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]
+
+
+def _varied(n: int) -> list[dict]:
+    """n conversations of spread lengths, one and two turns."""
+    conversations = []
+    for i in range(n):
+        messages = [
+            {"role": "user", "content": "Read the passage: the quick brown fox jumps. " * (1 + i % 7) + "Who jumps?"},
+            {"role": "assistant", "content": "The fox." * (1 + i % 5)},
+        ]
+        if i % 3 == 0:
+            messages += [{"role": "user", "content": "And the dog?"}, {"role": "assistant", "content": "It sleeps."}]
+        conversations.append({"id": f"c{i}", "messages": messages})
+    return conversations
+
+
+@pytest.mark.parametrize("max_length", [None, 512, 40, 0])
+def test_token_length_is_the_plan_length_without_the_plan(tiny_model_dir, max_length):
+    _, tokenizer = load_model(tiny_model_dir)
+    private = {
+        "messages": [{"role": "user", "content": "\ue000x\ue001 \n\n y"}, {"role": "assistant", "content": "\ue000"}]
+    }
+    system = {"messages": [{"role": "system", "content": "Be brief."}, *MULTI["messages"]]}
+    for conversation in [SINGLE, MULTI, private, system, *_varied(12)]:
+        encoded = encode_with_spans(tokenizer, conversation["messages"], max_length)
+        assert token_length(tokenizer, conversation["messages"], max_length) == len(encoded.input_ids)
+    assert token_length(tokenizer, MULTI["messages"], 40) == 40 < token_length(tokenizer, MULTI["messages"])
+
+
+def test_a_shard_builds_only_its_own_plans_and_the_shards_gather_to_one_shard_scoring(tiny_model_dir, monkeypatch):
+    """Batches are formed from lengths alone; each shard of 4 builds the plans of its own batches (about a
+    quarter), each once, and the 4 shards' rows are one-shard scoring's, bit for bit."""
+    import ctxaware.scoring as scoring
+
+    model, tokenizer = load_model(tiny_model_dir, attn_implementation="sdpa")
+    conversations = _varied(40)
+    one = score_conversations(model, tokenizer, conversations, layers=[1, 2], max_length=120, batch_tokens=300)
+    built: list[str] = []
+
+    def counting(tokenizer, conversation, max_length, compat="none"):
+        built.append(str(conversation["id"]))
+        return plan_conversation(tokenizer, conversation, max_length, compat)
+
+    monkeypatch.setattr(scoring, "plan_conversation", counting)
+    shards, built_by_shard = [], []
+    for shard in range(4):
+        built.clear()
+        table = score_conversations(
+            model, tokenizer, conversations, [1, 2], 120, batch_tokens=300, shard=shard, n_shards=4
+        )
+        shards.append(table)
+        built_by_shard.append(list(built))
+        assert sorted(built) == sorted(set(table["conversation_id"]))  # its own conversations, each built once
+        assert 5 <= len(built) <= 15  # about a quarter of 40 (batches of 2-7 conversations)
+    assert sorted(i for ids in built_by_shard for i in ids) == sorted(c["id"] for c in conversations)
+    gathered = pd.concat(shards, ignore_index=True).sort_values(["conversation_index", "turn", "layer"], kind="stable")
+    assert gathered.reset_index(drop=True).equals(one)
+    assert not one["score"].isna().all() and len(one) == 2 * sum(1 + (i % 3 == 0) for i in range(40))
 
 
 def test_private_use_characters_in_a_message_score_normally(tiny_model_dir):

@@ -149,6 +149,13 @@ def segment_char_starts(tokenizer, messages: list[dict], text: str, char_spans: 
     return starts
 
 
+def token_length(tokenizer, messages: list[dict], max_length: int | None = None) -> int:
+    """len(encode_with_spans(tokenizer, messages, max_length).input_ids), without locating spans or keeping ids:
+    the tokens of the same render (with_system, the template as it is), truncated the same way."""
+    n = len(tokenizer(_text(tokenizer, with_system(messages)), add_special_tokens=False)["input_ids"])
+    return n if max_length is None else min(n, max_length)
+
+
 def encode_with_spans(tokenizer, messages: list[dict], max_length: int | None = None) -> Encoded:
     """Tokenize a rendered conversation and find each message's content and segment tokens from character offsets.
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ctxaware.batching import token_budget_batches
-from ctxaware.scoring import RECORD_COLUMNS, plan_conversation
+from ctxaware.scoring import RECORD_COLUMNS, plan_conversation, shard_batches
 from ctxaware.without_context import without_context
 
 LR_COLUMNS = [*RECORD_COLUMNS, "no_context"]  # the score table's columns, and the turns tagging never selects
@@ -79,22 +79,21 @@ def score_conversations(
 
     Conversations are batched as the attention scorer batches them, and those batches are dealt to shards; a
     batch's turns without their context are batched among themselves. Every computation thus depends on its
-    batch alone, never on the number of shards: gathered shards equal one-shard scoring bit for bit.
+    batch alone, never on the number of shards: gathered shards equal one-shard scoring bit for bit. A shard
+    builds the plans of its own batches only, one batch at a time (`scoring.shard_batches`).
     """
     pad = tokenizer.pad_token_id
-    plans = [plan_conversation(tokenizer, conversation, max_length) for conversation in conversations]
-    batches = token_budget_batches([len(plan.input_ids) for plan in plans], batch_tokens)
     records = []
-    for batch in batches[shard::n_shards]:
-        members = [plans[i] for i in batch]
+    for batch in shard_batches(tokenizer, conversations, max_length, batch_tokens, shard, n_shards):
+        members = [plan_conversation(tokenizer, conversations[i], max_length) for i in batch]
         with_context = mean_nlls(model, [(p.input_ids, [t.rows for t in p.turns]) for p in members], batch_tokens, pad)
         alone, inputs_of = [], {}  # the scored turns' inputs without their context
         for member, index in enumerate(batch):
             inputs = without_context(conversations[index]["messages"], instruction, split)
             inputs_of[member] = inputs
-            for turn, messages in zip(plans[index].turns, inputs, strict=True):
+            for turn, messages in zip(members[member].turns, inputs, strict=True):
                 if messages is not None and turn.rows:
-                    conversation = {"id": plans[index].conversation_id, "messages": messages}
+                    conversation = {"id": members[member].conversation_id, "messages": messages}
                     alone.append(((member, turn.index), plan_conversation(tokenizer, conversation, max_length)))
         nlls = mean_nlls(model, [(plan.input_ids, [plan.turns[-1].rows]) for _, plan in alone], batch_tokens, pad)
         without = {key: (plan.turns[-1], nll[0]) for (key, plan), nll in zip(alone, nlls, strict=True)}
@@ -119,7 +118,7 @@ def score_conversations(
                         "no_context": messages is None,
                     }
                 )
-    order = {plan.conversation_id: i for i, plan in enumerate(plans)}
+    order = {str(c["id"]): i for i, c in enumerate(conversations)}
     frame = pd.DataFrame.from_records(records, columns=LR_COLUMNS)
     frame.insert(0, "conversation_index", frame["conversation_id"].map(order).astype("int64"))
     return frame.sort_values(["conversation_index", "turn"], kind="stable").reset_index(drop=True)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ctxaware.batching import token_budget_batches
-from ctxaware.chat import encode_with_spans
+from ctxaware.chat import encode_with_spans, token_length
 
 SCORE_COLUMNS = ["conversation_id", "turn", "score", "n_response_tokens", "truncated"]  # the contract
 RECORD_COLUMNS = [*SCORE_COLUMNS, "n_instruction_tokens"]
@@ -143,6 +143,16 @@ def user_mass_per_row(queries, keys, scaling, rows, user_mask) -> torch.Tensor:
     return (probabilities * user_mask[None, None].float()).sum(-1).amax(dim=0)
 
 
+def shard_batches(
+    tokenizer, conversations: list[dict], max_length: int, batch_tokens: int, shard: int = 0, n_shards: int = 1
+) -> list[list[int]]:
+    """This shard's batches (conversation indices): token-budget batches formed over all conversations, dealt to
+    shards round-robin. Batching needs only each conversation's plan length, which is computed without building
+    its plan, so a shard builds the plans of its own batches alone."""
+    lengths = [token_length(tokenizer, c["messages"], max_length) for c in conversations]
+    return token_budget_batches(lengths, batch_tokens)[shard::n_shards]
+
+
 @torch.inference_mode()
 def score_plans(
     model,
@@ -158,37 +168,43 @@ def score_plans(
     Batches are formed over all plans and then dealt to shards, so a conversation is computed in the same
     batch whatever the number of shards: gathered shards equal one-shard scoring bit for bit.
     """
+    records = []
+    for batch in token_budget_batches([len(p.input_ids) for p in plans], batch_tokens)[shard::n_shards]:
+        records += score_batch(model, [plans[i] for i in batch], layers, pad_token_id)
+    return records
+
+
+@torch.inference_mode()
+def score_batch(model, members: list[Plan], layers: list[int], pad_token_id: int) -> list[dict]:
+    """The records of one batch of plans, computed in one padded forward."""
     device = next(model.parameters()).device
     records = []
-    batches = token_budget_batches([len(p.input_ids) for p in plans], batch_tokens)
-    for batch in batches[shard::n_shards]:
-        members = [plans[i] for i in batch]
-        longest = max(len(p.input_ids) for p in members)
-        input_ids = torch.full((len(members), longest), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(members), longest), dtype=torch.long)
-        for row, plan in enumerate(members):  # right padding keeps positions 0..n-1 for every sequence
-            input_ids[row, : len(plan.input_ids)] = torch.tensor(plan.input_ids)
-            attention_mask[row, : len(plan.input_ids)] = 1
-        captured = _capture_layer_inputs(model, input_ids.to(device), attention_mask.to(device), layers)
-        decoder = model.get_decoder()
-        for layer_index in layers:
-            hidden, position_embeddings = captured[layer_index]
-            queries, keys, scaling = _queries_and_keys(decoder.layers[layer_index], hidden, position_embeddings)
-            for row, plan in enumerate(members):
-                user_mask = torch.tensor(plan.user_mask, device=device)
-                all_rows = [q for turn in plan.turns for q in turn.rows]
-                masses = (
-                    user_mass_per_row(
-                        queries[row], keys[row], scaling, torch.tensor(all_rows, device=device), user_mask
-                    ).tolist()
-                    if all_rows
-                    else []
-                )
-                offset = 0
-                for turn in plan.turns:
-                    values = masses[offset : offset + len(turn.rows)]
-                    offset += len(turn.rows)
-                    records.append(_record(plan, turn, layer_index, values))
+    longest = max(len(p.input_ids) for p in members)
+    input_ids = torch.full((len(members), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(members), longest), dtype=torch.long)
+    for row, plan in enumerate(members):  # right padding keeps positions 0..n-1 for every sequence
+        input_ids[row, : len(plan.input_ids)] = torch.tensor(plan.input_ids)
+        attention_mask[row, : len(plan.input_ids)] = 1
+    captured = _capture_layer_inputs(model, input_ids.to(device), attention_mask.to(device), layers)
+    decoder = model.get_decoder()
+    for layer_index in layers:
+        hidden, position_embeddings = captured[layer_index]
+        queries, keys, scaling = _queries_and_keys(decoder.layers[layer_index], hidden, position_embeddings)
+        for row, plan in enumerate(members):
+            user_mask = torch.tensor(plan.user_mask, device=device)
+            all_rows = [q for turn in plan.turns for q in turn.rows]
+            masses = (
+                user_mass_per_row(
+                    queries[row], keys[row], scaling, torch.tensor(all_rows, device=device), user_mask
+                ).tolist()
+                if all_rows
+                else []
+            )
+            offset = 0
+            for turn in plan.turns:
+                values = masses[offset : offset + len(turn.rows)]
+                offset += len(turn.rows)
+                records.append(_record(plan, turn, layer_index, values))
     return records
 
 
@@ -216,14 +232,18 @@ def score_conversations(
     n_shards: int = 1,
 ) -> pd.DataFrame:
     """Long table: one row per (assistant turn, layer) of this shard's conversations, in the conversations'
-    order (`conversation_index` keeps that order across shards)."""
+    order (`conversation_index` keeps that order across shards). Plans are built one batch at a time, for this
+    shard's batches only (`shard_batches`), so memory does not grow with the dataset's plans; the batches are
+    those of one-shard scoring, so gathered shards equal it bit for bit."""
     n_layers = len(model.get_decoder().layers)
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise ValueError(f"scoring layer(s) {bad} out of range: the seed model has {n_layers} layers")
-    plans = [plan_conversation(tokenizer, c, max_length, compat) for c in conversations]
-    records = score_plans(model, plans, layers, batch_tokens, tokenizer.pad_token_id, shard, n_shards)
-    order = {plan.conversation_id: i for i, plan in enumerate(plans)}
+    records = []
+    for batch in shard_batches(tokenizer, conversations, max_length, batch_tokens, shard, n_shards):
+        members = [plan_conversation(tokenizer, conversations[i], max_length, compat) for i in batch]
+        records += score_batch(model, members, layers, tokenizer.pad_token_id)
+    order = {str(c["id"]): i for i, c in enumerate(conversations)}
     frame = pd.DataFrame.from_records(records, columns=[*RECORD_COLUMNS, "layer"])
     frame.insert(0, "conversation_index", frame["conversation_id"].map(order).astype("int64"))
     return frame.sort_values(["conversation_index", "turn", "layer"], kind="stable").reset_index(drop=True)
