@@ -12,6 +12,7 @@ from ctxaware.chat import (
     free_marks,
     prepare_tokenizer,
     render,
+    token_length,
     with_system,
 )
 from ctxaware.tiny import build_tokenizer
@@ -274,3 +275,24 @@ def test_a_template_writing_private_use_characters_still_locates_each_content():
     offsets = custom(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     contents = [text[offsets[span.start][0] : offsets[span.end - 1][1]] for span in encoded.spans[1:]]
     assert contents == ["0", "\ue0021\ue003"] and encoded.spans[0].start == encoded.spans[0].end
+
+
+@pytest.mark.parametrize("max_length", [None, 12, 0])
+def test_token_length_is_the_encoded_length_without_the_spans(tokenizer, max_length):
+    """Scoring forms its batches from token_length alone: the length encode_with_spans gives (the same render,
+    with the empty system message, cut at max_length), for every kind of conversation."""
+    conversations = [
+        [
+            {"role": "user", "content": "Read the passage. What is the capital?"},
+            {"role": "assistant", "content": "Paris."},
+        ],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": f"The fox\ue000 jumps. {IND_TOKEN}"}, {"role": "assistant", "content": "\n\nx"}],
+    ]
+    for messages in conversations:
+        assert token_length(tokenizer, messages, max_length) == len(
+            encode_with_spans(tokenizer, messages, max_length).input_ids
+        )
+    full = token_length(tokenizer, conversations[0])
+    assert full > 12 and token_length(tokenizer, conversations[0], full) == full
+    assert token_length(tokenizer, conversations[0], full + 5) == full
