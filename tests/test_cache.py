@@ -76,16 +76,18 @@ def test_reverting_a_scoring_setting_is_a_cache_hit_with_the_scorer_not_run(embe
     assert "Nothing to be done" in snakemake(workdir, SCORES, "--cores", "2", "-n").stdout
 
 
-def test_slurm_profile_turns_the_cache_on_and_sends_the_judge_to_the_cpu_partition(tmp_path):
-    """`snakemake --profile profiles/slurm -n` (the paper's grid; no cluster needed to plan): the cached rules
-    write to the cache, and `judge` asks for the default (CPU) partition and no GPU; without a cache directory
-    the workflow stops naming SNAKEMAKE_OUTPUT_CACHE."""
+def test_slurm_profile_sends_the_judge_to_the_cpu_partition_and_plans_the_cache_when_asked(tmp_path):
+    """`snakemake --profile profiles/slurm -n --cache` (the paper's grid; no cluster needed to plan): the cached
+    rules write to the cache, and `judge` asks for the default (CPU) partition and no GPU; without a cache
+    directory the workflow stops naming SNAKEMAKE_OUTPUT_CACHE. The profile itself leaves the cache off (its job
+    steps fail on directory inputs under the Slurm executor: profiles/slurm)."""
     workdir = copy_workflow(tmp_path / "paper")
     profile = yaml.safe_load((workdir / "profiles/slurm/config.yaml").read_text())
-    assert profile["cache"] is True and "judge" not in profile["set-resources"]
+    assert "cache" not in profile and "judge" not in profile["set-resources"]
     cache = tmp_path / "cache"
     cache.mkdir()
-    plan = snakemake(workdir, "--profile", "profiles/slurm", "-n", env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)}).stdout
+    args = ("--profile", "profiles/slurm", "-n", "--cache")
+    plan = snakemake(workdir, *args, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)}).stdout
     jobs = re.split(r"\n(?=rule \w+:)", plan)
     cached = [block for block in jobs if "will be written to global between-workflow cache" in block]
     assert {re.match(r"rule (\w+):", block).group(1) for block in cached} == {
@@ -100,5 +102,5 @@ def test_slurm_profile_turns_the_cache_on_and_sends_the_judge_to_the_cpu_partiti
     assert evaluations and references and all("slurm_partition=gpu" in block for block in evaluations + references)
     assert len(judges) == len(evaluations) + len(references)
 
-    unset = snakemake(workdir, "--profile", "profiles/slurm", "-n", check=False, env={"SNAKEMAKE_OUTPUT_CACHE": ""})
+    unset = snakemake(workdir, *args, check=False, env={"SNAKEMAKE_OUTPUT_CACHE": ""})
     assert unset.returncode != 0 and "export SNAKEMAKE_OUTPUT_CACHE=" in unset.stderr + unset.stdout

@@ -96,8 +96,7 @@ def slurm_run(tmp_path_factory):
     (workdir / "profiles/slurm-ci/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     (workdir / "config/slurm-ci.yaml").write_text(yaml.safe_dump(slurm_config(cluster), sort_keys=False))
     args = ("--profile", "profiles/slurm-ci", "--configfile", "config/slurm-ci.yaml")
-    cache = tmp_path_factory.mktemp("output-cache")  # the profile turns the between-workflow cache on
-    env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+    env = {}  # no between-workflow cache: its job steps fail on directory inputs (profiles/slurm)
     planned = collections.Counter(rule for rule, _ in planned_jobs(snakemake(workdir, *args, "-n", env=env).stdout))
     try:
         result = snakemake(workdir, *args, check=False, timeout=RUN_TIMEOUT_S, env=env)
@@ -152,8 +151,6 @@ def test_every_cluster_job_went_through_sbatch(slurm_run):
     assert counts == expected
     # MT-Bench's judge, one per evaluation (the reference rows' too), on the default (CPU) partition below
     assert counts["judge"] == counts["evaluate"] + counts["evaluate_reference"]
-    cache = Path(slurm_run["env"]["SNAKEMAKE_OUTPUT_CACHE"])
-    assert len(list(cache.iterdir())) >= counts["finetune"]  # the profile's cache took the cached rules' outputs
     if not slurm_run["cluster"]["accounting"]:
         return
     rows = subprocess.run(
