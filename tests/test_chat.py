@@ -5,6 +5,7 @@ import pytest
 
 from ctxaware import IND_TOKEN
 from ctxaware.chat import (
+    TEMPLATE_SYSTEM,
     ZEPHYR_TEMPLATE,
     Span,
     append_indicator,
@@ -80,6 +81,34 @@ def test_render_drops_only_an_empty_system_message_for_templates_without_one():
     assert render(strict, [{"role": "user", "content": "hi"}], add_generation_prompt=True) == "[user]hi[assistant]"
     with pytest.raises(Exception, match="System role not supported"):  # a real system message is not dropped
         render(strict, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+
+
+# a ChatML template that writes its own default system prompt when a conversation has none (SmolLM2's)
+CHATML_WITH_DEFAULT = (
+    "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nDefault prompt<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_a_tokenizer_that_keeps_its_template_system_prompt_gets_no_empty_system_message():
+    shipped = build_tokenizer(CORPUS, 300)
+    shipped.chat_template = CHATML_WITH_DEFAULT
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    # as every model is rendered: the empty system message replaces the default prompt
+    assert render(shipped, messages[:1]) == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    setattr(shipped, TEMPLATE_SYSTEM, True)  # what load_tokenizer sets for an imported model (system_message)
+    expected = "<|im_start|>system\nDefault prompt<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    assert with_system(messages, shipped) == messages
+    assert render(shipped, messages[:1]) == expected
+    encoded = encode_with_spans(shipped, messages)
+    assert [span.role for span in encoded.spans] == ["user", "assistant"]  # the spans the scorer reads
+    user, answer = encoded.spans
+    assert shipped.decode(encoded.input_ids[user.start : user.end]) == "hi"
+    assert shipped.decode(encoded.input_ids[answer.start : answer.end]) == "yo"
+    assert token_length(shipped, messages) == len(encoded.input_ids)
+    assert shipped.decode(encoded.input_ids).startswith(expected)
 
 
 def _pieces(tokenizer, messages):

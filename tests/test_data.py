@@ -429,10 +429,10 @@ def test_ground_truth_labels_follow_their_turns_through_cleaning(tmp_path):
     prepare(str(source), "sharegpt", str(tmp_path / "out.parquet"), str(tmp_path / "out.stats.json"))
     labels = read_labels(str(tmp_path / "out.parquet"))
     assert labels.to_dict("records") == [
-        {"conversation_id": "a", "turn": 0, "context_dependent": True},
-        {"conversation_id": "a", "turn": 1, "context_dependent": True},
-        {"conversation_id": "a", "turn": 2, "context_dependent": None},
-        {"conversation_id": "b", "turn": 0, "context_dependent": False},
+        {"conversation_id": "a", "turn": 0, "context_dependent": True, "label_group": None},
+        {"conversation_id": "a", "turn": 1, "context_dependent": True, "label_group": None},
+        {"conversation_id": "a", "turn": 2, "context_dependent": None, "label_group": None},
+        {"conversation_id": "b", "turn": 0, "context_dependent": False, "label_group": None},
     ]
     # training reads only the messages
     assert set(read_conversations(str(tmp_path / "out.parquet"))[0]) == {"id", "messages"}

@@ -297,6 +297,7 @@ TABLE7 = {
     "no_template": ("instruct", False, True),
     "template_prefix": ("instruct", True, True),
     "template_no_prefix": ("instruct", True, False),
+    "no_template_no_prefix": ("instruct", False, False),
 }
 
 
@@ -316,16 +317,21 @@ def test_template_study_variants_switch_model_template_and_prefix_as_table7(
     models = {"base": tiny_model_dir, "instruct": tiny_mha_model_dir}  # 2 and 4 KV heads tell them apart
     kv_heads = {"base": 2, "instruct": 4}
     templates = ["assistant-document", "context"]
-    table = nih_template_study("tiny", models, _nih_settings(tmp_path), templates, "Answer:")
-    assert sorted(table["variant"]) == sorted(list(TABLE7) * len(templates))
-    assert len(prompts_seen) == len(table)
-    for (_, row), (heads, texts) in zip(table.iterrows(), prompts_seen, strict=True):
+    table = nih_template_study("tiny", models, _nih_settings(tmp_path), templates, "Answer:", list(TABLE7))
+    lengths = sorted(set(table["length"]))  # a row per grid length of each run
+    assert len(lengths) == _nih_settings(tmp_path)["n_lengths"] and len(table) == len(prompts_seen) * len(lengths)
+    runs = table.drop_duplicates(["variant", "template"])
+    assert sorted(runs["variant"]) == sorted(list(TABLE7) * len(templates))
+    assert len(prompts_seen) == len(runs)
+    for (_, row), (heads, texts) in zip(runs.iterrows(), prompts_seen, strict=True):
         role, with_template, with_prefix = TABLE7[row["variant"]]
         assert row["model"] == models[role] and heads == kv_heads[role]
         for text in texts:
             assert text.startswith("<s><|system|>\n</s>\n<|user|>\n") == with_template
             assert ("<|assistant|>" in text) == with_template
-            end = ("<|assistant|>\n" if with_template else "\n") + ("Answer:" if with_prefix else "")
+            end = ("<|assistant|>\n" if with_template else "\n" if with_prefix else "?") + (
+                "Answer:" if with_prefix else ""
+            )  # plain text without the prefix ends where the user's question does
             assert text.endswith(end) and text.endswith("Answer:") == with_prefix
             opening = {"assistant-document": "You are a helpful AI assistant", "context": "Context: \n"}
             assert opening[row["template"]] in text

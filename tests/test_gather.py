@@ -23,6 +23,24 @@ def _per_template(pair: str, recalls: dict[str, list[float]]) -> pd.DataFrame:
     )
 
 
+def test_rows_per_length_pool_into_their_template_by_cases():
+    per_length = pd.DataFrame(
+        {
+            "pair": "p",
+            "model": "m",
+            "variant": "template_prefix",
+            "template": ["t1", "t1", "t2", "t2"],
+            "length": [250, 2000, 250, 2000],
+            "score": [1.0, 0.0, 0.5, 0.5],
+            "n": [3, 1, 2, 2],
+        }
+    )
+    table = summarize_templates(per_length)
+    # t1: 3 of 4 cases, t2: 2 of 4; then the mean and sample std over the two templates
+    assert table["recall_mean"].tolist() == [pytest.approx(0.625)] and table["n_templates"].tolist() == [2]
+    assert table["recall_std"].tolist() == [pytest.approx(pd.Series([0.75, 0.5]).std(ddof=1))]
+
+
 def test_template_study_is_mean_and_sample_std_over_templates():
     per_template = _per_template("b", {"template_prefix": [0.2, 0.4, 0.9], "base": [0.5]})
     table = summarize_templates(per_template)
@@ -49,7 +67,7 @@ def test_template_study_table_and_figure_over_pairs(tmp_path):
         _per_template(pair, {variant: [0.25, 0.75] for variant in VARIANTS}).to_csv(csvs[-1], index=False)
     out_csv, out_png = tmp_path / "table7.csv", tmp_path / "figure2.png"
     table = write_template_study(csvs, str(out_csv), str(out_png))
-    assert table["pair"].tolist() == ["b"] * 4 + ["a"] * 4
+    assert table["pair"].tolist() == ["b"] * len(VARIANTS) + ["a"] * len(VARIANTS)
     pd.testing.assert_frame_equal(pd.read_csv(out_csv), table)
     assert out_png.read_bytes().startswith(b"\x89PNG")
 

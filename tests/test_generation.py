@@ -239,7 +239,9 @@ def test_section2_nih_prompts_over_the_window_fail_before_any_forward(tiny_model
     with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
         attention_allocation(tiny_model_dir, settings, "Here is")
     with pytest.raises(ValueError, match="config key evaluation.nih.context_buffer"):
-        nih_template_study("tiny", {"base": tiny_model_dir, "instruct": tiny_model_dir}, settings, ["context"], "")
+        nih_template_study(
+            "tiny", {"base": tiny_model_dir, "instruct": tiny_model_dir}, settings, ["context"], "", ["base"]
+        )
 
 
 SAMPLING = {"seed": 0, "top_k": 50, "top_p": 1.0}

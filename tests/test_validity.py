@@ -100,15 +100,16 @@ def test_score_validity_table_and_figure(tmp_path):
         "dataset": ["organism"] * 4,
         "method": ["attention", "likelihood_ratio", "attention", "attention"],
         "layer": [1, None, 0, 1],
+        "negatives": ["all"] * 4,
         "auroc": pytest.approx([expected, planted, expected, 1.0]),
         "n": [10] * 4,
         "n_context_dependent": [5] * 4,
         "source": ["scores", "scores", "layer_study", "layer_study"],
     }
     lines = (tmp_path / "v.csv").read_text().splitlines()
-    assert lines[0] == "dataset,method,layer,auroc,n,n_context_dependent,source"
-    assert lines[1] == "organism,attention,1,0.8000,10,5,scores"  # the likelihood ratio has no layer
-    assert lines[2] == f"organism,likelihood_ratio,,{planted:.4f},10,5,scores"
+    assert lines[0] == "dataset,method,layer,negatives,auroc,n,n_context_dependent,source"
+    assert lines[1] == "organism,attention,1,all,0.8000,10,5,scores"  # the likelihood ratio has no layer
+    assert lines[2] == f"organism,likelihood_ratio,,all,{planted:.4f},10,5,scores"
     assert (tmp_path / "v.png").stat().st_size > 0
 
 
@@ -125,6 +126,7 @@ def test_labelled_scores_come_back_per_dataset_and_score(tmp_path):
             "dataset": "d",
             "method": "attention",
             "layer": 2,
+            "negatives": "all",
             "auroc": 1.0,
             "n": 2,
             "n_context_dependent": 1,
@@ -155,3 +157,53 @@ def test_a_score_independent_of_the_labels_has_auroc_near_one_half(tmp_path):
     by_method = table.set_index("method")["auroc"]
     assert by_method["likelihood_ratio"] == pytest.approx(0.5, abs=0.1)
     assert by_method["attention"] > 0.8
+
+
+def test_grouped_turns_are_compared_group_by_group_beside_the_length_baseline(tmp_path):
+    """A labelled set that groups its negatives (context-free, distractor) gets one row per comparison; a score
+    that tracks the instruction's length separates the context-free group but not the distractors, and the
+    length baseline row says so."""
+    groups = ["context_dependent", "context_free", "distractor"] * 4
+    rows = [
+        {
+            "id": f"c{i}",
+            "label_group": group,
+            "conversations": [
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a", "context_dependent": group == "context_dependent"},
+            ],
+        }
+        for i, group in enumerate(groups)
+    ]
+    raw = tmp_path / "raw.json"
+    raw.write_text(pd.Series(rows).to_json(orient="values"))
+    prepare(str(raw), "sharegpt", str(tmp_path / "d.parquet"), str(tmp_path / "d.json"))
+    # long user messages for context-dependent turns and distractors, short for context-free ones
+    lengths = [{"context_dependent": 120, "context_free": 20, "distractor": 118}[g] + i for i, g in enumerate(groups)]
+    frame = pd.DataFrame(
+        {
+            "conversation_id": [f"c{i}" for i in range(len(groups))],
+            "turn": 0,
+            "score": [0.9 if g == "context_dependent" else 0.2 for g in groups],  # a valid score
+            "n_instruction_tokens": lengths,
+        }
+    )
+    frame.to_parquet(tmp_path / "s.parquet")
+    table, _ = score_validity(
+        {"real": str(tmp_path / "d.parquet")},
+        [{"dataset": "real", "method": "attention", "layer": 3, "path": str(tmp_path / "s.parquet")}],
+    )
+    rated = table.set_index(["method", "negatives"])
+    assert rated["n"].to_dict() == {
+        ("attention", "all"): 12,
+        ("attention", "context_free"): 8,
+        ("attention", "distractor"): 8,
+        ("instruction_length", "all"): 12,
+        ("instruction_length", "context_free"): 8,
+        ("instruction_length", "distractor"): 8,
+    }
+    assert (rated.loc["attention", "auroc"] == 1.0).all()
+    assert rated.loc[("instruction_length", "context_free"), "auroc"] == 1.0  # length alone separates these
+    # distractors are as long (lengths 120, 123, 126, 129 in both groups): length is at chance
+    assert rated.loc[("instruction_length", "distractor"), "auroc"] == 0.5
+    assert rated.loc[("instruction_length", "distractor"), "layer"] is pd.NA

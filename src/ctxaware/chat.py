@@ -24,9 +24,21 @@ ZEPHYR_TEMPLATE = (
 )
 
 
-def with_system(messages: list[dict]) -> list[dict]:
-    """Insert the empty system message the alignment-handbook recipes add when a conversation has none."""
+# set on a tokenizer (ctxaware.modeling.load_tokenizer, from the model's ctxaware_model.json) whose conversations
+# keep the template's own rendering without a system message: a default system prompt, for an imported model
+TEMPLATE_SYSTEM = "ctxaware_template_system"
+
+
+def keeps_template_system(tokenizer) -> bool:
+    return bool(getattr(tokenizer, TEMPLATE_SYSTEM, False))
+
+
+def with_system(messages: list[dict], tokenizer=None) -> list[dict]:
+    """Insert the empty system message the alignment-handbook recipes add when a conversation has none, unless the
+    tokenizer keeps its template's own (keeps_template_system: its default system prompt stays)."""
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if keeps_template_system(tokenizer):
+        return messages
     if not messages or messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": ""})
     return messages
@@ -54,11 +66,11 @@ def _text(tokenizer, messages: list[dict], add_generation_prompt: bool = False) 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation with the empty system message added, or without it for templates that reject a system
     role (Gemma, Mistral: the paper's Section 2 renders the official instruct models with their own templates)."""
-    full = with_system(messages)
+    full = with_system(messages, tokenizer)
     try:
         return _text(tokenizer, full, add_generation_prompt)
     except Exception:  # jinja2's raise_exception in the template: "System role not supported"
-        if full[0]["content"]:
+        if not full or full[0]["role"] != "system" or full[0]["content"]:
             raise
         return _text(tokenizer, full[1:], add_generation_prompt)
 
@@ -152,7 +164,7 @@ def segment_char_starts(tokenizer, messages: list[dict], text: str, char_spans: 
 def token_length(tokenizer, messages: list[dict], max_length: int | None = None) -> int:
     """len(encode_with_spans(tokenizer, messages, max_length).input_ids), without locating spans or keeping ids:
     the tokens of the same render (with_system, the template as it is), truncated the same way."""
-    n = len(tokenizer(_text(tokenizer, with_system(messages)), add_special_tokens=False)["input_ids"])
+    n = len(tokenizer(_text(tokenizer, with_system(messages, tokenizer)), add_special_tokens=False)["input_ids"])
     return n if max_length is None else min(n, max_length)
 
 
@@ -163,7 +175,7 @@ def encode_with_spans(tokenizer, messages: list[dict], max_length: int | None = 
     message's content when its characters overlap that content, and to its segment when it starts at or after
     the message's rendering starts and before the next one's.
     """
-    messages = with_system(messages)
+    messages = with_system(messages, tokenizer)
     text, char_spans = content_char_spans(tokenizer, messages)
     segment_starts = segment_char_starts(tokenizer, messages, text, char_spans)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -81,6 +81,9 @@ class _Malformed(Exception):
 
 Message = tuple[str, str, "bool | None"]  # (role, text, context_dependent label)
 LABEL_KEY = "context_dependent"
+# a labelled set's conversation may name the group it belongs to (ctxaware.real_language: context_dependent,
+# context_free, distractor): the validity table compares the context-dependent turns with each group of the others
+LABEL_GROUP_KEY = "label_group"
 
 
 def _label(value, where: str) -> bool | None:
@@ -226,6 +229,9 @@ def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = F
             if not isinstance(row, dict):
                 raise _Malformed(f"row is {type(row).__name__}, expected an object")
             row_id, messages = parse(row)
+            group = row.get(LABEL_GROUP_KEY)
+            if group is not None and not isinstance(group, str):
+                raise _Malformed(f"'{LABEL_GROUP_KEY}' is {type(group).__name__}, expected a string")
         except _Malformed as e:
             raw_id = _row_id(row, *ID_KEYS[fmt]) if isinstance(row, dict) else None
             where = f"{source} row {i}" + (f" (id {raw_id})" if raw_id is not None else "")
@@ -244,6 +250,7 @@ def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = F
                 "id": str(row_id) if row_id not in (None, "") else f"{fmt}-{i}",
                 "messages": [{"role": role, "content": text} for role, text, _ in messages],
                 LABEL_KEY: [label for role, _, label in messages if role == "assistant"],
+                **({LABEL_GROUP_KEY: group} if group is not None else {}),
             }
         )
 
@@ -289,11 +296,12 @@ def _output_stats(conversations: list[dict]) -> dict:
 # ---------------------------------------------------------------- parquet in / out
 
 
-def _schema():
+def _schema(grouped: bool = False):
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    return pa.schema([("id", pa.string()), ("messages", pa.list_(message)), (LABEL_KEY, pa.list_(pa.bool_()))])
+    fields = [("id", pa.string()), ("messages", pa.list_(message)), (LABEL_KEY, pa.list_(pa.bool_()))]
+    return pa.schema(fields + ([(LABEL_GROUP_KEY, pa.string())] if grouped else []))
 
 
 def prepare(
@@ -326,7 +334,9 @@ def prepare(
 
     for out in (out_parquet, out_stats):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(conversations, schema=_schema()), out_parquet)
+    # the group column only where the source names groups: other datasets' files stay as they were
+    grouped = any(LABEL_GROUP_KEY in conversation for conversation in conversations)
+    pq.write_table(pa.Table.from_pylist(conversations, schema=_schema(grouped)), out_parquet)
     Path(out_stats).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return stats
 
@@ -338,12 +348,13 @@ def read_labels(parquet_path: str):
     import pyarrow.parquet as pq
 
     names = pq.read_schema(parquet_path).names
-    columns = ["id", LABEL_KEY] if LABEL_KEY in names else ["id"]
+    columns = ["id"] + [key for key in (LABEL_KEY, LABEL_GROUP_KEY) if key in names]
     rows = []
     for conversation in pq.read_table(parquet_path, columns=columns).to_pylist():
         for turn, label in enumerate(conversation.get(LABEL_KEY) or []):
-            rows.append({"conversation_id": conversation["id"], "turn": turn, LABEL_KEY: label})
-    return pd.DataFrame(rows, columns=["conversation_id", "turn", LABEL_KEY])
+            group = conversation.get(LABEL_GROUP_KEY)
+            rows.append({"conversation_id": conversation["id"], "turn": turn, LABEL_KEY: label, LABEL_GROUP_KEY: group})
+    return pd.DataFrame(rows, columns=["conversation_id", "turn", LABEL_KEY, LABEL_GROUP_KEY])
 
 
 def read_conversations(parquet_path: str) -> list[dict]:

@@ -168,12 +168,16 @@ def score_validity_histograms(table: pd.DataFrame, joined: dict[tuple[str, str],
     ax = axes[0][-1]
     ax.axis("on")
     study = table[table["source"] == "layer_study"]
-    if len(study):
-        ax.plot(study["layer"], study["auroc"], marker="o", label=f"{study['dataset'].iloc[0]} (sample)")
+    for negatives, rows in study.groupby("negatives", sort=False):  # one line per comparison
+        line = ax.plot(rows["layer"], rows["auroc"], marker="o", markersize=3, label=f"vs {negatives} (layer study)")
+        length = table[(table["method"] == "instruction_length") & (table["negatives"] == negatives)]
+        length = length[length["dataset"] == rows["dataset"].iloc[0]]
+        if len(length):  # the length baseline of the same comparison
+            ax.axhline(length["auroc"].iloc[0], color=line[0].get_color(), linestyle="--", linewidth=1)
     scored = table[(table["source"] == "scores") & (table["method"] == ATTENTION)]
-    ax.scatter(scored["layer"], scored["auroc"], color="black", zorder=3, label="every turn")
+    ax.scatter(scored["layer"], scored["auroc"], color="black", zorder=3, s=12, label="every turn")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax.set(title="attention AUROC by layer", xlabel="layer", ylabel="AUROC", ylim=(0, 1.02))
+    ax.set(title="attention AUROC by layer (dashed: length)", xlabel="layer", ylabel="AUROC", ylim=(0, 1.02))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

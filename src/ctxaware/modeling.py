@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from ctxaware import IND_TOKEN
+from ctxaware.chat import TEMPLATE_SYSTEM
 
 MODEL_INFO = "ctxaware_model.json"  # written next to every fine-tune: base model, recipe, adapter or not
 
@@ -34,6 +35,9 @@ def load_tokenizer(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    # an imported model renders conversations without a system message as its template does (imported_models)
+    if (read_model_info(path) or {}).get("system_message") == "template":
+        setattr(tokenizer, TEMPLATE_SYSTEM, True)
     return tokenizer
 
 

@@ -53,6 +53,11 @@ EVAL_ANSWERS = "results/eval/{model}/{dataset}/{method}/{task}.answers.json"  # 
 GENERATION_CACHE = "results/cache/generations/{model}/{dataset}/{method}"
 NIH_HEATMAP = "results/figures/nih/{model}/{dataset}/{method}.png"
 DIAGNOSIS_CSV = "results/diagnosis/{pair}/{experiment}.csv"
+# a model file inside an installed package (package:<module>/<file>.gguf), imported once by rule import_model
+IMPORTED_MODEL = "results/models/import/{name}"
+IMPORTABLE = re.compile(r"package:[A-Za-z0-9_]+/(?:.*/)?([^/]+)\.gguf")
+# the labelled real-language set rule real_language_set writes (config real_language)
+REAL_LANGUAGE_SET = "results/real_language/labelled.json"
 # a fine-tune of a grid model, as a path: it has its base's shape
 FINE_TUNE = re.compile(r"results/models/([^/]+)/[^/]+/[^/]+/?")
 
@@ -304,7 +309,7 @@ class Plan:
         """The seed model that scores: the grid's vanilla fine-tune it names, or a path or hub id as given."""
         seed = self.scoring["seed_model"]
         if "path" in seed:
-            return seed["path"]
+            return imported_path(seed["path"])
         return fill(MODEL, model=seed["model"], dataset=seed["dataset"], method="vanilla")
 
     def scorer_inputs(self) -> list[str]:
@@ -316,7 +321,8 @@ class Plan:
     def score_methods(self) -> list[str]:
         """The scores the run computes: the attention score (the paper's; Table 3, the instruction-length figure
         and the layer study report it) and every score an indicator method tags with, in SCORE_METHODS' order."""
-        used = {ATTENTION} | {method.score for method in check_methods(self.methods) if method.score}
+        used = {ATTENTION, *self.scoring["scores"]}
+        used |= {method.score for method in check_methods(self.methods) if method.score}
         return [score for score in SCORE_METHODS if score in used]
 
     def scorer_name(self, score: str = ATTENTION) -> str:
@@ -454,12 +460,31 @@ class Plan:
         """The NIH haystack directory when it is local (editing an essay reruns NIH); a package's is not an input."""
         return local_inputs([self.evaluation["nih"]["haystack"]])
 
+    def pair_model(self, pair: str, role: str) -> str | None:
+        """A pair member's model as jobs load it (a package's model file: its import); None for a missing base."""
+        return imported_path(self.pairs[pair][role])
+
     def pair_models(self, pair: str, roles: list[str]) -> list[str]:
-        return [self.pairs[pair][role] for role in roles]
+        return [path for role in roles if (path := self.pair_model(pair, role)) is not None]
+
+    def diagnosis_variants(self, pair: str) -> list[str]:
+        """Table 7's variants the pair runs: the configured ones, the base model's only where the pair has one."""
+        return [v for v in self.diagnosis["variants"] if v != "base" or self.pairs[pair]["base"] is not None]
 
     def diagnosis_nih(self, pair: str) -> dict:
         """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant)."""
         return self.task_settings("nih", self.pairs[pair]["nih_max_context"])
+
+    def capped_nih(self, pair: str, cap: int | None) -> dict:
+        """The pair's NIH settings with its grid's longest context lowered to `cap` (None: as they are)."""
+        settings = self.diagnosis_nih(pair)
+        if cap is not None:
+            settings["max_context"] = min(cap, settings["max_context"])
+        return settings
+
+    def allocation_nih(self, pair: str) -> dict:
+        """The NIH grid whose attention allocation is read (diagnosis.allocation.nih_max_context)."""
+        return self.capped_nih(pair, self.diagnosis["allocation"]["nih_max_context"])
 
     def steering_tasks(self, pair: str) -> dict[str, dict]:
         """Table 1's tasks, each with the chat template; QuAC and DROP use the default QA prompts."""
@@ -467,7 +492,7 @@ class Plan:
         settings = {}
         for task in steering["tasks"]:
             if task == "nih":
-                settings[task] = self.diagnosis_nih(pair)
+                settings[task] = self.capped_nih(pair, steering["nih_max_context"])
                 continue
             qa = self.task_settings(task)
             qa["limit"] = steering["limit"] or qa["limit"]
@@ -480,6 +505,34 @@ class Plan:
 
     def steering(self) -> dict:
         return canonical({key: self.diagnosis["steering"][key] for key in ("alphas", "heads", "compat")})
+
+    # models imported from packages, and the real-language set
+
+    def imports(self) -> dict[str, str]:
+        """{name: package reference} of every model file the run imports (rule import_model)."""
+        sources = [model["source"] for model in (*self.models.values(), *self.references.values())]
+        sources += [self.scoring["seed_model"].get("path")]
+        sources += [pair[role] for pair in self.pairs.values() for role in ("base", "instruct")]
+        sources += [self.config.get("real_language", {}).get("model")]
+        found = {}
+        for source in sources:
+            match = IMPORTABLE.fullmatch(source or "")
+            if match:
+                found[match.group(1)] = source
+        return found
+
+    def import_settings(self, name: str) -> dict:
+        return {"source": self.imports()[name], **canonical(self.config["imported_models"])}
+
+    def real_language(self) -> dict | None:
+        """The labelled real-language set's settings (config real_language), its model as jobs load it."""
+        settings = self.config.get("real_language")
+        if settings is None:
+            return None
+        return canonical({**settings, "model": imported_path(settings["model"])})
+
+    def real_language_inputs(self) -> list[str]:
+        return local_inputs([self.real_language()["model"]])
 
     # start-up checks: what a job would only find once it runs, checked before any job starts
 
@@ -529,8 +582,9 @@ class Plan:
                     caps.append((f"models.{model_name}.nih_max_context", model["nih_max_context"], model["source"]))
         for name, pair in self.pairs.items():
             caps += [
-                (f"diagnosis.pairs.{name}.nih_max_context", pair["nih_max_context"], pair[r])
+                (f"diagnosis.pairs.{name}.nih_max_context", pair["nih_max_context"], imported_path(pair[r]))
                 for r in ("base", "instruct")
+                if pair[r] is not None
             ]
         return caps
 
@@ -624,7 +678,13 @@ class Plan:
 
 
 def _model_source(source: str) -> str:
-    return ORGANISM_BASE if source == "organism" else source
+    return ORGANISM_BASE if source == "organism" else imported_path(source)
+
+
+def imported_path(source: str | None) -> str | None:
+    """Where the workflow imports a package's model file to (`import_model`); any other source as it is."""
+    match = IMPORTABLE.fullmatch(source or "")
+    return fill(IMPORTED_MODEL, name=match.group(1)) if match else source
 
 
 def settings_files(settings: dict[str, dict]) -> list[str]:

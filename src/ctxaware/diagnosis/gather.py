@@ -15,12 +15,14 @@ VARIANT_LABELS = {
     "no_template": "instruct, w/o chat template",
     "template_prefix": "instruct, w/ chat template",
     "template_no_prefix": "instruct, w/ chat template, w/o response prefix",
+    "no_template_no_prefix": "instruct, w/o chat template, w/o response prefix",
 }
 VARIANT_COLORS = {
     "base": "tab:green",
     "no_template": "tab:blue",
     "template_prefix": "tab:red",
     "template_no_prefix": "tab:orange",
+    "no_template_no_prefix": "tab:purple",
 }
 
 
@@ -34,7 +36,13 @@ def concat_csvs(paths: list[str]) -> pd.DataFrame:
 
 
 def summarize_templates(per_template: pd.DataFrame) -> pd.DataFrame:
-    """Mean and (sample) standard deviation of recall over the templates; error = 1 - recall (Figure 2)."""
+    """Mean and (sample) standard deviation of recall over the templates; error = 1 - recall (Figure 2). Rows per
+    grid length (the template study's) are first pooled per template, weighted by their cases."""
+    if "length" in per_template:
+        keys = ["pair", "model", "variant", "template"]
+        weighted = per_template.assign(hits=per_template["score"] * per_template["n"])
+        pooled = weighted.groupby(keys, sort=False)[["hits", "n"]].sum().reset_index()
+        per_template = pooled.assign(score=pooled["hits"] / pooled["n"]).drop(columns="hits")
     grouped = per_template.groupby(["pair", "model", "variant"], sort=False)["score"]
     table = grouped.agg(recall_mean="mean", recall_std="std", n_templates="count").reset_index()
     table["recall_std"] = table["recall_std"].fillna(0.0)
@@ -48,10 +56,11 @@ def write_template_study(per_pair_csvs: list[str], out_csv: str, out_png: str) -
     write_csv(table, out_csv)
     pairs = list(dict.fromkeys(table["pair"]))
     figure, axis = plt.subplots(figsize=(max(5.5, 2.0 + 1.6 * len(pairs)), 3.8))
-    width = 0.8 / len(VARIANTS)
-    for offset, variant in enumerate(VARIANTS):
+    variants = [variant for variant in VARIANTS if variant in set(table["variant"])]  # the ones the pairs ran
+    width = 0.8 / len(variants)
+    for offset, variant in enumerate(variants):
         rows = table[table["variant"] == variant].set_index("pair").reindex(pairs)
-        positions = [i + (offset - (len(VARIANTS) - 1) / 2) * width for i in range(len(pairs))]
+        positions = [i + (offset - (len(variants) - 1) / 2) * width for i in range(len(pairs))]
         axis.bar(
             positions,
             rows["error_mean"],

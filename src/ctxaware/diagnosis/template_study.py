@@ -16,23 +16,42 @@ from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
 
 
-def nih_template_study(pair: str, models: dict, settings: dict, templates: list[str], prefix: str) -> pd.DataFrame:
-    """Table 7 / Figure 2 for one (base, instruct) pair: NIH recall per variant and Table 8 template."""
+def nih_template_study(
+    pair: str, models: dict, settings: dict, templates: list[str], prefix: str, variants: list[str]
+) -> pd.DataFrame:
+    """Table 7 / Figure 2 for one (base, instruct) pair: NIH recall per variant (of `variants`) and Table 8
+    template; a role none of the variants uses is not loaded (a pair without a base model)."""
     rows = []
     for role in ("base", "instruct"):
+        if not any(VARIANTS[variant][0] == role for variant in variants):
+            continue
         model, tokenizer = load_model(models[role], attn_implementation=ATTN_NAME)
         generator = Generator(model, tokenizer, settings["batch_tokens"], share_prefixes=True)
         for variant, (variant_role, use_template, with_prefix) in VARIANTS.items():
-            if variant_role != role:
+            if variant_role != role or variant not in variants:
                 continue
             for template in templates:
                 run = nih_settings(settings, template, use_template, prefix if with_prefix else "")
-                summary, _ = run_nih(generator, run, False)
-                rows.append({"pair": pair, "model": models[role], "variant": variant, "template": template, **summary})
+                summary, records = run_nih(generator, run, False)
+                by_length = pd.DataFrame(records).groupby("length", sort=True)["score"].agg(["mean", "count"])
+                for length, (score, n) in by_length.iterrows():  # one row per grid length (Figure 2 by length)
+                    rows.append(
+                        {
+                            "pair": pair,
+                            "model": models[role],
+                            "variant": variant,
+                            "template": template,
+                            "length": int(length),
+                            "score": score,
+                            "n": int(n),
+                        }
+                    )
                 logging.info("%s %s %s: recall %.4f", pair, variant, template, summary["score"])
         del model, generator
     return pd.DataFrame(rows)
 
 
-def run_template_study(pair: str, models: dict, settings: dict, templates: list[str], prefix: str, out: str) -> None:
-    write_csv(nih_template_study(pair, models, settings, templates, prefix), out)
+def run_template_study(
+    pair: str, models: dict, settings: dict, templates: list[str], prefix: str, variants: list[str], out: str
+) -> None:
+    write_csv(nih_template_study(pair, models, settings, templates, prefix, variants), out)
