@@ -24,7 +24,7 @@ MEASURED_EQ2, MEASURED_LENGTH, MEASURED_LR = 0.917, 0.198, 1.0
 EQ2_VS_DISTRACTORS = 0.85  # Eq. 2's AUROC against the distractors at the scoring layer, at least
 OVER_LENGTH = 0.3  # and above the length baseline on the same comparison by this much
 LR_VS_DISTRACTORS = 0.9
-NIH_WITH_TEMPLATE = 0.8  # recall with the chat template at lengths up to 1000 tokens, at least
+NIH_WITH_TEMPLATE = 0.8  # recall with the chat template at lengths up to 1000 tokens, per variant, at least
 
 
 def validity(run):
@@ -131,7 +131,9 @@ def test_nih_with_the_chat_template_at_or_below_1000_tokens(real_run):
     study = template_study(real_run)
     short = study[(study["length"] <= 1000) & study["variant"].isin(["template_prefix", "template_no_prefix"])]
     assert len(short) == 4 and (short["n"] == 5).all()  # 250 and 833 tokens, 5 depths each
-    assert (short["score"] >= NIH_WITH_TEMPLATE).all(), short
+    # per variant over those 10 prompts: measured 0.9 with the prefix, 1.0 without
+    recall = short.groupby("variant")["score"].mean()
+    assert (recall >= NIH_WITH_TEMPLATE).all(), short
     assert sorted(set(study["length"])) == [250, 833, 1417, 2000]
 
 
