@@ -145,7 +145,7 @@ def test_the_section2_tables_have_the_real_model_rows(real_run):
     allocation = pd.read_csv(tables / "attention_allocation.csv")
     assert set(allocation["pair"]) == {PAIR} and allocation["layer"].nunique() == 30
     steering = pd.read_csv(tables / "attention_steering.csv")
-    assert set(steering["pair"]) == {PAIR} and set(steering["alpha"]) == {1.0, 0.1, 0.5}
+    assert set(steering["pair"]) == {PAIR} and set(steering["alpha"]) == {1.0, 0.5}
 
 
 def test_the_model_keeps_its_own_default_system_prompt(real_run):
