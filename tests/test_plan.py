@@ -824,6 +824,17 @@ def test_a_packaged_model_file_is_imported_once_and_every_use_loads_the_import()
     # other package references (data files) and hub ids are no imports
     assert plan_of().imports() == {} and plan_of().real_language() is None
 
+    def each_its_own(config):  # every place a model source is read, each naming a file of its own
+        config["models"]["small"]["source"] = "package:pkg/models/a.gguf"
+        config["reference_models"] = {"ref": {"source": "package:pkg/b.gguf"}}
+        config["scoring"]["seed_model"] = {"name": "smol", "path": "package:pkg/c.gguf"}
+        config["diagnosis"] = {"pairs": {"p": {"base": "package:pkg/d.gguf", "instruct": "package:pkg/e.gguf"}}}
+        config["real_language"] = {"model": "package:pkg/f.gguf"}
+
+    assert plan_of(change=each_its_own).imports() == {
+        name: f"package:pkg/{'models/' if name == 'a' else ''}{name}.gguf" for name in "abcdef"
+    }
+
 
 def test_a_pair_without_a_base_runs_the_instruct_variants_only():
     pairs = {"solo": {"instruct": "org/chat"}, "both": {"base": "org/base", "instruct": "org/chat"}}
@@ -841,13 +852,19 @@ def test_allocation_and_steering_can_read_a_shorter_nih_grid():
         config["diagnosis"] = {
             "pairs": {"p": {"instruct": "org/chat", "nih_max_context": 2000}},
             "allocation": {"nih_max_context": 833},
-            "steering": {"nih_max_context": 5000, "tasks": ["nih"]},
+            "steering": {"nih_max_context": 444, "tasks": ["nih"]},
         }
 
     plan = plan_of(change=capped)
     assert plan.diagnosis_nih("p")["max_context"] == 2000
     assert plan.allocation_nih("p") == {**plan.diagnosis_nih("p"), "max_context": 833}
-    assert plan.steering_tasks("p")["nih"]["max_context"] == 2000  # a cap above the pair's changes nothing
+    assert plan.steering_tasks("p")["nih"] == {**plan.diagnosis_nih("p"), "max_context": 444}
+
+    def above(config):
+        capped(config)
+        config["diagnosis"]["steering"]["nih_max_context"] = 5000
+
+    assert plan_of(change=above).steering_tasks("p")["nih"]["max_context"] == 2000  # a cap above the pair's: none
 
 
 def test_a_run_without_fine_tunes_scores_validates_and_has_no_table4():

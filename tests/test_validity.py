@@ -193,6 +193,8 @@ def test_grouped_turns_are_compared_group_by_group_beside_the_length_baseline(tm
         {"real": str(tmp_path / "d.parquet")},
         [{"dataset": "real", "method": "attention", "layer": 3, "path": str(tmp_path / "s.parquet")}],
     )
+    assert set(table["dataset"]) == {"real"} and set(table["source"]) == {"scores"}
+    assert table["method"].tolist() == ["attention"] * 3 + ["instruction_length"] * 3
     rated = table.set_index(["method", "negatives"])
     assert rated["n"].to_dict() == {
         ("attention", "all"): 12,
