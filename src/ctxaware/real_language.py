@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 
 CONTEXT_DEPENDENT, CONTEXT_FREE, DISTRACTOR = "context_dependent", "context_free", "distractor"
 # questions that can only be answered from the passage before them
@@ -36,16 +37,17 @@ def passages(text: str, min_words: int, max_words: int) -> list[str]:
     """Consecutive whole sentences of `text` grouped into passages of min_words to max_words words, in order;
     a sentence that would overflow a passage starts the next one (a group left short is dropped)."""
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s]
-    found, current = [], []
+    found, current, in_current = [], [], 0  # in_current: the words of `current`
     for sentence in sentences:
         words = len(sentence.split())
-        if current and sum(len(s.split()) for s in current) + words > max_words:
-            if sum(len(s.split()) for s in current) >= min_words:
+        if current and in_current + words > max_words:
+            if in_current >= min_words:
                 found.append(" ".join(current))
-            current = []
+            current, in_current = [], 0
         if words <= max_words:
             current.append(sentence)
-    if sum(len(s.split()) for s in current) >= min_words:
+            in_current += words
+    if in_current >= min_words:
         found.append(" ".join(current))
     return found
 
@@ -128,7 +130,4 @@ def build_set(
     outputs = generator.generate_ids(ids, max_new_tokens)
     answers = {prompt: output.strip() for prompt, output in zip(prompts, outputs, strict=True)}
     Path(out_json).write_text(json.dumps(sharegpt_rows(rows, answers), indent=1, ensure_ascii=False))
-    counts = {}
-    for _, group, _, _ in rows:
-        counts[group] = counts.get(group, 0) + 1
-    return counts
+    return dict(Counter(group for _, group, _, _ in rows))
