@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from scoring_helpers import record_plans
 
 from ctxaware.likelihood_ratio import LR_COLUMNS, score_conversations
 from ctxaware.modeling import load_model
@@ -135,20 +136,26 @@ def test_a_conversation_scores_the_same_in_any_batch(model_and_tokenizer):
     assert batched["score"].tolist()[1:] == pytest.approx(alone["score"].tolist(), abs=1e-4)
 
 
+def fox_questions(n: int, lines: int, answers: int) -> list[dict]:
+    """n one-turn questions after 0 to lines - 1 lines of context, with answers of 1 to `answers` sentences; then
+    MULTI and PASSAGE."""
+    return [
+        {
+            "id": f"c{i}",
+            "messages": [
+                {"role": "user", "content": "The quick brown fox jumps.\n" * (i % lines) + "Who jumps?"},
+                {"role": "assistant", "content": "The fox." * (1 + i % answers)},
+            ],
+        }
+        for i in range(n)
+    ] + [MULTI, PASSAGE]
+
+
 def test_sharded_scoring_gathers_to_exactly_the_one_shard_table(tiny_model_dir, tmp_path):
     from ctxaware.likelihood_ratio import score_file
     from ctxaware.scoring import gather_scores
 
-    conversations = [
-        {
-            "id": f"c{i}",
-            "messages": [
-                {"role": "user", "content": "The quick brown fox jumps.\n" * (i % 3) + "Who jumps?"},
-                {"role": "assistant", "content": "The fox." * (1 + i % 2)},
-            ],
-        }
-        for i in range(11)
-    ] + [MULTI, PASSAGE]
+    conversations = fox_questions(11, lines=3, answers=2)
     data = tmp_path / "data.parquet"
     pd.DataFrame(conversations).to_parquet(data)
     settings = {"instruction": "last_line", "batch_tokens": 200}
@@ -169,28 +176,12 @@ def test_a_shard_builds_only_its_own_plans_and_the_shards_gather_to_one_shard_sc
     """Each shard of 4 builds the plans (with and without context) of its own conversations only, about a
     quarter of them, and the 4 shards' rows are one-shard scoring's, bit for bit."""
     import ctxaware.likelihood_ratio as likelihood_ratio
-    from ctxaware.scoring import plan_conversation
 
     model, tokenizer = model_and_tokenizer
-    conversations = [
-        {
-            "id": f"c{i}",
-            "messages": [
-                {"role": "user", "content": "The quick brown fox jumps.\n" * (i % 5) + "Who jumps?"},
-                {"role": "assistant", "content": "The fox." * (1 + i % 3)},
-            ],
-        }
-        for i in range(30)
-    ] + [MULTI, PASSAGE]
+    conversations = fox_questions(30, lines=5, answers=3)
     settings = {"max_length": 512, "batch_tokens": 200, "instruction": "last_line"}
     one = score_conversations(model, tokenizer, conversations, **settings)
-    built: list[str] = []
-
-    def counting(tokenizer, conversation, max_length, compat="none"):
-        built.append(str(conversation["id"]))
-        return plan_conversation(tokenizer, conversation, max_length, compat)
-
-    monkeypatch.setattr(likelihood_ratio, "plan_conversation", counting)
+    built = record_plans(monkeypatch, likelihood_ratio)
     shards, own = [], []
     for shard in range(4):
         built.clear()

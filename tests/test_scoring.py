@@ -4,6 +4,7 @@ import os
 import pandas as pd
 import pytest
 import torch
+from scoring_helpers import record_plans
 
 from ctxaware.batching import token_budget_batches
 from ctxaware.chat import encode_with_spans, token_length, with_system
@@ -313,13 +314,7 @@ def test_a_shard_builds_only_its_own_plans_and_the_shards_gather_to_one_shard_sc
     model, tokenizer = load_model(tiny_model_dir, attn_implementation="sdpa")
     conversations = _varied(40)
     one = score_conversations(model, tokenizer, conversations, layers=[1, 2], max_length=120, batch_tokens=300)
-    built: list[str] = []
-
-    def counting(tokenizer, conversation, max_length, compat="none"):
-        built.append(str(conversation["id"]))
-        return plan_conversation(tokenizer, conversation, max_length, compat)
-
-    monkeypatch.setattr(scoring, "plan_conversation", counting)
+    built = record_plans(monkeypatch, scoring)
     shards, built_by_shard = [], []
     for shard in range(4):
         built.clear()
