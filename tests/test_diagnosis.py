@@ -304,16 +304,24 @@ TABLE7 = {
 def test_template_study_variants_switch_model_template_and_prefix_as_table7(
     tiny_model_dir, tiny_mha_model_dir, tmp_path, monkeypatch
 ):
+    from ctxaware.diagnosis import template_study
     from ctxaware.diagnosis.template_study import nih_template_study
 
-    prompts_seen = []
-    generate_ids = Generator.generate_ids
+    prompts_seen, calls = [], []
+    build, generate_ids = template_study.nih_prompts, Generator.generate_ids
 
-    def recording(self, prompts, *args, **kwargs):
-        prompts_seen.append((self.model.config.num_key_value_heads, [self.tokenizer.decode(p) for p in prompts]))
+    def recording(generator, settings, with_indicator):
+        cases, queries, prompts = build(generator, settings, with_indicator)
+        heads = generator.model.config.num_key_value_heads
+        prompts_seen.append((heads, [generator.tokenizer.decode(p) for p in prompts]))
+        return cases, queries, prompts
+
+    def one_call(self, prompts, *args, **kwargs):
+        calls.append(len(prompts))
         return generate_ids(self, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(Generator, "generate_ids", recording)
+    monkeypatch.setattr(template_study, "nih_prompts", recording)
+    monkeypatch.setattr(Generator, "generate_ids", one_call)
     models = {"base": tiny_model_dir, "instruct": tiny_mha_model_dir}  # 2 and 4 KV heads tell them apart
     kv_heads = {"base": 2, "instruct": 4}
     templates = ["assistant-document", "context"]
@@ -323,6 +331,8 @@ def test_template_study_variants_switch_model_template_and_prefix_as_table7(
     runs = table.drop_duplicates(["variant", "template"])
     assert sorted(runs["variant"]) == sorted(list(TABLE7) * len(templates))
     assert len(prompts_seen) == len(runs)
+    # one generation call per model, with every run's grid: the prefix walk shares across the variants
+    assert calls == [sum(len(texts) for heads, texts in prompts_seen if heads == kv_heads[r]) for r in kv_heads]
     for (_, row), (heads, texts) in zip(runs.iterrows(), prompts_seen, strict=True):
         role, with_template, with_prefix = TABLE7[row["variant"]]
         assert row["model"] == models[role] and heads == kv_heads[role]

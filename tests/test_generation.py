@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ctxaware.evaluation import evaluate_all
-from ctxaware.generation import GenerationCache, Generator, cut_at_stops, prefill_plan, shared_prefixes
+from ctxaware.generation import GenerationCache, Generator, cut_at_stops, prefill_plan, prefix_walk, walk_batches
 from ctxaware.modeling import load_model
 from ctxaware.tasks import nih
 
@@ -32,17 +32,23 @@ def test_batched_and_one_at_a_time_greedy_outputs_are_identical(tiny_model_dir):
     assert batched.generate_ids(prompts, 12) == single.generate_ids(prompts, 12)
 
 
-def test_shared_prefixes_pick_the_prompt_the_batch_shares_most():
-    prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9], [1, 2, 7]]
-    # spine 0 shares 5 + 3 + 2 (each capped at its length - 1: the last token runs with the batch)
-    assert shared_prefixes(prompts) == (0, [5, 3, 2])
-    assert shared_prefixes([[4, 5], [6, 7, 8]]) == (1, [0, 2])  # a spine shares its own prefix too
+def test_prefix_walk_shares_each_prompt_with_its_token_order_neighbour():
+    prompts = [[1, 2, 7], [1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]]
+    # token order of all but the last token: [1, 2] < [1, 2, 3, 4, 5] < [1, 2, 3, 9]; each share is capped at
+    # either's length - 1 (the last token runs with the batch)
+    assert prefix_walk(prompts) == ([0, 1, 2], [0, 2, 3])
+    assert prefix_walk([[4, 5], [6, 7, 8]], before=[4, 9, 9]) == ([0, 1], [1, 0])
     long = [1] * 40
-    assert prefill_plan([long + [2] * 10, long + [3] * 10]) == (0, [49, 40])
+    assert prefill_plan([long + [2] * 10, long + [3] * 10]) == ([0, 1], [0, 40])
     assert prefill_plan([[1, 2, 3], [4, 5, 6]]) is None  # nothing shared, nothing padded: the plain batch
     assert prefill_plan([long + [2] * 10]) is None
+    assert prefill_plan([long + [2] * 10], before=long + [3]) == ([0], [40])  # a lone prompt on the last one
     # nothing shared but very unequal lengths: row by row avoids the padding
-    assert prefill_plan([[5] * 100, [6] * 10, [7] * 10]) == (0, [99, 0, 0])
+    assert prefill_plan([[5] * 100, [6] * 10, [7] * 10]) == ([0, 1, 2], [0, 0, 0])
+    # batches follow the token order when the walk saves, else the lengths
+    grid = [long + [9] * 5, [3] * 30, long + [2] * 20, long + [9] * 6]
+    assert walk_batches(grid, [len(p) for p in grid], 10_000) == [[2, 0, 3, 1]]
+    assert walk_batches([[1, 2, 3], [4, 5, 6]], [3, 3], 10_000) is None
 
 
 def _nih_prompts(generator, haystack_dir) -> list[list[int]]:
@@ -78,6 +84,29 @@ def test_shared_prefix_prefill_gives_the_one_at_a_time_outputs(tiny_model_dir, t
     # a one-token prompt beside long ones: nothing of it to prefill
     odd = [prompts[-1], prompts[-1][:1]]
     assert prefill_plan(odd) is not None and shared.generate_ids(odd, 6) == single.generate_ids(odd, 6)
+
+
+def test_prefix_walk_runs_each_distinct_prefix_once_across_batches(tiny_model_dir, tmp_path):
+    """The template study's grid: each NIH prompt with and without a response prefix, over batches too small
+    for the grid. The walk runs each distinct prefix once (the batches carry the last prompt's cache) and
+    decodes what each prompt alone decodes."""
+    (tmp_path / "essay.txt").write_text(
+        "The river runs through the old town. A quick brown fox jumps over the lazy dog. " * 30
+    )
+    model, tokenizer = load_model(tiny_model_dir)
+    walk = Generator(model, tokenizer, batch_tokens=600)
+    grid = _nih_prompts(walk, tmp_path)
+    suffix = tokenizer("Here is the answer:", add_special_tokens=False)["input_ids"]
+    prompts = grid + [p + suffix for p in grid]
+    expected = Generator(model, tokenizer, batch_tokens=1).generate_ids(prompts, 8)
+    assert walk.generate_ids(prompts, 8) == expected
+    assert len(walk._batches(prompts, [len(p) + 8 for p in prompts])) > 2
+    distinct_prefixes = {tuple(p[:k]) for p in prompts for k in range(1, len(p))}
+    assert walk.n_row_prefilled == len(prompts)
+    assert walk.n_prefilled_tokens == len(distinct_prefixes) + len(prompts)  # + each prompt's last token
+    padded = Generator(model, tokenizer, batch_tokens=600, share_prefixes=False)
+    assert padded.generate_ids(prompts, 8) == expected
+    assert walk.n_prefilled_tokens < 0.5 * padded.n_prefilled_tokens
 
 
 def test_cache_resumes_only_missing_prompts(tiny_model_dir, tmp_path):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped so that (longest sequence x batch size) stays within the budget, over length-sorted input."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def token_budget_batches(lengths: list[int], batch_tokens: int, order: list[int] | None = None) -> list[list[int]]:
+    """Indices grouped so that (longest sequence x batch size) stays within the budget, over length-sorted input
+    (or consecutive runs of `order`)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if order is None else order
     batches, current, longest = [], [], 0
     for index in order:
         longest_if_added = max(longest, lengths[index])

@@ -33,12 +33,16 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+def nih_prompts(generator: Generator, settings: dict, with_indicator: bool) -> tuple[list[dict], list[dict], list]:
+    """(cases, queries, prompt ids) of an NIH grid, checked against the model's window."""
     cases = nih.build_cases(generator.tokenizer, settings, settings["max_context"])
     queries = [user_message(c["prompt"], with_indicator) for c in cases]
     prompts = [generator.encode_chat([q], settings["use_chat_template"], settings["response_prefix"]) for q in queries]
     nih.check_window(max(map(len, prompts)), settings["max_new_tokens"], generator.context_window())
-    outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
+    return cases, queries, prompts
+
+
+def score_nih(settings: dict, cases: list, queries: list, prompts: list, outputs: list) -> tuple[dict, list[dict]]:
     records = []
     for case, query, prompt, output in zip(cases, queries, prompts, outputs, strict=True):
         score = keyword_recall(output, settings["keywords"], settings["metric"])
@@ -46,6 +50,11 @@ def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple
             {**case, "prompt": query["content"], "prompt_tokens": len(prompt), "response": output, "score": score}
         )
     return {"score": _mean([r["score"] for r in records]), "n": len(records)}, records
+
+
+def run_nih(generator: Generator, settings: dict, with_indicator: bool) -> tuple[dict, list[dict]]:
+    cases, queries, prompts = nih_prompts(generator, settings, with_indicator)
+    return score_nih(settings, cases, queries, prompts, generator.generate_ids(prompts, settings["max_new_tokens"]))
 
 
 def load_task_inputs(settings_by_task: dict[str, dict]) -> dict:

@@ -115,40 +115,65 @@ class SeededSampler:
         return scores
 
 
-MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix is not worth a separate pass
 PREFILL_GAIN = 0.85  # prefill row by row when that runs at most this fraction of the padded batch's tokens
 
 
-def shared_prefixes(prompts: list[list[int]]) -> tuple[int, list[int]]:
-    """(spine, shared): the prompt whose prefix the batch shares most, and for each prompt the number of its
-    leading tokens equal to the spine's (at most its length - 1, since the last token is run with the batch)."""
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), -1, dtype=np.int64)
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = prompt
-    limits = np.array([len(p) - 1 for p in prompts])
-    best, best_total, best_shared = 0, -1, None
-    for candidate in range(len(prompts)):
-        agree = np.cumprod(ids == ids[candidate], axis=1)  # 1 while a row still agrees with the candidate
-        shared = np.minimum(agree.sum(axis=1), np.minimum(limits, limits[candidate]))
-        if shared.sum() > best_total:
-            best, best_total, best_shared = candidate, shared.sum(), shared
-    return best, [int(s) for s in best_shared]
+def common_prefix(first: list[int], second: list[int]) -> int:
+    """How many leading tokens two prompts share."""
+    n = min(len(first), len(second))
+    differ = np.flatnonzero(np.asarray(first[:n]) != np.asarray(second[:n]))
+    return int(differ[0]) if differ.size else n
 
 
-def prefill_plan(prompts: list[list[int]]) -> tuple[int, list[int]] | None:
-    """(spine, shared) when prefilling row by row, the spine's shared prefix run once, costs at most
-    PREFILL_GAIN of the left-padded batch's tokens (NIH grids: one haystack, the needle at many depths;
-    batches of very unequal lengths); None when the plain padded batch is as good."""
+def prefix_walk(prompts: list[list[int]], before: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """(order, shared): the prompts in token order of all but their last token (which runs with the batch), and
+    for each in that order how many of those tokens it shares with the prompt before it (`before` precedes the
+    first). Prefilling each prompt on its predecessor's cache computes every distinct prefix of the set once
+    (the size of its trie): in token order a prompt's longest share with any other prompt is with a neighbour."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i][:-1])  # what a row's cache holds
+    shared, previous = [], before
+    for index in order:
+        prompt = prompts[index]
+        if previous is None:
+            shared.append(0)
+        else:
+            shared.append(min(common_prefix(previous, prompt), len(previous) - 1, len(prompt) - 1))
+        previous = prompt
+    return order, shared
+
+
+def walk_tokens(prompts: list[list[int]], shared: list[int], order: list[int]) -> int:
+    """Tokens a prefix walk runs before decoding: each prompt's rest beyond its share (its last token with the
+    batch), to set against the padded batch's."""
+    return sum(len(prompts[i]) - s for i, s in zip(order, shared, strict=True))
+
+
+def prefill_plan(prompts: list[list[int]], before: list[int] | None = None) -> tuple[list[int], list[int]] | None:
+    """(order, shared) of prefix_walk when prefilling row by row, every shared prefix run once, costs at most
+    PREFILL_GAIN of the left-padded batch's tokens (NIH grids: one haystack, the needle at many depths, with
+    and without a response prefix; batches of very unequal lengths); None when the plain padded batch is as
+    good."""
+    if len(prompts) < 2 and before is None:
+        return None
+    order, shared = prefix_walk(prompts, before)
+    if walk_tokens(prompts, shared, order) > PREFILL_GAIN * len(prompts) * max(len(p) for p in prompts):
+        return None
+    return order, shared
+
+
+def walk_batches(prompts: list[list[int]], budget_lengths: list[int], batch_tokens: int) -> list[list[int]] | None:
+    """Batches of consecutive prompts in token order within the budget, when walking the prompts' trie across
+    them runs at most PREFILL_GAIN of the tokens of length-sorted padded batches (a grid of prompts over one
+    text); None when length-sorted batches are as good (unrelated prompts)."""
     if len(prompts) < 2:
         return None
-    spine, shared = shared_prefixes(prompts)
-    if max(shared) < MIN_SHARED_PREFIX:
-        shared = [0] * len(prompts)
-    row_tokens = max(shared) + sum(len(p) - s for p, s in zip(prompts, shared, strict=True))
-    if row_tokens > PREFILL_GAIN * len(prompts) * max(len(p) for p in prompts):
+    order, shared = prefix_walk(prompts)
+    padded = sum(
+        len(batch) * max(len(prompts[i]) for i in batch) for batch in token_budget_batches(budget_lengths, batch_tokens)
+    )
+    if walk_tokens(prompts, shared, order) > PREFILL_GAIN * padded:
         return None
-    return spine, shared
+    return token_budget_batches(budget_lengths, batch_tokens, order)
 
 
 def _plain_cache(cache) -> bool:
@@ -183,6 +208,8 @@ class Generator:
         self.cache = GenerationCache(cache_path)
         self.n_generated = 0  # prompts actually run through the model (cache misses)
         self.n_row_prefilled = 0  # of those, prompts prefilled row by row on a shared prefix (prefill_plan)
+        self.n_prefilled_tokens = 0  # tokens the model ran before decoding (row by row or padded)
+        self._walk_tail = None  # (prompt, its layers' keys and values): the last prompt a prefix walk prefilled
 
     def context_window(self) -> int | None:
         """The most positions the model takes (prompt plus generated tokens), when its config says."""
@@ -220,18 +247,22 @@ class Generator:
         missing = [i for i, k in enumerate(keys) if k not in self.cache.entries]
         # the batch budget counts the tokens a sequence will reach, prompt plus new tokens
         budget_lengths = [len(prompts[i]) + max_new_tokens for i in missing]
-        for batch in self._batches(budget_lengths):
+        self._walk_tail = None
+        for batch in self._batches([prompts[i] for i in missing], budget_lengths):
             indices = [missing[j] for j in batch]
             outputs = self._generate_batch(
                 [prompts[i] for i in indices], max_new_tokens, stops, [temperatures[i] for i in indices], sampling
             )
             self.cache.add([(keys[i], out) for i, out in zip(indices, outputs, strict=True)])
             self.n_generated += len(indices)
+        self._walk_tail = None
         return [self.cache.entries[k] for k in keys]
 
-    def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Index batches over length-sorted prompts within the token budget (cache writes follow each batch)."""
-        return token_budget_batches(lengths, self.batch_tokens)
+    def _batches(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        """Index batches within the token budget (cache writes follow each batch): consecutive in token order
+        when the prompts share long prefixes (walk_batches), else over length-sorted prompts."""
+        walk = walk_batches(prompts, lengths, self.batch_tokens) if self.share_prefixes else None
+        return walk or token_budget_batches(lengths, self.batch_tokens)
 
     @torch.inference_mode()
     def _generate_batch(
@@ -255,9 +286,13 @@ class Generator:
         # left padding: every prompt ends where generation starts
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        plan = prefill_plan(prompts) if self.share_prefixes else None
+        tail = self._walk_tail
+        plan = prefill_plan(prompts, tail[0] if tail else None) if self.share_prefixes else None
         cache = None if plan is None else self._prefill_rows(prompts, *plan, device)
         self.n_row_prefilled += len(prompts) if cache is not None else 0
+        if cache is None:
+            self._walk_tail = None  # the padded batch runs every token of its prompts
+            self.n_prefilled_tokens += len(prompts) * width
         generated = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -274,49 +309,51 @@ class Generator:
         texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         return [cut_at_stops(t, stops).strip() for t in texts]
 
-    def _prefill_rows(self, prompts: list[list[int]], spine: int, shared: list[int], device):
-        """The batch's KV cache for all but each prompt's last token, built without padding: the spine's shared
-        prefix runs once, each row runs only its own rest on top of its share of it, and the rows' caches are
-        right-aligned into one batch cache (zeros under the padding, which the attention mask hides). None for
-        models whose cache is not a plain per-layer key/value cache (sliding windows, recurrent state): those
-        take the padded batch."""
+    def _prefill_rows(self, prompts: list[list[int]], order: list[int], shared: list[int], device):
+        """The batch's KV cache for all but each prompt's last token, built without padding by a prefix walk:
+        in token order each prompt starts from its predecessor's cache cut to their shared prefix (the batch's
+        first from the previous batch's last prompt, self._walk_tail) and runs only its own rest; the rows'
+        caches are right-aligned into one batch cache (zeros under the padding, which the attention mask
+        hides). None for models whose cache is not a plain per-layer key/value cache (sliding windows,
+        recurrent state): those take the padded batch."""
         from transformers import DynamicCache
 
-        prefix = max(shared)
-        spine_layers = None
-        if prefix:
-            out = self.model(input_ids=torch.tensor([prompts[spine][:prefix]], device=device), logits_to_keep=1)
-            if not _plain_cache(getattr(out, kv_cache_name())):
-                return None
-            spine_layers = [(layer.keys, layer.values) for layer in getattr(out, kv_cache_name()).layers]
         width = max(len(p) for p in prompts) - 1
         batch_layers = None
-        for row, (prompt, length) in enumerate(zip(prompts, shared, strict=True)):
+        previous = self._walk_tail[1] if self._walk_tail else None
+        ran = 0
+        for row, length in zip(order, shared, strict=True):
+            prompt = prompts[row]
             cache = DynamicCache()
-            for index, (keys, values) in enumerate(spine_layers if length else []):
+            for index, (keys, values) in enumerate(previous if length else []):
                 cache.update(keys[:, :, :length], values[:, :, :length], index)
             if len(prompt) - 1 > length:
                 rest = torch.tensor([prompt[length:-1]], device=device)
                 out = self.model(input_ids=rest, **{kv_cache_name(): cache}, logits_to_keep=1)
                 cache = getattr(out, kv_cache_name())
+                ran += len(prompt) - 1 - length
                 if not _plain_cache(cache):
+                    self._walk_tail = None
                     return None
+            previous = [(layer.keys, layer.values) for layer in cache.layers]
+            self._walk_tail = (prompt, previous)
             size = len(prompt) - 1
             if size == 0:  # a one-token prompt: nothing before its last token
                 continue
             if batch_layers is None:
                 batch_layers = [
                     (
-                        layer.keys.new_zeros((len(prompts), layer.keys.shape[1], width, layer.keys.shape[3])),
-                        layer.values.new_zeros((len(prompts), layer.values.shape[1], width, layer.values.shape[3])),
+                        keys.new_zeros((len(prompts), keys.shape[1], width, keys.shape[3])),
+                        values.new_zeros((len(prompts), values.shape[1], width, values.shape[3])),
                     )
-                    for layer in cache.layers
+                    for keys, values in previous
                 ]
-            for (batch_keys, batch_values), layer in zip(batch_layers, cache.layers, strict=True):
-                batch_keys[row, :, width - size :] = layer.keys[0]
-                batch_values[row, :, width - size :] = layer.values[0]
+            for (batch_keys, batch_values), (keys, values) in zip(batch_layers, previous, strict=True):
+                batch_keys[row, :, width - size :] = keys[0]
+                batch_values[row, :, width - size :] = values[0]
         if batch_layers is None:
             return None
+        self.n_prefilled_tokens += ran + len(prompts)  # and each prompt's last token, run with the batch
         batch = DynamicCache()
         for index, (keys, values) in enumerate(batch_layers):
             batch.update(keys, values, index)

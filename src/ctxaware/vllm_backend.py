@@ -136,7 +136,7 @@ class VLLMGenerator(Generator):
         except AttributeError:
             return None
 
-    def _batches(self, lengths: list[int]) -> list[list[int]]:
+    def _batches(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         return [order[i : i + self.chunk_prompts] for i in range(0, len(order), self.chunk_prompts)]
 

@@ -11,7 +11,7 @@ from ctxaware.attention import ATTN_NAME
 from ctxaware.diagnosis import VARIANTS
 from ctxaware.diagnosis.gather import write_csv
 from ctxaware.diagnosis.roles import nih_settings
-from ctxaware.evaluation import run_nih
+from ctxaware.evaluation import nih_prompts, score_nih
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
 
@@ -27,26 +27,35 @@ def nih_template_study(
             continue
         model, tokenizer = load_model(models[role], attn_implementation=ATTN_NAME)
         generator = Generator(model, tokenizer, settings["batch_tokens"], share_prefixes=True)
-        for variant, (variant_role, use_template, with_prefix) in VARIANTS.items():
-            if variant_role != role or variant not in variants:
-                continue
-            for template in templates:
-                run = nih_settings(settings, template, use_template, prefix if with_prefix else "")
-                summary, records = run_nih(generator, run, False)
-                by_length = pd.DataFrame(records).groupby("length", sort=True)["score"].agg(["mean", "count"])
-                for length, (score, n) in by_length.iterrows():  # one row per grid length (Figure 2 by length)
-                    rows.append(
-                        {
-                            "pair": pair,
-                            "model": models[role],
-                            "variant": variant,
-                            "template": template,
-                            "length": int(length),
-                            "score": score,
-                            "n": int(n),
-                        }
-                    )
-                logging.info("%s %s %s: recall %.4f", pair, variant, template, summary["score"])
+        runs = [
+            (variant, template, nih_settings(settings, template, use_template, prefix if with_prefix else ""))
+            for variant, (variant_role, use_template, with_prefix) in VARIANTS.items()
+            if variant_role == role and variant in variants
+            for template in templates
+        ]
+        grids = [nih_prompts(generator, run, False) for _, _, run in runs]
+        # one call for all of a model's grids, so that the prefix walk runs what they share once (a prompt with
+        # a response prefix is its twin without one, plus the prefix)
+        outputs = iter(generator.generate_ids([p for grid in grids for p in grid[2]], settings["max_new_tokens"]))
+        for (variant, template, run), grid in zip(runs, grids, strict=True):
+            summary, records = score_nih(run, *grid, [next(outputs) for _ in grid[2]])
+            by_length = pd.DataFrame(records).groupby("length", sort=True)["score"].agg(["mean", "count"])
+            for length, (score, n) in by_length.iterrows():  # one row per grid length (Figure 2 by length)
+                rows.append(
+                    {
+                        "pair": pair,
+                        "model": models[role],
+                        "variant": variant,
+                        "template": template,
+                        "length": int(length),
+                        "score": score,
+                        "n": int(n),
+                    }
+                )
+            logging.info("%s %s %s: recall %.4f", pair, variant, template, summary["score"])
+        logging.info(
+            "%s %s: %d prompts, %d tokens prefilled", pair, role, generator.n_generated, generator.n_prefilled_tokens
+        )
         del model, generator
     return pd.DataFrame(rows)
 
