@@ -75,6 +75,16 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
         return _text(tokenizer, full[1:], add_generation_prompt)
 
 
+def render_lm_eval(tokenizer, messages: list[dict]) -> str:
+    """The prompt lm-eval's chat rendering gives (HFLM.wrap_chat_template, which the original's QA evaluation ran
+    with use_chat_template=True): the conversation closed by an empty assistant turn, without the generation
+    prompt, stripped, then the eos and bos texts cut off its end and stripped again; in the Zephyr template that
+    ends at `<|assistant|>`, without the newline the generation prompt adds."""
+    text = render(tokenizer, [*messages, {"role": "assistant", "content": ""}]).strip()
+    text = text.removesuffix(tokenizer.eos_token or "").removesuffix(tokenizer.bos_token or "")
+    return text.strip()
+
+
 @dataclass
 class Span:
     """Token span [start, end) of one message's content (header tokens excluded)."""

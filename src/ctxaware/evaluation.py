@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from ctxaware.chat import ZEPHYR_TEMPLATE, append_indicator
 from ctxaware.generation import Generator
 from ctxaware.judge import JUDGED_TASKS
-from ctxaware.metrics import containment, containment_raw_regex, drop_original, first_sentence, keyword_recall
+from ctxaware.metrics import containment, containment_raw_regex, cut_answer, drop_original, keyword_recall
 from ctxaware.modeling import load_model
-from ctxaware.tasks import TASKS, nih, qa
+from ctxaware.tasks import PROCEDURE_DEFAULTS, TASKS, nih, qa
 
 BACKENDS = ("transformers", "vllm")
+# a task's precision on the transformers backend: auto (modeling.default_dtype: bf16 on GPUs, fp32 on CPUs), or
+# fixed (fp32: lm-eval's dtype="float", which the original's QA evaluation ran with)
+DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def user_message(content: str, with_indicator: bool) -> dict:
@@ -88,10 +94,13 @@ def run_qa(
     queries = [
         user_message(template.format(context=i["context"], question=i["question"]), with_indicator) for i in items
     ]
-    outputs = generator.generate_ids([generator.encode_chat([q]) for q in queries], settings["max_new_tokens"])
+    ending = settings.get("prompt_ending", PROCEDURE_DEFAULTS["prompt_ending"])
+    prompts = [generator.encode_chat([q], ending=ending) for q in queries]
+    outputs = generator.generate_ids(prompts, settings["max_new_tokens"])
+    cut = settings.get("answer_cut", PROCEDURE_DEFAULTS["answer_cut"])
     records = []
     for item, query, output in zip(items, queries, outputs, strict=True):
-        answer = first_sentence(output)
+        answer = cut_answer(output, cut)
         records.append(
             {
                 "id": item["id"],
@@ -162,14 +171,19 @@ def with_chat_template(tokenizer):
 
 @contextmanager
 def generators(
-    model_dir: str, engine: dict | None = None, work_dir: str | None = None
+    model_dir: str, engine: dict | None = None, work_dir: str | None = None, dtype: str = "auto"
 ) -> Iterator[Callable[[int, str | None], Generator]]:
-    """Load model_dir once with the backend of `engine` (config `evaluation.backend` and `evaluation.vllm`);
-    yields make(batch_tokens, cache_path) -> a Generator of that backend sharing the loaded model."""
+    """Load model_dir once with the backend of `engine` (config `evaluation.backend` and `evaluation.vllm`), in
+    `dtype` (DTYPES; vLLM's is evaluation.vllm.dtype); yields make(batch_tokens, cache_path) -> a Generator of that
+    backend sharing the loaded model."""
     engine = engine or {}
     backend = engine.get("backend", "transformers")
+    if dtype not in DTYPES:
+        raise ValueError(f"evaluation dtype {dtype!r} is not one of {tuple(DTYPES)}")
+    if backend != "transformers" and dtype != "auto":
+        raise ValueError(f"evaluation dtype {dtype!r}: the vllm backend takes its dtype from evaluation.vllm.dtype")
     if backend == "transformers":
-        model, tokenizer = load_model(model_dir)
+        model, tokenizer = load_model(model_dir, dtype=DTYPES[dtype])
         with_chat_template(tokenizer)
         yield lambda batch_tokens, cache_path: Generator(model, tokenizer, batch_tokens, cache_path)
     elif backend == "vllm":
@@ -212,29 +226,42 @@ def evaluate_all(
 
         import_vllm()  # the missing-package error first
     inputs = load_task_inputs(settings_by_task)
-    with generators(model_dir, engine, cache_dir) as make_generator:
-        for task, settings in settings_by_task.items():
-            cache_path = str(Path(cache_dir) / f"{task}.jsonl") if cache_dir else None
-            generator = make_generator(settings["batch_tokens"], cache_path)
-            summary, records = evaluate_task(task, generator, settings, with_indicator, inputs[task])
-            results[task] = {
-                "task": task,
-                **summary,
-                "model_dir": model_dir,
-                "with_indicator": with_indicator,
-                "backend": generator.backend,
-                "n_generated": generator.n_generated,
-                "settings": settings,
-            }
-            if task in JUDGED_TASKS:  # the answers and everything the judge job needs, in one file
-                Path(out_answers[task]).parent.mkdir(parents=True, exist_ok=True)
-                answers = {**results[task], "questions": records}
-                Path(out_answers[task]).write_text(json.dumps(answers, indent=2, ensure_ascii=False, default=str))
-                continue
-            Path(out_json[task]).parent.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(out_generations[task], records)
-            Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
-    return results
+    by_dtype = defaultdict(list)  # the model loads once per precision the tasks ask for (once by default)
+    for task, settings in settings_by_task.items():
+        by_dtype[settings.get("dtype", PROCEDURE_DEFAULTS["dtype"])].append(task)
+    for dtype, tasks in by_dtype.items():
+        with generators(model_dir, engine, cache_dir, dtype) as make_generator:
+            for task in tasks:
+                settings = settings_by_task[task]
+                generator = make_generator(settings["batch_tokens"], generation_cache(cache_dir, task, dtype))
+                summary, records = evaluate_task(task, generator, settings, with_indicator, inputs[task])
+                results[task] = {
+                    "task": task,
+                    **summary,
+                    "model_dir": model_dir,
+                    "with_indicator": with_indicator,
+                    "backend": generator.backend,
+                    "n_generated": generator.n_generated,
+                    "settings": settings,
+                }
+                if task in JUDGED_TASKS:  # the answers and everything the judge job needs, in one file
+                    Path(out_answers[task]).parent.mkdir(parents=True, exist_ok=True)
+                    answers = {**results[task], "questions": records}
+                    text = json.dumps(answers, indent=2, ensure_ascii=False, default=str)
+                    Path(out_answers[task]).write_text(text)
+                    continue
+                Path(out_json[task]).parent.mkdir(parents=True, exist_ok=True)
+                _write_jsonl(out_generations[task], records)
+                Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
+    return {task: results[task] for task in settings_by_task}
+
+
+def generation_cache(cache_dir: str | None, task: str, dtype: str) -> str | None:
+    """A task's generation cache; a fixed precision has a file of its own, since the cache keys hold the prompts
+    and decoding settings but not the weights' precision."""
+    if not cache_dir:
+        return None
+    return str(Path(cache_dir) / (f"{task}.jsonl" if dtype == "auto" else f"{task}-{dtype}.jsonl"))
 
 
 def evaluate_task(

@@ -15,7 +15,10 @@ import numpy as np
 import torch
 
 from ctxaware.batching import token_budget_batches
-from ctxaware.chat import render
+from ctxaware.chat import render, render_lm_eval
+
+# how a chat prompt ends: the template's generation prompt, or as lm-eval's chat rendering ends it (render_lm_eval)
+PROMPT_ENDINGS = ("generation_prompt", "lm_eval")
 
 
 @functools.cache
@@ -215,9 +218,22 @@ class Generator:
         """The most positions the model takes (prompt plus generated tokens), when its config says."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
-    def encode_chat(self, messages: list[dict], use_template: bool = True, response_prefix: str = "") -> list[int]:
+    def encode_chat(
+        self,
+        messages: list[dict],
+        use_template: bool = True,
+        response_prefix: str = "",
+        ending: str = "generation_prompt",
+    ) -> list[int]:
+        """The conversation's prompt ids: in the chat template ending in its generation prompt, or as lm-eval
+        ends it (ending lm_eval: render_lm_eval); or the messages' plain text (use_template False)."""
         if use_template:
-            text = render(self.tokenizer, messages, add_generation_prompt=True)
+            if ending not in PROMPT_ENDINGS:
+                raise ValueError(f"prompt ending {ending!r} is not one of {PROMPT_ENDINGS}")
+            if ending == "lm_eval":
+                text = render_lm_eval(self.tokenizer, messages)
+            else:
+                text = render(self.tokenizer, messages, add_generation_prompt=True)
             return self.tokenizer(text + response_prefix, add_special_tokens=False)["input_ids"]
         text = "\n".join(m["content"] for m in messages if m["role"] != "system") + response_prefix
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]

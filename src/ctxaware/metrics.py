@@ -10,6 +10,9 @@ _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # A sentence ends at . ! or ? followed by whitespace or the end of text, so "3.5" mid-token never cuts.
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# the stop string of the original's SQuAD, QuAC and DROP tasks in lm-eval
+LM_EVAL_STOP = ". "
+ANSWER_CUTS = ("sentence", "lm_eval")
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
@@ -27,6 +30,22 @@ def first_sentence(text: str) -> str:
     text = text.lstrip()
     match = _SENTENCE_END.search(text)
     return text[: match.end()] if match else text.strip()
+
+
+def lm_eval_cut(text: str) -> str:
+    """The text before the first ". ", the period dropped: lm-eval's cut of the original's QA answers (their
+    tasks' `until: [". "]`, applied post hoc by HFLM.generate_until, `s = s.split(term)[0]`). A bare newline, a
+    "?" or "!" never cut; the EOS, lm-eval's other stop, already ends generation here."""
+    return text.split(LM_EVAL_STOP)[0]
+
+
+def cut_answer(text: str, cut: str) -> str:
+    """The answer scored in a QA response: its first sentence (sentence, the paper's) or lm-eval's cut."""
+    if cut == "sentence":
+        return first_sentence(text)
+    if cut == "lm_eval":
+        return lm_eval_cut(text)
+    raise ValueError(f"answer cut {cut!r} is not one of {ANSWER_CUTS}")
 
 
 def containment(response: str, golds: list[str]) -> float:

@@ -28,7 +28,7 @@ from ctxaware.methods import (
     parse_tagging,
     training_recipe,
 )
-from ctxaware.tasks import QA_TASKS
+from ctxaware.tasks import PROCEDURE_DEFAULTS, QA_TASKS
 from ctxaware.tasks.nih import resolve_template
 
 # Artifact paths with wildcards: the rules' outputs and the inputs the plan hands their consumers.
@@ -408,6 +408,10 @@ class Plan:
             settings["prompt_template"] = resolve_template(settings["prompt_template"])
         elif task in QA_TASKS:
             settings["prompt_template"] = self.evaluation["qa_prompts"][qa_prompt_style][task]
+            # an option of the original's procedure only when chosen: the default's params stay as they were
+            for option, default in PROCEDURE_DEFAULTS.items():
+                if settings.get(option) == default:
+                    del settings[option]
         return canonical(settings)
 
     def evaluation_settings(self, model: str, dataset: str) -> dict[str, dict]:
@@ -496,6 +500,7 @@ class Plan:
                 continue
             qa = self.task_settings(task)
             qa["limit"] = steering["limit"] or qa["limit"]
+            qa.pop("dtype", None)  # steering loads the pair's models itself, in the default precision
             settings[task] = qa
         return settings
 

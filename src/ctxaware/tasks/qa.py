@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ctxaware.raw import load_raw
+from ctxaware.tasks import PROCEDURE_DEFAULTS
 
 CANNOTANSWER = "CANNOTANSWER"
+QUAC_GOLDS = ("answers_and_original", "answers")
 
 
 def _field(row: dict, key: str, source: str, index: int):
@@ -39,13 +41,17 @@ def quac_context(row: dict, source: str, index: int) -> str:
     return f"Title: {title}\n{background} {section}"
 
 
-def quac_items(rows: list[dict], source: str) -> list[dict]:
-    """The first question of each dialogue; golds from its annotated answers (and the original answer)."""
+def quac_items(rows: list[dict], source: str, golds: str = "answers_and_original") -> list[dict]:
+    """The first question of each dialogue; golds from its annotated answers and its original answer
+    (answers_and_original), or from the annotated answers only (answers: what the original's lm-eval task scored,
+    `doc["answers"]["texts"][0]`)."""
+    if golds not in QUAC_GOLDS:
+        raise ValueError(f"config key evaluation.quac.golds: {golds!r} is not one of {QUAC_GOLDS}")
     items = []
     for i, row in enumerate(rows):
         context = quac_context(row, source, i)
         answers = _field(row, "answers", source, i)["texts"][0]
-        original = row.get("orig_answers", {}).get("texts") or []
+        original = (row.get("orig_answers", {}).get("texts") or []) if golds == "answers_and_original" else []
         items.append(
             {
                 "id": str(_field(row, "dialogue_id", source, i)),
@@ -114,5 +120,11 @@ def load_items(task: str, settings: dict) -> list[dict]:
         settings.get("data_files"),
         key=f"evaluation.{task}.source",
     )
-    items = ITEMS[task](rows, settings["source"])
+    golds = settings.get("golds", PROCEDURE_DEFAULTS["golds"])
+    if task == "quac":
+        items = quac_items(rows, settings["source"], golds)
+    elif golds != PROCEDURE_DEFAULTS["golds"]:
+        raise ValueError(f"config key evaluation.{task}.golds: {golds!r} applies to QuAC only")
+    else:
+        items = ITEMS[task](rows, settings["source"])
     return items[: settings["limit"]] if settings.get("limit") else items
