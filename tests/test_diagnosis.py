@@ -8,7 +8,13 @@ import torch
 
 from ctxaware.attention import Steering, steer, steered_attention, steering_exponents
 from ctxaware.chat import prepare_tokenizer
-from ctxaware.diagnosis.roles import encode_roles, last_token_attention, retrieval_heads, role_masses
+from ctxaware.diagnosis.roles import (
+    encode_roles,
+    last_token_attention,
+    last_token_attentions,
+    retrieval_heads,
+    role_masses,
+)
 from ctxaware.diagnosis.steering import SteeringGenerator
 from ctxaware.generation import Generator
 from ctxaware.modeling import load_model
@@ -155,6 +161,23 @@ def test_captured_attention_matches_eager_attentions(tiny, tiny_model_dir):
     expected = torch.stack([layer[0, :, -1] for layer in reference])
     torch.testing.assert_close(captured, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(captured.sum(-1), torch.ones(captured.shape[:2]))
+
+
+def test_prefix_walk_attentions_equal_each_prompt_alone(tiny):
+    """The allocation study's prompts share the haystack's opening, which the walk runs once: each prompt's
+    first-answer-token attention is still the one its own forward gives (a twin with a prefix, a prompt that
+    is another's prefix, a one-token prompt, an unrelated one)."""
+    model, tokenizer = tiny
+    haystack = "The river runs through the old town. " * 6
+    prompts = [
+        encode_roles(tokenizer, haystack + question, template, prefix)[0]
+        for question in ("Where is the river?", "Where is the town?")
+        for template, prefix in ((True, ""), (True, "Answer:"), (False, "\nAnswer:"))
+    ]
+    prompts += [prompts[0][:7], prompts[0][:1], encode_roles(tokenizer, "Hi", True, "")[0]]
+    walked = last_token_attentions(model, prompts)
+    for ids, attention in zip(prompts, walked, strict=True):
+        torch.testing.assert_close(attention, last_token_attention(model, ids), atol=1e-5, rtol=1e-4)
 
 
 ALL_HEADS = {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}

@@ -188,6 +188,23 @@ def _plain_cache(cache) -> bool:
     )
 
 
+def prefill_on(model, prompt: list[int], previous: list | None, length: int, device):
+    """The KV cache of all but the prompt's last token, built on `previous` (a cache's per-layer keys and values)
+    cut to the `length` tokens the prompt shares with it, running only the rest; None when the model's cache is
+    not a plain per-layer key/value cache (sliding windows, recurrent state), which cannot be cut so."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for index, (keys, values) in enumerate(previous if length else []):
+        cache.update(keys[:, :, :length], values[:, :, :length], index)
+    if len(prompt) - 1 > length:
+        rest = torch.tensor([prompt[length:-1]], device=device)
+        cache = getattr(model(input_ids=rest, **{kv_cache_name(): cache}, logits_to_keep=1), kv_cache_name())
+        if not _plain_cache(cache):
+            return None
+    return cache
+
+
 class Generator:
     """The transformers backend: greedy `model.generate` over left-padded batches of length-sorted prompts.
 
@@ -340,17 +357,11 @@ class Generator:
         ran = 0
         for row, length in zip(order, shared, strict=True):
             prompt = prompts[row]
-            cache = DynamicCache()
-            for index, (keys, values) in enumerate(previous if length else []):
-                cache.update(keys[:, :, :length], values[:, :, :length], index)
-            if len(prompt) - 1 > length:
-                rest = torch.tensor([prompt[length:-1]], device=device)
-                out = self.model(input_ids=rest, **{kv_cache_name(): cache}, logits_to_keep=1)
-                cache = getattr(out, kv_cache_name())
-                ran += len(prompt) - 1 - length
-                if not _plain_cache(cache):
-                    self._walk_tail = None
-                    return None
+            cache = prefill_on(self.model, prompt, previous, length, device)
+            if cache is None:
+                self._walk_tail = None
+                return None
+            ran += max(len(prompt) - 1 - length, 0)
             previous = [(layer.keys, layer.values) for layer in cache.layers]
             self._walk_tail = (prompt, previous)
             size = len(prompt) - 1

@@ -10,7 +10,7 @@ from ctxaware.diagnosis import ROLES
 from ctxaware.diagnosis.gather import write_csv
 from ctxaware.diagnosis.roles import (
     encode_roles,
-    last_token_attention,
+    last_token_attentions,
     nih_cases,
     prompt_prefix,
     retrieval_heads,
@@ -35,11 +35,12 @@ def attention_allocation(model_dir: str, settings: dict, response_prefix: str) -
     ]
     longest = max(len(ids) for _, (plain_ids, _), (chat_ids, _) in encoded for ids in (plain_ids, chat_ids))
     nih.check_window(longest, 0, getattr(model.config, "max_position_embeddings", None))  # one forward, no generation
+    # every prompt at once, so that what the grid's prompts share (the haystack's opening) runs once
+    attentions = iter(last_token_attentions(model, [ids for _, plain, chat in encoded for ids in (plain[0], chat[0])]))
     rows = []
-    for case, (plain_ids, plain_roles), (chat_ids, chat_roles) in encoded:
-        plain = last_token_attention(model, plain_ids)
+    for case, (_, plain_roles), (_, chat_roles) in encoded:
+        plain, chat = next(attentions), next(attentions)
         heads = retrieval_heads(plain, [r == "user" for r in plain_roles])
-        chat = last_token_attention(model, chat_ids)
         for template, attention, roles in ((False, plain, plain_roles), (True, chat, chat_roles)):
             masses = role_masses(attention, roles)
             for layer, head in enumerate(heads):

@@ -78,6 +78,28 @@ def last_token_attention(model, ids: list[int]) -> torch.Tensor:
     return torch.stack([capture.last[m.layer_idx][0] for m in attention_modules(model)])
 
 
+@torch.inference_mode()
+def last_token_attentions(model, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """last_token_attention of each prompt, every prefix the prompts share run once (generation.prefix_walk):
+    in token order each prompt runs on its predecessor's cache cut to their shared prefix, all but its last
+    token without capture, then the last token with it. Models whose cache cannot be cut run each whole."""
+    from ctxaware.generation import kv_cache_name, prefill_on, prefix_walk
+
+    device = next(model.parameters()).device
+    attentions: list[torch.Tensor | None] = [None] * len(prompts)
+    previous = None
+    for index, length in zip(*prefix_walk(prompts), strict=True):
+        cache = prefill_on(model, prompts[index], previous, length, device)
+        if cache is None:
+            return [last_token_attention(model, ids) for ids in prompts]
+        previous = [(layer.keys, layer.values) for layer in cache.layers]
+        last = torch.tensor([prompts[index][-1:]], device=device)
+        with capture_last(model) as capture:
+            model(input_ids=last, **{kv_cache_name(): cache}, logits_to_keep=1)
+        attentions[index] = torch.stack([capture.last[m.layer_idx][0] for m in attention_modules(model)])
+    return attentions
+
+
 def nih_cases(tokenizer, settings: dict) -> list[dict]:
     return nih.build_cases(tokenizer, settings, settings["max_context"])
 
