@@ -8,9 +8,9 @@ def record_plans(monkeypatch, module) -> list[str]:
     wrapped); clear the list to count again."""
     built: list[str] = []
 
-    def recording(tokenizer, conversation, max_length, compat="none"):
+    def recording(tokenizer, conversation, max_length, compat="none", truncation="none"):
         built.append(str(conversation["id"]))
-        return plan_conversation(tokenizer, conversation, max_length, compat)
+        return plan_conversation(tokenizer, conversation, max_length, compat, truncation)
 
     monkeypatch.setattr(module, "plan_conversation", recording)
     return built

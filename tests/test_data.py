@@ -300,6 +300,60 @@ def test_majority_malformed_means_wrong_format():
         adapt([good], "alpaca")
 
 
+# The original's WizardLM copy (yihanwang617/WizardLM_70k_unfiltered, read by its recipes as `messages`): a list of
+# role/content messages, no id; its second row refuses.
+WIZARDLM_MESSAGES_ROWS = [
+    {"messages": msgs(("user", "Write a haiku"), ("assistant", "Leaves fall"))},
+    {"messages": msgs(("user", "Do X"), ("assistant", "As an AI language model, I cannot do that."))},
+]
+
+
+def test_refusal_filter_off_keeps_refusals_and_on_filters_any_format():
+    """datasets.<d>.refusal_filter: false keeps every refusal (the original filters nothing); null is the format's
+    default (ShareGPT and WizardLM filtered, UltraChat not); true filters UltraChat too."""
+    for rows, fmt in ((SHAREGPT_ROWS, "sharegpt"), (WIZARDLM_ROWS, "wizardlm")):
+        default, default_stats = adapt(rows, fmt)
+        assert default_stats["refusal_turns_dropped"] > 0
+        assert (default, default_stats) == adapt(rows, fmt, refusal_filter=True)
+        kept, stats = adapt(rows, fmt, refusal_filter=False)
+        assert stats["refusal_turns_dropped"] == stats["refusal_conversations_truncated"] == 0
+        assert len(kept) > len(default) or sum(map(len, (c["messages"] for c in kept))) > sum(
+            map(len, (c["messages"] for c in default))
+        )
+    sg3 = next(c for c in adapt(SHAREGPT_ROWS, "sharegpt", refusal_filter=False)[0] if c["id"] == "sg-3")
+    assert len(sg3["messages"]) == 6  # cut to 2 by default
+    assert next(c for c in adapt(SHAREGPT_ROWS, "sharegpt")[0] if c["id"] == "sg-3")["messages"] == sg3["messages"][:2]
+    wizard_refusal = msgs(("user", "Do X"), ("assistant", "I'm unable to do that."))
+    assert wizard_refusal in [c["messages"] for c in adapt(WIZARDLM_ROWS, "wizardlm", refusal_filter=False)[0]]
+    assert wizard_refusal not in [c["messages"] for c in adapt(WIZARDLM_ROWS, "wizardlm")[0]]
+
+    assert adapt(ULTRACHAT_ROWS, "ultrachat")[1]["refusal_turns_dropped"] == 0
+    assert adapt(ULTRACHAT_ROWS, "ultrachat", refusal_filter=True)[1]["refusal_turns_dropped"] == 2
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "ultrachat"])
+def test_the_original_wizardlm_messages_layout_is_read(fmt):
+    """The original's WizardLM copy is read by format sharegpt (or ultrachat); unfiltered as the original trained on
+    it, its refusal stays."""
+    kept, stats = adapt(WIZARDLM_MESSAGES_ROWS, fmt, refusal_filter=False)
+    assert [c["messages"] for c in kept] == [row["messages"] for row in WIZARDLM_MESSAGES_ROWS]
+    assert [c["id"] for c in kept] == [f"{fmt}-0", f"{fmt}-1"]
+    assert stats["malformed_rows_dropped"] == stats["refusal_turns_dropped"] == 0
+    filtered, stats = adapt(WIZARDLM_MESSAGES_ROWS, fmt, refusal_filter=True)
+    assert [c["messages"] for c in filtered] == [WIZARDLM_MESSAGES_ROWS[0]["messages"]]
+    assert stats["refusal_turns_dropped"] == 2
+
+
+def test_prepare_passes_the_refusal_filter_on(tmp_path):
+    source = tmp_path / "wizardlm.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in WIZARDLM_MESSAGES_ROWS))
+    out, out_stats = tmp_path / "train.parquet", tmp_path / "stats.json"
+    stats = prepare(str(source), "sharegpt", str(out), str(out_stats), refusal_filter=False)
+    assert stats["n_conversations"] == 2 and stats["refusal_turns_dropped"] == 0
+    assert json.loads(out_stats.read_text())["refusal_turns_dropped"] == 0
+    assert prepare(str(source), "sharegpt", str(out), str(out_stats))["refusal_turns_dropped"] == 2
+
+
 def test_is_refusal():
     assert is_refusal("Sorry. AS AN AI LANGUAGE MODEL I have no opinions")
     assert not is_refusal("I can help with that: here is the code.")

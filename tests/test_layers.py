@@ -58,3 +58,40 @@ def test_written_table_has_one_row_per_pair_of_layers(tmp_path):
     assert row["disagreement"] == pytest.approx(1 / 3, abs=1e-4)
     assert row["rmse"] == pytest.approx(math.sqrt((0.25**2 + 0.1**2) / 9), abs=1e-4)
     assert (tmp_path / "agreement.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("truncation", ["none", "original"])
+def test_the_layer_sample_is_scored_with_the_truncation_asked_for(tiny_model_dir, tmp_path, truncation):
+    """score_layer_sample passes scoring.truncation on: a window inside the second response scores its visible
+    tokens under original, and leaves it NaN under none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ctxaware.chat import encode_with_spans
+    from ctxaware.layers import score_layer_sample
+    from ctxaware.modeling import load_model
+
+    messages = [
+        {"role": "user", "content": "Explain why the sky is blue."},
+        {"role": "assistant", "content": "Sunlight scatters in the atmosphere, and blue light scatters most."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+    ]
+    _, tokenizer = load_model(tiny_model_dir)
+    window = encode_with_spans(tokenizer, messages).spans[-1].start + 2
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "c", "messages": messages}]), data)
+    frame = score_layer_sample(
+        tiny_model_dir,
+        str(data),
+        str(tmp_path / "layers.parquet"),
+        [0, 1],
+        1,
+        window,
+        "none",
+        64,
+        truncation=truncation,
+    )
+    cut = frame[frame["turn"] == 1]
+    assert cut["truncated"].all() and len(cut) == 2
+    assert cut["score"].notna().all() if truncation == "original" else cut["score"].isna().all()

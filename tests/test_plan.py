@@ -231,7 +231,12 @@ def test_each_scorer_settings_hold_its_own_keys_only():
     """A scorer's jobs rerun when its own settings change, never another's: the layer is the attention score's,
     the instruction the likelihood ratio's."""
     both = plan_of(change=lambda c: c.update(methods=BOTH_SCORES))
-    assert both.score_settings("small-sharegpt") == {"compat": "none", "layer": 15, "method": "attention"}
+    assert both.score_settings("small-sharegpt") == {
+        "compat": "none",
+        "layer": 15,
+        "method": "attention",
+        "truncation": "none",
+    }
     assert both.score_settings("small-sharegpt-lr") == {
         "instruction": "last_turn",
         "method": "likelihood_ratio",
@@ -240,10 +245,17 @@ def test_each_scorer_settings_hold_its_own_keys_only():
 
     def change(config):
         config.update(methods=BOTH_SCORES)
-        config["scoring"].update(layer=3, compat="original", likelihood_ratio={"instruction": "split", "split": "Q:"})
+        config["scoring"].update(
+            layer=3, compat="original", truncation="original", likelihood_ratio={"instruction": "split", "split": "Q:"}
+        )
 
     changed = plan_of(change=change)
-    assert changed.score_settings("small-sharegpt") == {"compat": "original", "layer": 3, "method": "attention"}
+    assert changed.score_settings("small-sharegpt") == {
+        "compat": "original",
+        "layer": 3,
+        "method": "attention",
+        "truncation": "original",
+    }
     assert changed.score_settings("small-sharegpt-lr") == {
         "instruction": "split",
         "method": "likelihood_ratio",

@@ -97,21 +97,27 @@ def test_scores_are_the_attention_on_user_tokens_located_in_the_decoded_text(tin
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_mha_model_dir"])
 @pytest.mark.parametrize("compat", ["none", "original"])
 @pytest.mark.parametrize("max_length", [512, 40])
-def test_fast_path_equals_brute_force(request, fixture, compat, max_length):
+@pytest.mark.parametrize("truncation", ["none", "original"])
+def test_fast_path_equals_brute_force(request, fixture, compat, max_length, truncation):
     path = request.getfixturevalue(fixture)
     fast_model, tokenizer = load_model(path, attn_implementation="sdpa")
     eager_model, _ = load_model(path, attn_implementation="eager")
     conversations = [SINGLE, MULTI]
     for layer in range(len(fast_model.model.layers)):
-        fast = score_conversations(fast_model, tokenizer, conversations, [layer], max_length, compat, batch_tokens=64)
-        reference = reference_scores(eager_model, tokenizer, conversations, layer, max_length, compat)
+        fast = score_conversations(
+            fast_model, tokenizer, conversations, [layer], max_length, compat, batch_tokens=64, truncation=truncation
+        )
+        reference = reference_scores(eager_model, tokenizer, conversations, layer, max_length, compat, truncation)
         assert len(fast) == len(reference) == 3
         for got, want in zip(fast["score"], reference, strict=True):
             assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-4)
-    if max_length == 40:
-        assert fast["truncated"].any() and fast.loc[fast["truncated"], "score"].isna().all()
-    else:
+    if max_length == 512:
         assert not fast["truncated"].any() and fast["score"].between(0, 1).all()
+    elif truncation == "none":
+        assert fast["truncated"].any() and fast.loc[fast["truncated"], "score"].isna().all()
+    else:  # the window (40) cuts MULTI's first response: the original scores its visible tokens
+        cut = fast[fast["truncated"]]
+        assert cut["score"].notna().any() and (cut["n_response_tokens"] > 0).any()
 
 
 def test_several_layers_in_one_pass_match_single_layer_runs(tiny_model_dir):
@@ -358,3 +364,93 @@ def test_private_use_characters_in_a_message_score_normally(tiny_model_dir):
     assert scores["conversation_id"].tolist() == ["single", "private", "multi", "multi"]
     reference = reference_scores(model, tokenizer, [SINGLE, private, MULTI], 1, 512)
     assert scores["score"].tolist() == pytest.approx(reference, abs=1e-4) and not scores["score"].isna().any()
+
+
+def _original_rows(ids: list[int], tokenizer) -> list[list[int]]:
+    """The original's response rows in a window (`ids`, no padding), a port of its build_completion_mask and row
+    selection (analyse_dataset/utils.py@124b797 l.15-77, l.109) on the tiny tokenizer's headers (each role token
+    and its newline), checked equal to the original function itself on the Llama-2 header ids of every window of
+    two hand-made conversations: whole headers are matched and zeroed; each visible response but the last runs to
+    the next visible user header (zip(response[:-1], human[1:])); the last runs to the window's end, and only when
+    no user header follows it. One list per scored turn, from turn 0."""
+    newline = tokenizer.convert_tokens_to_ids("\u010a")
+    system, response, instruction = (
+        [tokenizer.convert_tokens_to_ids(f"<|{role}|>"), newline] for role in ("system", "assistant", "user")
+    )
+
+    def starts(header):
+        return [i for i in range(len(ids)) if ids[i : i + len(header)] == header]
+
+    header = [False] * len(ids)
+    for sequence in (system, response, instruction):
+        for i in starts(sequence):
+            header[i : i + len(sequence)] = [True] * len(sequence)
+    responses = [i + len(response) for i in starts(response)]
+    humans = starts(instruction)
+    if humans and responses and humans[0] > responses[0]:
+        humans = [0, *humans]
+    spans = list(zip(responses[:-1], humans[1:], strict=False))  # as the original: the shorter list decides
+    if humans and responses and responses[-1] > humans[-1]:
+        spans.append((responses[-1], len(ids)))
+    return [[p for p in range(start, end) if not header[p]] for start, end in spans]
+
+
+THREE_TURNS = {
+    "id": "three",
+    "messages": [
+        *MULTI["messages"],
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome."},
+    ],
+}
+
+
+@pytest.mark.parametrize("conversation", [MULTI, THREE_TURNS], ids=["two", "three"])
+def test_original_truncation_scores_what_the_original_scored_in_every_window(tiny_model_dir, conversation):
+    """truncation=original, in every window: compat=original gives exactly the original's rows (a cut response's
+    visible tokens, a cut next header's tokens, the dropped last complete response); compat=none the content
+    tokens among them. Uncut, it is truncation=none."""
+    _, tokenizer = load_model(tiny_model_dir)
+    whole = plan_conversation(tokenizer, conversation, 512)
+    content = [turn.rows for turn in whole.turns]
+    for window in range(1, len(whole.input_ids) + 2):
+        original = plan_conversation(tokenizer, conversation, window, "original", "original")
+        expected = _original_rows(original.input_ids, tokenizer)
+        expected += [[]] * (len(original.turns) - len(expected))
+        assert [turn.rows for turn in original.turns] == expected, window
+        ours = plan_conversation(tokenizer, conversation, window, "none", "original")
+        assert [turn.rows for turn in ours.turns] == [
+            [p for p in rows if p in turn_content] for rows, turn_content in zip(expected, content, strict=True)
+        ], window
+        assert ours.user_mask == plan_conversation(tokenizer, conversation, window).user_mask
+    for compat in ("none", "original"):
+        uncut = plan_conversation(tokenizer, conversation, 512, compat, "original")
+        assert uncut == plan_conversation(tokenizer, conversation, 512, compat, "none")
+
+
+def test_original_truncation_on_a_two_turn_conversation(tiny_model_dir):
+    """The two cases of docs/fidelity-findings-issue22b.md section 2. A window inside response 2: it is scored on
+    its visible tokens (NaN with truncation=none). A window inside user message 2: no turn is scored (the original
+    gave turn 0 -1 there, here NaN), where truncation=none scores turn 0."""
+    model, tokenizer = load_model(tiny_model_dir)
+    spans = encode_with_spans(tokenizer, MULTI["messages"]).spans
+    user_2, response_2 = [span for span in spans if span.role == "user"][1], spans[-1]
+    assert response_2.end - response_2.start > 3
+
+    def scored(window, truncation):
+        return score_conversations(model, tokenizer, [MULTI], [1], window, truncation=truncation)
+
+    inside_response = scored(response_2.start + 2, "original")
+    assert inside_response["n_response_tokens"].tolist()[1] == 2 and inside_response["truncated"].tolist()[1]
+    assert inside_response["score"].notna().all()
+    assert scored(response_2.start + 2, "none")["score"].isna().tolist() == [False, True]
+
+    inside_user = scored(user_2.start + 1, "original")
+    assert inside_user["score"].isna().all() and inside_user["n_response_tokens"].tolist() == [0, 0]
+    assert scored(user_2.start + 1, "none")["score"].isna().tolist() == [False, True]
+
+
+def test_unknown_truncation_is_a_clear_error(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir)
+    with pytest.raises(ValueError, match="truncation 'cut'"):
+        plan_conversation(tokenizer, MULTI, 512, truncation="cut")

@@ -194,3 +194,71 @@ def test_tag_file_writes_the_tagged_conversations_and_their_stats(tmp_path):
     assert pq.read_schema(out).names == ["id", "messages"]  # nothing but the conversations
     assert read_conversations(str(out)) == expected
     assert stats == expected_stats and stats_path.read_text() == json.dumps(stats, indent=2)  # readable
+
+
+# The original's modify_prompt (analyse_dataset/process_dataset.py@124b797 l.77-102), run on these contents with
+# these scores at threshold 0.6 (its input: content + " The user attention ratio is {score}.", as its add_prompt
+# writes it): its outputs, kept literally. A turn it has no score for stays as it is.
+ORIGINAL_MODIFY_PROMPT = [
+    ("Hello", 0.65, "Hello. [IND]"),
+    ("Hello", 0.6, "Hello."),  # not tagged (strict >), the "." all the same
+    ("Summarize this text", 0.61474609375, "Summarize this text. [IND]"),
+    ("What is 2+2?", 0.9, "What is 2+2? [IND]"),
+    ("Fix my code:\n```x=1```", 0.7, "Fix my code:\n```x=1``` [IND]"),
+    ("Translate: bonjour", -1.0, "Translate: bonjour."),
+    ("", 0.8, " [IND]"),
+    ("ends with space ", 0.8, "ends with space  [IND]"),
+    ("multi  space", 0.8, "multi  space. [IND]"),
+    ("Name three 日本", 0.9, "Name three 日本. [IND]"),
+    ("ok)", 0.9, "ok) [IND]"),
+]
+
+
+def _one_turn_each(contents: list[str]) -> list[dict]:
+    return [
+        {"id": f"o{i}", "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "A"}]}
+        for i, text in enumerate(contents)
+    ]
+
+
+def test_append_period_gives_the_original_modify_prompt_outputs():
+    contents, scores, expected = zip(*ORIGINAL_MODIFY_PROMPT, strict=True)
+    conversations = _one_turn_each([*contents, "Unscored"])  # the last has no row: untouched, as in the original
+    table = pd.DataFrame({"conversation_id": [f"o{i}" for i in range(len(scores))], "turn": 0, "score": scores})
+    tagged, stats = tag_conversations(conversations, table, threshold=0.6, append_period=True)
+    assert [c["messages"][0]["content"] for c in tagged] == [*expected, "Unscored"]
+    assert stats["n_periods_appended"] == 6 and stats["n_tagged"] == 9 and stats["n_turns_without_score"] == 1
+    # off (the default): [IND] alone, and the stats as they were
+    tagged, stats = tag_conversations(conversations, table, threshold=0.6)
+    assert [c["messages"][0]["content"] for c in tagged] == [
+        f"{text} [IND]" if score > 0.6 else text for text, score in zip(contents, scores, strict=True)
+    ] + ["Unscored"]
+    assert "n_periods_appended" not in stats
+
+
+def test_append_period_once_per_instruction_and_never_on_a_nan_turn():
+    """Each scored turn's own instruction gets its "." (several turns: each); a NaN turn (no response token in the
+    window) has no score, so no "."."""
+    tagged, stats = tag_conversations(CONVERSATIONS, SCORES, threshold=0.6, append_period=True)
+    assert [m["content"] for m in tagged[0]["messages"][::2]] == ["Summarise: ... [IND]", "Why?"]
+    assert tagged[1]["messages"][0]["content"] == "Hi."
+    assert tagged[2]["messages"][0]["content"] == "Cut"  # NaN: untouched
+    assert stats["n_periods_appended"] == 1
+    assert [m["content"] for m in tagged[0]["messages"][1::2]] == ["Short.", "Because."]  # responses untouched
+
+
+def test_tag_file_passes_append_period_on(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ctxaware.data import read_conversations
+    from ctxaware.tagging import tag_file
+
+    data, scores = tmp_path / "data.parquet", tmp_path / "scores.parquet"
+    pq.write_table(pa.Table.from_pylist(CONVERSATIONS), data)
+    SCORES.to_parquet(scores, index=False)
+    out, out_stats = tmp_path / "sft.parquet", tmp_path / "stats.json"
+    tag_file(str(data), str(scores), 0.6, str(out), str(out_stats), append_period=True)
+    assert read_conversations(str(out))[1]["messages"][0]["content"] == "Hi."
+    tag_file(str(data), str(scores), 0.6, str(out), str(out_stats))
+    assert read_conversations(str(out))[1]["messages"][0]["content"] == "Hi"

@@ -13,7 +13,8 @@ Cleaning steps, in order (paper Section 4.1.2; every step is counted in the stat
      (chunks of a longer conversation that lack the user input) and system messages later on;
   3. drop user messages at the end that have no response;
   4. merge consecutive messages of the same role with a blank line;
-  5. (ShareGPT, WizardLM) cut the conversation before the user turn that led to the first refusal;
+  5. (refusal filter: by default ShareGPT and WizardLM, see `refuses`) cut the conversation before the user turn
+     that led to the first refusal;
   6. drop conversations left without a (user, assistant) pair.
 """
 
@@ -43,8 +44,17 @@ REFUSAL_PHRASES = (
     "i'm unable to",
     "i am unable to",
 )
-# Per the paper, UltraChat is not refusal-filtered (its responses come from a different pipeline).
+# The formats refusal-filtered by default: per the paper (Section 4.1.2) ShareGPT and WizardLM, not UltraChat (its
+# responses come from a different pipeline). `datasets.<d>.refusal_filter` overrides it per dataset: the original
+# code filters nothing (it trains on sets cleaned upstream).
 REFUSAL_FILTERED = {"sharegpt", "wizardlm"}
+
+
+def refuses(fmt: str, refusal_filter: bool | None = None) -> bool:
+    """Whether conversations of `fmt` are cut at their first refusal: `refusal_filter`, or (None) the format's
+    default."""
+    return fmt in REFUSAL_FILTERED if refusal_filter is None else refusal_filter
+
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -212,15 +222,17 @@ def _merge_labels(first: bool | None, second: bool | None) -> bool | None:
     return bool(first) or bool(second)
 
 
-def adapt(rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False) -> tuple[list[dict], dict]:
-    """Rows of `fmt` ("sharegpt", "ultrachat", "wizardlm") -> (conversations, stats).
+def adapt(
+    rows: list[dict], fmt: str, source: str = "<memory>", strict: bool = False, refusal_filter: bool | None = None
+) -> tuple[list[dict], dict]:
+    """Rows of `fmt` ("sharegpt", "ultrachat", "wizardlm") -> (conversations, stats); `refusal_filter` as `refuses`.
 
     Malformed rows are dropped and counted (strict=False) or raise DataError (strict=True); more than half
     of them malformed raises DataError either way, as that means the declared format is wrong.
     """
     if fmt not in PARSERS:
         raise DataError(f"{source}: unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
-    parse, refusals = PARSERS[fmt], fmt in REFUSAL_FILTERED
+    parse, refusals = PARSERS[fmt], refuses(fmt, refusal_filter)
     counts = dict.fromkeys(COUNTERS, 0)
     examples: list[str] = []
     conversations: list[dict] = []
@@ -316,13 +328,14 @@ def prepare(
     revision: str | None = None,
     data_files: str | list | dict | None = None,
     key: str = "source",
+    refusal_filter: bool | None = None,
 ) -> dict:
     """load_raw + adapt (+ keep the first `max_conversations`) -> parquet and stats json; returns stats."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = load_raw(source, split, hub_config, revision, data_files, key)
-    conversations, stats = adapt(rows, fmt, source=source, strict=strict)
+    conversations, stats = adapt(rows, fmt, source=source, strict=strict, refusal_filter=refusal_filter)
     if not conversations:
         dropped = {k: v for k, v in stats.items() if k in COUNTERS and v}
         raise DataError(f"{source}: no conversation left for format '{fmt}' after filtering; dropped: {dropped}")

@@ -19,6 +19,7 @@ def score_layer_sample(
     compat: str,
     batch_tokens: int,
     seed: int = 0,
+    truncation: str = "none",
 ) -> pd.DataFrame:
     """Long table (conversation_id, turn, layer, score, ...) of `sample` random conversations."""
     from ctxaware.data import read_conversations
@@ -30,7 +31,14 @@ def score_layer_sample(
     chosen = sorted(random.Random(seed).sample(range(len(conversations)), min(sample, len(conversations))))
     layers = layers if layers is not None else list(range(len(model.get_decoder().layers)))
     frame = score_conversations(
-        model, tokenizer, [conversations[i] for i in chosen], layers, max_length, compat, batch_tokens
+        model,
+        tokenizer,
+        [conversations[i] for i in chosen],
+        layers,
+        max_length,
+        compat,
+        batch_tokens,
+        truncation=truncation,
     )
     frame.to_parquet(out_parquet, index=False)
     return frame

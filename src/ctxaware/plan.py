@@ -340,7 +340,12 @@ class Plan:
         likelihood ratio): `method` and its settings, the keyword arguments of its module's `score_file`."""
         score = self.scorers()[scorer]
         if score == ATTENTION:
-            return {"compat": self.scoring["compat"], "layer": self.scoring["layer"], "method": ATTENTION}
+            return {
+                "compat": self.scoring["compat"],
+                "layer": self.scoring["layer"],
+                "method": ATTENTION,
+                "truncation": self.scoring["truncation"],
+            }
         return canonical({"method": LIKELIHOOD_RATIO, **self.scoring["likelihood_ratio"]})
 
     def score_module(self, scorer: str) -> str:

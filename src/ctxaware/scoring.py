@@ -54,7 +54,31 @@ def _separator_ids(tokenizer) -> set[int]:
     return _SEPARATORS[tokenizer]
 
 
-def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: str = "none") -> Plan:
+TRUNCATION_MODES = ("none", "original")
+
+
+def _original_scored_turns(spans, n: int) -> dict[int, bool]:
+    """The assistant turns the original scored in a window of n tokens (analyse_dataset/utils.py@124b797
+    l.63-77), each with whether its rows ran to the window's end. It matched whole header token sequences, paired
+    each visible response but the last with the next user header (zip(response[:-1], human[1:])), and scored the
+    last visible response, to the window's end (`[response_start:]`), only when no user header follows it: a
+    response header cut by the window hides its turn, and the last complete response before a whole user header
+    is dropped too."""
+    assistants = [span for span in spans if span.role == "assistant"]
+    visible = [k for k, span in enumerate(assistants) if span.start <= n]  # the whole header is in the window
+    if not visible:
+        return {}
+    last = assistants[visible[-1]]
+    user_header_after = any(span.role == "user" and last.start < span.start <= n for span in spans)
+    scored = dict.fromkeys(visible[:-1], False)
+    if not user_header_after:
+        scored[visible[-1]] = True
+    return scored
+
+
+def plan_conversation(
+    tokenizer, conversation: dict, max_length: int, compat: str = "none", truncation: str = "none"
+) -> Plan:
     """Token ids, user columns and response rows of one conversation.
 
     compat="none": user = user-message content tokens; response = assistant content tokens.
@@ -62,11 +86,23 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
     zeroed them): user = the system and user segments without their headers, minus newline/BOS/EOS tokens;
     response = the assistant segment without its header, i.e. the content and the closing up to the next
     header (Zephyr: eos and newline).
+
+    truncation="none": a response the window (max_length) cuts has no rows (its score is NaN).
+    truncation="original", as the original scored a truncated conversation (`_original_scored_turns`): a cut
+    response scores its visible tokens (under compat="original" the last scored response runs to the window's end,
+    a cut next user header included, as the original's `[response_start:]`), and the last complete response
+    before a whole user header with no response header after it has no rows. The user columns are compat's: the
+    original's differ only after its last scored row (cut headers at the window's end), where no scored row sees
+    them. Not reproduced: where no response is left, the original gave turn 0 the score -1 (utils.py l.131-132);
+    here every turn is NaN.
     """
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"scoring truncation {truncation!r} is not one of {TRUNCATION_MODES}")
     encoded = encode_with_spans(tokenizer, conversation["messages"], max_length=max_length)
     n = len(encoded.input_ids)
     user_mask = [False] * n
     excluded = _separator_ids(tokenizer) if compat == "original" else set()
+    scored = _original_scored_turns(encoded.spans, n) if truncation == "original" else None
     turns: list[Turn] = []
     instruction_tokens = 0
     for span in encoded.spans:
@@ -79,9 +115,15 @@ def plan_conversation(tokenizer, conversation: dict, max_length: int, compat: st
                 if encoded.input_ids[position] not in excluded:
                     user_mask[position] = True
         elif span.role == "assistant":
-            truncated = end > n
-            rows = [] if truncated else list(range(span.start, end))
-            turns.append(Turn(len(turns), rows, truncated, instruction_tokens))
+            index, truncated = len(turns), end > n
+            if scored is None:
+                rows = [] if truncated else list(range(span.start, end))
+            elif index not in scored:
+                rows = []
+            else:  # the original's segment of the last visible response ran to the window's end
+                stop = n if compat == "original" and scored[index] else min(end, n)
+                rows = list(range(span.start, stop))
+            turns.append(Turn(index, rows, truncated, instruction_tokens))
     return Plan(str(conversation["id"]), encoded.input_ids, user_mask, turns)
 
 
@@ -230,6 +272,7 @@ def score_conversations(
     batch_tokens: int = 16384,
     shard: int = 0,
     n_shards: int = 1,
+    truncation: str = "none",
 ) -> pd.DataFrame:
     """Long table: one row per (assistant turn, layer) of this shard's conversations, in the conversations'
     order (`conversation_index` keeps that order across shards). Plans are built one batch at a time, for this
@@ -241,7 +284,7 @@ def score_conversations(
         raise ValueError(f"scoring layer(s) {bad} out of range: the seed model has {n_layers} layers")
     records = []
     for batch in shard_batches(tokenizer, conversations, max_length, batch_tokens, shard, n_shards):
-        members = [plan_conversation(tokenizer, conversations[i], max_length, compat) for i in batch]
+        members = [plan_conversation(tokenizer, conversations[i], max_length, compat, truncation) for i in batch]
         records += score_batch(model, members, layers, tokenizer.pad_token_id)
     order = {str(c["id"]): i for i, c in enumerate(conversations)}
     frame = pd.DataFrame.from_records(records, columns=[*RECORD_COLUMNS, "layer"])
@@ -250,12 +293,14 @@ def score_conversations(
 
 
 @torch.inference_mode()
-def reference_scores(model, tokenizer, conversations, layer, max_length=2047, compat="none") -> list[float]:
+def reference_scores(
+    model, tokenizer, conversations, layer, max_length=2047, compat="none", truncation="none"
+) -> list[float]:
     """Brute force: full forward with output_attentions (eager model), one conversation at a time."""
     device = next(model.parameters()).device
     scores = []
     for conversation in conversations:
-        plan = plan_conversation(tokenizer, conversation, max_length, compat)
+        plan = plan_conversation(tokenizer, conversation, max_length, compat, truncation)
         output = model(torch.tensor([plan.input_ids], device=device), output_attentions=True)
         attention = output.attentions[layer][0].float()  # (heads, T, T)
         user = torch.tensor(plan.user_mask, device=device)
@@ -278,6 +323,7 @@ def score_file(
     batch_tokens: int = 16384,
     shard: int = 0,
     n_shards: int = 1,
+    truncation: str = "none",
 ) -> pd.DataFrame:
     """Score (one shard of) a prepared dataset with the seed model on one layer: the contract table (one row per
     assistant turn), plus `conversation_index`, which orders the shards' rows, and n_instruction_tokens."""
@@ -287,7 +333,7 @@ def score_file(
     model, tokenizer = load_model(seed_model, attn_implementation="sdpa")
     conversations = read_conversations(data_parquet)
     long = score_conversations(
-        model, tokenizer, conversations, [layer], max_length, compat, batch_tokens, shard, n_shards
+        model, tokenizer, conversations, [layer], max_length, compat, batch_tokens, shard, n_shards, truncation
     )
     table = long[["conversation_index", *RECORD_COLUMNS]]
     table.to_parquet(out_parquet, index=False)

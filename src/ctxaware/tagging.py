@@ -4,6 +4,10 @@ Which turns are tagged is decided in one place, `tagged_mask`: a turn is eligibl
 truncated response) and context to remove (`no_context`, a column of likelihood-ratio scores: the turn's input
 was its instruction alone, its score is exactly 0 by definition); an eligible turn is tagged when its score is
 strictly above the threshold's cutoff (`cutoff`).
+
+`append_period` (tagging.append_period) reproduces a quirk of the original code's tagging step (`modify_prompt`,
+analyse_dataset/process_dataset.py@124b797 l.94-95): every user message it found a score for gets a "." when it
+ends in a letter or digit, tagged or not, before the " [IND]".
 """
 
 from __future__ import annotations
@@ -65,23 +69,44 @@ def _threshold_stats(scores: pd.DataFrame, threshold: Threshold | float) -> dict
     }
 
 
+def with_period(text: str) -> str:
+    """The original's "." (process_dataset.py@124b797 l.94-95): added when the text ends in a letter or digit
+    (str.isalnum, as there: Unicode letters and digits too)."""
+    return f"{text}." if text and text[-1].isalnum() else text
+
+
 def tag_conversations(
-    conversations: list[dict], scores: pd.DataFrame, threshold: Threshold | float
+    conversations: list[dict], scores: pd.DataFrame, threshold: Threshold | float, append_period: bool = False
 ) -> tuple[list[dict], dict]:
-    """[IND] on the instruction of every tagged turn; a turn without a row in `scores` is counted and untagged."""
-    rows = scores.assign(tagged=tagged_mask(scores, threshold))[["conversation_id", "turn", "tagged"]]
-    tagged_of = {(str(conversation_id), int(turn)): bool(tagged) for conversation_id, turn, tagged in rows.to_numpy()}
-    tagged_conversations, n_turns, n_tagged, n_missing = [], 0, 0, 0
+    """[IND] on the instruction of every tagged turn; a turn without a row in `scores` is counted and untagged.
+
+    append_period: the instruction of every turn with a finite score, tagged or not, first gets `with_period`. The
+    original appended it to every turn its scorer handed a score string to; a NaN here (no response token in the
+    window) has none: the original's rare NaN (a response header ending exactly at the window's end) and -1 (no
+    response scored at all) turns, which it also gave a ".", are left as they are.
+    """
+    rows = scores.assign(tagged=tagged_mask(scores, threshold), scored=scores["score"].notna())
+    state_of = {
+        (str(conversation_id), int(turn)): (bool(tagged), bool(scored))
+        for conversation_id, turn, tagged, scored in rows[["conversation_id", "turn", "tagged", "scored"]].to_numpy()
+    }
+    tagged_conversations, n_turns, n_tagged, n_missing, n_periods = [], 0, 0, 0, 0
     for conversation in conversations:
         messages = [dict(m) for m in conversation["messages"]]
-        turn, last_user = 0, None
+        turn, last_user, with_periods = 0, None, set()
         for index, message in enumerate(messages):
             if message["role"] == "user":
                 last_user = index
             elif message["role"] == "assistant":
-                is_tagged = tagged_of.get((str(conversation["id"]), turn))
-                n_missing += is_tagged is None
+                state = state_of.get((str(conversation["id"]), turn))
+                is_tagged, is_scored = state if state is not None else (False, False)
+                n_missing += state is None
                 n_turns += 1
+                if append_period and is_scored and last_user is not None and last_user not in with_periods:
+                    content = messages[last_user]["content"]
+                    messages[last_user]["content"] = with_period(content)
+                    n_periods += messages[last_user]["content"] != content
+                    with_periods.add(last_user)
                 if last_user is not None and is_tagged:
                     messages[last_user]["content"] = append_indicator(messages[last_user]["content"])
                     n_tagged += 1
@@ -98,6 +123,8 @@ def tag_conversations(
     }
     if "no_context" in scores:
         stats["n_no_context"] = int(scores["no_context"].sum())
+    if append_period:  # only then: the default's stats stay as they were
+        stats["n_periods_appended"] = n_periods
     return tagged_conversations, stats
 
 
@@ -107,7 +134,12 @@ def tagged_ratio(scores: pd.DataFrame, threshold: Threshold | float) -> float:
 
 
 def tag_file(
-    data_parquet: str, scores_parquet: str, threshold: Threshold | float, out_parquet: str, out_stats: str
+    data_parquet: str,
+    scores_parquet: str,
+    threshold: Threshold | float,
+    out_parquet: str,
+    out_stats: str,
+    append_period: bool = False,
 ) -> dict:
     import json
     from pathlib import Path
@@ -118,7 +150,9 @@ def tag_file(
     from ctxaware.data import read_conversations
 
     conversations = read_conversations(data_parquet)
-    conversations, stats = tag_conversations(conversations, pd.read_parquet(scores_parquet), threshold)
+    conversations, stats = tag_conversations(
+        conversations, pd.read_parquet(scores_parquet), threshold, append_period=append_period
+    )
     pq.write_table(pa.Table.from_pylist(conversations), out_parquet)  # read back by read_conversations
     Path(out_stats).write_text(json.dumps(stats, indent=2))  # ASCII
     return stats

@@ -1,5 +1,6 @@
 rule prepare_dataset:
-    """Raw SFT data (hub id or local file) -> one schema (id, messages) with the paper's filters."""
+    """Raw SFT data (hub id or local file) -> one schema (id, messages) with the paper's filters (the refusal filter
+    per datasets.<d>.refusal_filter)."""
     input:
         raw=dataset_source_input,
     output:
@@ -21,5 +22,6 @@ rule prepare_dataset:
         max_conversations=lambda wc: DATASETS[wc.dataset]["max_conversations"],
         revision=lambda wc: DATASETS[wc.dataset]["revision"],
         data_files=lambda wc: DATASETS[wc.dataset]["data_files"],
+        refusal_filter=lambda wc: DATASETS[wc.dataset]["refusal_filter"],
     script:
         "../scripts/prepare_dataset.py"

@@ -76,6 +76,7 @@ rule score_layers:
         sample=LAYER_STUDY["sample"],
         max_length=config["scoring"]["max_length"],
         compat=config["scoring"]["compat"],
+        truncation=config["scoring"]["truncation"],
         batch_tokens=config["scoring"]["batch_tokens"],
         code=code_digest("ctxaware.layers"),
     script:

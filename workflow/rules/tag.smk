@@ -13,7 +13,8 @@ rule vanilla_sft:
 
 
 rule tag_indicator:
-    """[IND] appended to each user turn whose response the branch's threshold selects on its score."""
+    """[IND] appended to each user turn whose response the branch's threshold selects on its score (and the
+    original's "." under tagging.append_period)."""
     input:
         data=rules.prepare_dataset.output.parquet,
         scores=tagging_scores,
@@ -26,5 +27,7 @@ rule tag_indicator:
         ENV
     resources:
         **stage_resources("light"),
+    params:
+        append_period=config["tagging"]["append_period"],
     script:
         "../scripts/tag_indicator.py"

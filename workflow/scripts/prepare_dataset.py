@@ -14,4 +14,5 @@ with job(snakemake):
         revision=p.revision,
         data_files=p.data_files,
         key=f"datasets.{snakemake.wildcards.dataset}.source",
+        refusal_filter=p.refusal_filter,
     )

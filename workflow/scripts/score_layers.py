@@ -11,5 +11,6 @@ with job(snakemake):
         sample=p.sample,
         max_length=p.max_length,
         compat=p.compat,
+        truncation=p.truncation,
         batch_tokens=p.batch_tokens,
     )

@@ -9,4 +9,5 @@ with job(snakemake):
         parse_tagging(snakemake.wildcards.tagging).threshold,
         snakemake.output.sft,
         snakemake.output.stats,
+        append_period=snakemake.params.append_period,
     )
