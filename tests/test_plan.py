@@ -831,7 +831,8 @@ def test_a_packaged_model_file_is_imported_once_and_every_use_loads_the_import()
     assert plan.imports() == {"SmolLM2-135M-Instruct.Q4_1": GGUF}  # one import for four uses
     assert plan.base_source("small") == plan.scorer_model() == plan.pair_model("p", "instruct") == IMPORT
     assert plan.base_inputs("small") == plan.scorer_inputs() == plan.real_language_inputs() == [IMPORT]
-    assert plan.import_settings("SmolLM2-135M-Instruct.Q4_1") == {"source": GGUF, "system_message": "template"}
+    settings = {"source": GGUF, "system_message": "template", "dtype": "fp32"}
+    assert plan.import_settings("SmolLM2-135M-Instruct.Q4_1") == settings
     assert plan.real_language()["model"] == IMPORT and plan.real_language()["n_context_dependent"] == 100
     # other package references (data files) and hub ids are no imports
     assert plan_of().imports() == {} and plan_of().real_language() is None

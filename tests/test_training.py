@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -490,3 +491,13 @@ def test_the_trainer_warms_up_over_its_warmup_ratio(tiny_model_dir, train_parque
         trainer.train()
         rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
         assert rates == pytest.approx([peak * share for share in expected])  # the rate each step trained with
+
+
+def test_load_model_takes_the_precision_an_imported_model_records(tiny_model_dir, tmp_path):
+    """imported_models.dtype: the import records it, every job's load_model computes in it unless told."""
+    imported = tmp_path / "imported"
+    shutil.copytree(tiny_model_dir, imported)
+    assert load_model(str(imported))[0].dtype == torch.float32  # no record: the CPU's default
+    (imported / MODEL_INFO).write_text(json.dumps({"imported_from": "package:x/y.gguf", "dtype": "bf16"}))
+    assert load_model(str(imported))[0].dtype == torch.bfloat16
+    assert load_model(str(imported), dtype=torch.float32)[0].dtype == torch.float32  # an explicit precision wins

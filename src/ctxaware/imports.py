@@ -15,8 +15,9 @@ from pathlib import Path
 from ctxaware.modeling import MODEL_INFO
 
 
-def import_package_model(source: str, out_dir: str, system_message: str = "template") -> dict:
-    """Write the model of `source` (package:<module>/<path>.gguf) to out_dir; returns its model info."""
+def import_package_model(source: str, out_dir: str, system_message: str = "template", dtype: str = "fp32") -> dict:
+    """Write the model of `source` (package:<module>/<path>.gguf) to out_dir, its weights in fp32 and `dtype`
+    (imported_models.dtype) the precision every job loads it in; returns its model info."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -41,6 +42,7 @@ def import_package_model(source: str, out_dir: str, system_message: str = "templ
         "architecture": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "system_message": system_message,
+        "dtype": dtype,
     }
     (Path(out_dir) / MODEL_INFO).write_text(json.dumps(info, indent=1) + "\n")
     print(f"imported {source}: {info['architecture']}, {info['parameters']:,} parameters, to {out_dir}")

@@ -26,6 +26,10 @@ def default_dtype(device: str | None = None) -> torch.dtype:
     return torch.bfloat16 if (device or default_device()) == "cuda" else torch.float32
 
 
+# the precision an imported model asks its jobs to compute in (imported_models.dtype, recorded by the import)
+INFO_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def read_model_info(path: str) -> dict | None:
     info = Path(path) / MODEL_INFO
     return json.loads(info.read_text()) if info.exists() else None
@@ -64,10 +68,11 @@ def load_model(
     device: str | None = None,
     merge_adapter: bool = True,
 ):
-    """(model, tokenizer) for a hub id, a local model, or a workflow fine-tune with a LoRA/QLoRA adapter."""
+    """(model, tokenizer) for a hub id, a local model, or a workflow fine-tune with a LoRA/QLoRA adapter; in
+    `dtype`, else the precision an imported model's info records, else default_dtype."""
     device = device or default_device()
-    dtype = dtype or default_dtype(device)
     info = read_model_info(path) or {}
+    dtype = dtype or INFO_DTYPES.get(info.get("dtype")) or default_dtype(device)
     tokenizer = load_tokenizer(path)
     base = info.get("base") if info.get("adapter") else path
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=attn_implementation)
