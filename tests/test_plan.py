@@ -890,3 +890,39 @@ def test_a_run_without_fine_tunes_scores_validates_and_has_no_table4():
     assert plan.grid() == [] and plan.table4_rows() == [] and plan.nih_heatmaps() == []
     assert plan.scorers() == {"chat": "attention", "chat-lr": "likelihood_ratio"}
     assert [row["method"] for row in plan.validity_scores()] == ["attention"] * 3 + ["likelihood_ratio"] * 3
+
+
+def _leaves(tree: dict, prefix: tuple = ()) -> dict:
+    """{dotted key: value} of a config's leaves."""
+    leaves = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, (*prefix, key)))
+        else:
+            leaves[".".join((*prefix, key))] = value
+    return leaves
+
+
+def test_the_corrected_overlay_changes_exactly_the_documented_choices_of_the_published_procedure():
+    """Issue 22: config/paper.yaml runs the original's procedure, config/paper-corrected.yaml overlays the
+    project's corrections. Merged as Snakemake merges two --configfile files, the two differ in the overlay's
+    keys and nowhere else; each of those keys changes a value; the README's table has one row per key."""
+    import re
+
+    from snakemake.utils import update_config, validate
+
+    schema = str(ROOT / "workflow/schemas/config.schema.yaml")
+    overlay = yaml.safe_load((ROOT / "config/paper-corrected.yaml").read_text())
+    published = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    corrected = copy.deepcopy(published)
+    update_config(corrected, overlay)
+    for config in (published, corrected):
+        validate(config, schema)  # defaults filled in, as at start-up
+        Plan(config)
+    before, after, changed = _leaves(published), _leaves(corrected), _leaves(overlay)
+    assert {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)} == set(changed)
+    assert all(key in before for key in changed)  # a correction of a setting the published procedure has
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The published procedure and the project's corrections")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    assert {key for row in rows for key in re.findall(r"`([^`]+)`", row)} == set(changed)

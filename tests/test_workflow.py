@@ -327,6 +327,16 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert not {"organism_world", "pretrain_organism"} & set(counts)
 
 
+def test_the_corrected_overlay_plans_the_published_procedures_jobs(tmp_path):
+    """config/paper-corrected.yaml changes settings, not coordinates: over config/paper.yaml it plans the same
+    jobs on the same paths (its settings: test_plan's overlay test)."""
+    workdir = copy_workflow(tmp_path / "corrected")
+    published = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml").stdout
+    overlay = ("--configfile", "config/paper.yaml", "config/paper-corrected.yaml")
+    corrected = snakemake(workdir, "-n", "--cores", "2", *overlay).stdout
+    assert sorted(planned_jobs(corrected)) == sorted(planned_jobs(published)) and planned_jobs(published)
+
+
 def test_paper_config_plans_both_scores_when_asked(tmp_path):
     """config/paper.yaml's documented change: the likelihood ratio's top 30% beside the paper's indicator-0.6."""
     workdir = copy_workflow(tmp_path / "paper")
