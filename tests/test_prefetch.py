@@ -168,3 +168,14 @@ def test_model_files_that_loading_never_reads_are_skipped():
     with_safetensors = unread_model_files(["config.json", "model.safetensors", "pytorch_model.bin"])
     assert "*.bin" in with_safetensors and "*/*" in with_safetensors
     assert "*.bin" not in unread_model_files(["config.json", "pytorch_model.bin"])  # the only weights: kept
+
+
+def test_offline_a_hub_dataset_never_fetched_names_its_key_and_make_prefetch(tmp_path):
+    code = "from ctxaware.tasks import qa; qa.load_items('squad', {'source': 'org/never-fetched', 'revision': 'v2'})"
+    result = run(["-c", code], tmp_path / "hf", "http://127.0.0.1:9", offline=True)
+    assert result.returncode != 0
+    assert (
+        "config key evaluation.squad.source: org/never-fetched (revision v2) is not in the local hub cache"
+        in result.stderr
+    )
+    assert "make prefetch" in result.stderr
