@@ -437,31 +437,34 @@ class Plan:
 
     # evaluation
 
-    def task_settings(self, task: str, max_context: int | None = None, qa_prompt_style: str = "default") -> dict:
+    def task_settings(
+        self, task: str, max_context: int | None = None, qa_prompt_style: str = "default", nih_dtype: str | None = None
+    ) -> dict:
         """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes; the
         MT-Bench judge's settings are the `judge` job's (`judge_settings`), so changing the judge never reruns an
-        evaluation."""
+        evaluation. `nih_dtype`: a model's own NIH precision (None: evaluation.nih.dtype)."""
         settings = dict(self.evaluation[task])
         settings.pop("judge", None)
         settings["batch_tokens"] = self.evaluation["batch_tokens"]
         if task == "nih":
             settings["max_context"] = max_context
             settings["prompt_template"] = resolve_template(settings["prompt_template"])
+            settings["dtype"] = nih_dtype or settings["dtype"]
         elif task in QA_TASKS:
             settings["prompt_template"] = self.evaluation["qa_prompts"][qa_prompt_style][task]
-            # an option of the original's procedure only when chosen: the default's params stay as they were
-            for option, default in PROCEDURE_DEFAULTS.items():
-                if settings.get(option) == default:
-                    del settings[option]
+        # an option of the original's procedure only when chosen: the default's params stay as they were
+        for option, default in PROCEDURE_DEFAULTS.items():
+            if settings.get(option) == default:
+                del settings[option]
         return canonical(settings)
 
     def evaluation_settings(self, model: str, dataset: str) -> dict[str, dict]:
-        """Every task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, QA with
-        the dataset's prompt style (paper Tables 5/6)."""
+        """Every task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, in the
+        model's NIH precision, QA with the dataset's prompt style (paper Tables 5/6)."""
         caps = [self.models[model]["nih_max_context"], self.datasets[dataset]["nih_max_context"]]
         max_context = min(cap for cap in caps if cap is not None)
-        style = self.datasets[dataset]["qa_prompt_style"]
-        return {task: self.task_settings(task, max_context, style) for task in self.tasks}
+        style, nih_dtype = self.datasets[dataset]["qa_prompt_style"], self.models[model]["nih_dtype"]
+        return {task: self.task_settings(task, max_context, style, nih_dtype) for task in self.tasks}
 
     def reference_evaluation_settings(self, reference: str) -> dict[str, dict]:
         """Every task as an evaluate-only row is evaluated: NIH up to its own context cap, QA in its prompt style."""
@@ -517,8 +520,11 @@ class Plan:
         return [v for v in self.diagnosis["variants"] if v != "base" or self.pairs[pair]["base"] is not None]
 
     def diagnosis_nih(self, pair: str) -> dict:
-        """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant)."""
-        return self.task_settings("nih", self.pairs[pair]["nih_max_context"])
+        """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant);
+        the Section 2 jobs load the pair's models themselves, in the default precision."""
+        settings = self.task_settings("nih", self.pairs[pair]["nih_max_context"])
+        settings.pop("dtype", None)
+        return settings
 
     def capped_nih(self, pair: str, cap: int | None) -> dict:
         """The pair's NIH settings with its grid's longest context lowered to `cap` (None: as they are)."""
