@@ -113,3 +113,14 @@ def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
         if match and output:
             jobs.append((match.group(1), output.group(1)))
     return jobs
+
+
+def planned_inputs(dry_run_output: str) -> dict[str, list[str]]:
+    """{first output: inputs} of every job a dry run lists."""
+    inputs = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        output = re.search(r"^\s+output: ([^,\s]+)", block, re.MULTILINE)
+        listed = re.search(r"^\s+input: (.+)$", block, re.MULTILINE)
+        if output:
+            inputs[output.group(1)] = listed.group(1).split(", ") if listed else []
+    return inputs

@@ -215,3 +215,43 @@ def test_the_options_defaults_are_todays_procedure_and_stay_out_of_the_params():
     # steering loads its pair's models itself (in the default precision) and takes the other options as they are
     steering = chosen.steering_tasks("p")["quac"]
     assert "dtype" not in steering and steering["answer_cut"] == "lm_eval"
+
+
+def test_nih_runs_in_the_models_precision_else_the_tasks_and_auto_stays_out_of_the_params(monkeypatch, tmp_path):
+    """Issue 22 (b): the original ran NIH in bf16 for Llama-2/3 and in fp32 for the others, TinyLlama's fine-tunes
+    among them (LLMTest_NeedleInAHaystack/HuggingfaceTester.py l.41-43 at context_awareness@124b797):
+    evaluation.nih.dtype, and a model's own models.<m>.nih_dtype over it."""
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["properties"]["evaluation"]["properties"]["nih"]["properties"]["dtype"]["default"] == "auto"
+    assert "dtype" not in plan_of().evaluation_settings("small", "sharegpt")["nih"]  # the default's params as before
+
+    def choose(config):
+        config["evaluation"].update(tasks=["nih", "squad"], nih={"dtype": "bf16"})
+        config["models"]["small"]["nih_dtype"] = "fp32"
+        config["diagnosis"] = {"pairs": {"p": {"base": "org/base", "instruct": "org/chat"}}}
+
+    chosen = plan_of(change=choose)
+    settings = chosen.evaluation_settings("small", "sharegpt")
+    assert settings["nih"]["dtype"] == "fp32" and "dtype" not in settings["squad"]
+    assert chosen.evaluation_settings("big", "wizardlm")["nih"]["dtype"] == "bf16"  # the task's
+    assert "dtype" not in chosen.diagnosis_nih("p")  # Section 2 loads its pairs itself, in the default precision
+    assert (
+        "dtype"
+        not in plan_of(change=lambda c: c["models"]["small"].update(nih_dtype="auto")).evaluation_settings(
+            "small", "sharegpt"
+        )["nih"]
+    )
+
+    loads = []
+
+    def load_model(path, dtype=None):
+        loads.append(dtype)
+        return torch.nn.Linear(1, 1).to(dtype or torch.float32), load_tokenizer_stub()
+
+    monkeypatch.setattr(evaluation, "load_model", load_model)
+    monkeypatch.setattr(evaluation, "evaluate_task", lambda *args, **kwargs: ({"score": 1.0, "n": 1}, []))
+    monkeypatch.setattr(evaluation, "load_task_inputs", lambda settings: dict.fromkeys(settings))
+    out = {task: str(tmp_path / f"{task}.json") for task in settings}
+    gens = {task: str(tmp_path / f"{task}.jsonl") for task in settings}
+    evaluate_all("model", settings, False, out, gens)
+    assert loads == [torch.float32, None]  # NIH in fp32, SQuAD in the default (auto)

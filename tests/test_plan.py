@@ -264,6 +264,94 @@ def test_each_scorer_settings_hold_its_own_keys_only():
     assert list(changed.score_settings("small-sharegpt-lr")) == ["instruction", "method", "split"]  # sorted keys
 
 
+def own_window(window, methods=None, model="big"):
+    """A change giving `model` its own scoring window (models.<m>.scoring_max_length), and `methods` to the run."""
+
+    def change(config):
+        config["models"][model]["scoring_max_length"] = window
+        if methods:
+            config["methods"] = methods
+
+    return change
+
+
+def test_a_models_own_scoring_window_has_scorings_and_tagged_sets_of_its_own():
+    """Issue 22 (b): the original tagged the Llama rows' data in 4096 tokens (its *_4k sets). A model at another
+    window than scoring.max_length reads scores of its own, for each score its indicator branches tag by; the
+    other models, Table 3 and the validity table keep the run's window and its paths."""
+    plan = plan_of(change=own_window(4096))
+    assert plan.score_sets() == {
+        "small-sharegpt": ("attention", None),
+        "small-sharegpt-window4096": ("attention", 4096),
+    }
+    assert plan.own_windows() == [4096]
+    assert (
+        plan.scorer_max_length("small-sharegpt") == 2047 and plan.scorer_max_length("small-sharegpt-window4096") == 4096
+    )
+    assert plan.score_settings("small-sharegpt-window4096") == plan.score_settings("small-sharegpt")
+    # which scores each model's indicator branch reads: big (wizardlm only) its own window's, small the run's
+    assert plan.sft_path("wizardlm", "indicator-0.6", "big") == "results/sft/wizardlm/indicator-0.6-window4096.parquet"
+    assert plan.sft_path("wizardlm", "indicator-0.6", "small") == "results/sft/wizardlm/indicator-0.6.parquet"
+    assert plan.sft_path("wizardlm", "vanilla", "big") == "results/sft/wizardlm/vanilla.parquet"  # nothing scored
+    assert plan.tagging_scores("wizardlm", "0.6", 4096) == "results/scores/wizardlm/small-sharegpt-window4096.parquet"
+    assert plan.tagging_scores("wizardlm", "0.6") == "results/scores/wizardlm/small-sharegpt.parquet"
+    assert [row["path"] for row in plan.validity_scores()] == [row["path"] for row in plan_of().validity_scores()]
+    # each score a model's branches tag by, in its window: the likelihood ratio too
+    both = plan_of(change=own_window(4096, BOTH_SCORES))
+    assert both.scorers() == {
+        "small-sharegpt": "attention",
+        "small-sharegpt-lr": "likelihood_ratio",
+        "small-sharegpt-window4096": "attention",
+        "small-sharegpt-lr-window4096": "likelihood_ratio",
+    }
+    assert both.sft_path("wizardlm", "qk-lora-indicator-lr-q0.3", "big") == (
+        "results/sft/wizardlm/indicator-lr-q0.3-window4096.parquet"
+    )
+    # at the run's window, or without an indicator branch, a model adds no scoring and keeps the run's paths
+    at_run_window = plan_of(change=own_window(2047))
+    assert at_run_window.score_sets() == plan_of().score_sets() and at_run_window.own_windows() == []
+    assert at_run_window.sft_path("wizardlm", "indicator-0.6", "big") == "results/sft/wizardlm/indicator-0.6.parquet"
+
+    def vanilla_only(config):
+        own_window(4096)(config)
+        config["models"]["big"]["methods"] = ["vanilla"]
+
+    assert plan_of(change=vanilla_only).score_sets() == plan_of().score_sets()
+
+
+def test_scoring_windows_are_checked_against_the_seed_models_positions():
+    """The seed model (the organism here, TinyLlama in config/paper.yaml: 2048 positions) scores no window longer
+    than its max_position_embeddings unless scoring.beyond_seed_positions says extrapolate: what the original's
+    *_4k sets presumably were, 4096 tokens through its TinyLlama probe."""
+
+    def seed_positions(positions, window=None, run_window=500, beyond="error"):
+        def change(config):
+            config["organism"] = {"pretraining": {"max_position_embeddings": positions}}
+            config["scoring"].update(max_length=run_window, beyond_seed_positions=beyond)
+            config["models"]["big"]["scoring_max_length"] = window
+
+        return plan_of(change=change)
+
+    seed_positions(1024, window=1024).check_scoring_windows()
+    assert seed_positions(1024, window=1024).scoring_windows() == [
+        ("scoring.max_length", 500),
+        ("models.big.scoring_max_length", 1024),
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"^config key models.big.scoring_max_length: the scoring window 4096 is longer than the "
+        r"max_position_embeddings 2048 of the seed model \(organism.pretraining\), which never saw positions beyond "
+        r"it. Lower models.big.scoring_max_length, or set scoring.beyond_seed_positions: extrapolate to score there "
+        r"all the same$",
+    ):
+        seed_positions(2048, window=4096).check_scoring_windows()
+    with pytest.raises(ValueError, match=r"^config key scoring.max_length: the scoring window 2047 is longer "):
+        seed_positions(1024, run_window=2047).check_scoring_windows()
+    seed_positions(2048, window=4096, beyond="extrapolate").check_scoring_windows()
+    # a model at the run's window has none of its own
+    assert seed_positions(4096, window=4096, run_window=4096).scoring_windows() == [("scoring.max_length", 4096)]
+
+
 def test_table3_adds_the_quantile_and_likelihood_ratio_taggings_of_the_methods():
     assert plan_of().table3_taggings() == []  # indicator-0.6: a beta on the attention score, the paper's rows
     methods = [*BOTH_SCORES, "qk-lora-indicator-q0.3", "indicator-0.7", "indicator-lr-0.5"]
@@ -758,10 +846,11 @@ def test_mtbench_files_exist_unless_a_job_writes_them_or_the_hub_holds_them(tmp_
 
 def test_check_startup_runs_every_check(monkeypatch):
     plan, called = plan_of(), []
-    for name in ("check_layers", "check_nih_windows", "check_haystack", "check_mtbench_files"):
+    checks = ["check_layers", "check_scoring_windows", "check_nih_windows", "check_haystack", "check_mtbench_files"]
+    for name in checks:
         monkeypatch.setattr(plan, name, lambda name=name: called.append(name))
     plan.check_startup()
-    assert called == ["check_layers", "check_nih_windows", "check_haystack", "check_mtbench_files"]
+    assert called == checks
 
 
 def test_the_judges_key_is_missing_only_for_an_openai_judge_with_no_variable():

@@ -12,7 +12,7 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-from smk_helpers import configured_plan, copy_workflow, indicator_methods, planned_jobs, snakemake
+from smk_helpers import configured_plan, copy_workflow, indicator_methods, planned_inputs, planned_jobs, snakemake
 
 from ctxaware.methods import REFERENCE
 from ctxaware.plan import NO_DATASET
@@ -310,7 +310,8 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
         counts[rule] = counts.get(rule, 0) + 1
     methods = len(yaml.safe_load((workdir / "config/paper.yaml").read_text())["methods"])
     assert counts["finetune"] == 3 * 3 * methods
-    assert counts["gather_scores"] == 3 and counts["score_layers"] == 1
+    # per dataset, a scoring in 2047 tokens (TinyLlama's rows) and one in 4096 (the Llama rows': the original's *_4k)
+    assert counts["gather_scores"] == 2 * 3 and counts["score_layers"] == 1
     assert counts["evaluate"] == 3 * 3 * methods  # one job per model runs its five benchmarks
     # Table 4's evaluated references: the instruct models as they are, no fine-tune of theirs
     jobs = planned_jobs(output)
@@ -323,8 +324,46 @@ def test_paper_config_plans_the_full_grid_offline(tmp_path):
     assert not any(
         name in path for rule, path in jobs if rule not in {"evaluate_reference", "judge"} for name in LLAMA_REFERENCES
     )
-    assert counts["score_turns"] == 3 and counts["tag_indicator"] == 3 and counts["prepare_dataset"] == 3
+    assert counts["score_turns"] == 2 * 3 and counts["prepare_dataset"] == 3
+    assert counts["tag_indicator"] == counts["tag_indicator_at_window"] == 3
     assert not {"organism_world", "pretrain_organism"} & set(counts)
+
+
+def test_paper_config_scores_the_llama_rows_in_their_own_window(tmp_path):
+    """Issue 22 (b): the original tagged the Llama rows' data in 4096 tokens (its *_4k sets), TinyLlama's in 2047:
+    models.<m>.scoring_max_length adds one scoring per dataset, with its gather and tagging jobs, at paths of its
+    own; the TinyLlama branches read the 2047-token scores at the paths a run without the option has."""
+    workdir = copy_workflow(tmp_path / "paper")
+    config = yaml.safe_load((workdir / "config/paper.yaml").read_text())
+    assert [config["models"][m].get("scoring_max_length") for m in config["models"]] == [None, 4096, 4096]
+    for model in config["models"].values():
+        model.pop("scoring_max_length", None)
+    (workdir / "config/one-window.yaml").write_text(yaml.safe_dump(config))
+    dry_run = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml").stdout
+    one_window = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/one-window.yaml").stdout
+    datasets = ("sharegpt", "ultrachat", "wizardlm")
+    added = set(planned_jobs(dry_run)) - set(planned_jobs(one_window))
+    assert sorted(added) == sorted(
+        [
+            *[
+                ("score_turns", f"results/scores/{d}/tinyllama-sharegpt-window4096/shard-1-of-1.parquet")
+                for d in datasets
+            ],
+            *[("gather_scores", f"results/scores/{d}/tinyllama-sharegpt-window4096.parquet") for d in datasets],
+            *[("tag_indicator_at_window", f"results/sft/{d}/indicator-0.6-window4096.parquet") for d in datasets],
+        ]
+    )
+    assert set(planned_jobs(one_window)) - set(planned_jobs(dry_run)) == set()
+    inputs = planned_inputs(dry_run)
+    for d in datasets:
+        assert f"results/sft/{d}/indicator-0.6.parquet" in inputs[f"results/models/tinyllama/{d}/indicator-0.6"]
+        assert inputs[f"results/sft/{d}/indicator-0.6.parquet"][1] == f"results/scores/{d}/tinyllama-sharegpt.parquet"
+        for llama in ("llama2-7b", "llama3-8b"):
+            assert (
+                f"results/sft/{d}/indicator-0.6-window4096.parquet"
+                in inputs[f"results/models/{llama}/{d}/indicator-0.6"]
+            )
+            assert f"results/sft/{d}/vanilla.parquet" in inputs[f"results/models/{llama}/{d}/vanilla"]
 
 
 def test_the_corrected_overlay_plans_the_published_procedures_jobs(tmp_path):
@@ -346,19 +385,23 @@ def test_paper_config_plans_both_scores_when_asked(tmp_path):
     jobs = planned_jobs(snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/both.yaml").stdout)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule, _ in jobs}
     assert counts["finetune"] == counts["evaluate"] == 3 * 3 * 3
-    assert counts["score_turns"] == counts["gather_scores"] == counts["tag_indicator"] == 2 * 3
+    # each score in TinyLlama's window (2047) and in the Llama rows' (4096)
+    assert counts["score_turns"] == counts["gather_scores"] == 2 * 2 * 3
+    assert counts["tag_indicator"] == counts["tag_indicator_at_window"] == 2 * 3
     assert counts["score_layers"] == 1 and counts["table3"] == 1 and counts["prepare_dataset"] == 3
     scores = sorted(path for rule, path in jobs if rule == "gather_scores")
     assert scores == sorted(
-        f"results/scores/{dataset}/tinyllama-sharegpt{suffix}.parquet"
+        f"results/scores/{dataset}/tinyllama-sharegpt{suffix}{window}.parquet"
         for dataset in ("sharegpt", "ultrachat", "wizardlm")
         for suffix in ("", "-lr")
+        for window in ("", "-window4096")
     )
-    tagged = sorted(path for rule, path in jobs if rule == "tag_indicator")
+    tagged = sorted(path for rule, path in jobs if rule.startswith("tag_indicator"))
     assert tagged == sorted(
-        f"results/sft/{dataset}/{branch}.parquet"
+        f"results/sft/{dataset}/{branch}{window}.parquet"
         for dataset in ("sharegpt", "ultrachat", "wizardlm")
         for branch in ("indicator-0.6", "indicator-lr-q0.3")
+        for window in ("", "-window4096")
     )
 
 
@@ -424,8 +467,8 @@ def test_scoring_scatters_into_the_requested_number_of_shards(tmp_path):
     output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml", "--set-scatter", "score=4")
     jobs = planned_jobs(output.stdout)
     shards = sorted(path for rule, path in jobs if rule == "score_turns")
-    assert len(shards) == 12 and shards[0].endswith("shard-1-of-4.parquet")
-    assert sum(rule == "gather_scores" for rule, _ in jobs) == 3
+    assert len(shards) == 2 * 12 and shards[0].endswith("shard-1-of-4.parquet")  # both windows, as the gathers
+    assert sum(rule == "gather_scores" for rule, _ in jobs) == 2 * 3
 
 
 def test_report_embeds_table4_and_every_figure_with_captions_offline(embedded_run):

@@ -42,6 +42,10 @@ LAYER_SCORES = "results/scores/layers/{dataset}/{scorer}.parquet"
 SFT = "results/sft/{dataset}/{branch}.parquet"
 SFT_STATS = "results/sft/{dataset}/{branch}.stats.json"
 TAGGED_BRANCH = INDICATOR + "{tagging}"
+# the suffix of a scorer's name and a tagged branch's at a model's own scoring window (models.<m>.scoring_max_length,
+# the original's *_4k sets); at scoring.max_length, none: the paths of a run without one stay as they were
+SCORING_WINDOW = "-window{window}"
+TAGGED_WINDOW_BRANCH = TAGGED_BRANCH + SCORING_WINDOW
 MODEL = "results/models/{model}/{dataset}/{method}"
 CHECKPOINTS = "results/checkpoints/{model}/{dataset}/{method}"
 EVAL_RESULT = "results/eval/{model}/{dataset}/{method}/{task}.json"
@@ -342,15 +346,42 @@ class Plan:
         used |= {method.score for method in check_methods(self.methods) if method.score}
         return [score for score in SCORE_METHODS if score in used]
 
-    def scorer_name(self, score: str = ATTENTION) -> str:
-        """The `{scorer}` of a score's paths: the seed model's name, then the score's short name (`-lr`); the
-        attention score's is the seed model's name alone, as in the paper's runs."""
+    def scorer_name(self, score: str = ATTENTION, window: int | None = None) -> str:
+        """The `{scorer}` of a score's paths: the seed model's name, then the score's short name (`-lr`), then a
+        model's own window (`-window4096`); the attention score's at scoring.max_length is the seed model's name
+        alone, as in the paper's runs."""
         short = SCORE_METHODS[score]
-        return f"{self.scorer}-{short}" if short else self.scorer
+        name = f"{self.scorer}-{short}" if short else self.scorer
+        return name + fill(SCORING_WINDOW, window=window) if window else name
+
+    def own_window(self, model: str | None) -> int | None:
+        """A model's scoring window when it is not scoring.max_length (its indicator branches then have scorings
+        and tagged sets of their own); None at the run's window."""
+        window = self.models[model]["scoring_max_length"] if model else None
+        return None if window in (None, self.scoring["max_length"]) else window
+
+    def score_sets(self) -> dict[str, tuple[str, int | None]]:
+        """{scorer name: (score, own window or None)}: every score the run computes in scoring.max_length, and in
+        each model's own window the scores its indicator branches tag by (only those: Table 3, the figures and
+        the validity table read the run's window)."""
+        sets = {self.scorer_name(score): (score, None) for score in self.score_methods()}
+        for run in self.grid():
+            score, window = parse_method(run.method).score, self.own_window(run.model)
+            if score and window:
+                sets.setdefault(self.scorer_name(score, window), (score, window))
+        return sets
 
     def scorers(self) -> dict[str, str]:
         """{scorer name: score} of every score the run computes."""
-        return {self.scorer_name(score): score for score in self.score_methods()}
+        return {name: score for name, (score, _) in self.score_sets().items()}
+
+    def own_windows(self) -> list[int]:
+        """The models' own scoring windows the run scores in (the `{window}` of their scorers and tagged sets)."""
+        return sorted({window for _, window in self.score_sets().values() if window})
+
+    def scorer_max_length(self, scorer: str) -> int:
+        """The window a scorer's jobs score in."""
+        return self.score_sets()[scorer][1] or self.scoring["max_length"]
 
     def score_settings(self, scorer: str) -> dict:
         """What one scorer's jobs compute, and nothing of another's (changing the layer never reruns the
@@ -369,12 +400,13 @@ class Plan:
         """The module that computes a scorer's scores (its code digest reruns them when it changes)."""
         return "ctxaware.scoring" if self.scorers()[scorer] == ATTENTION else "ctxaware.likelihood_ratio"
 
-    def scores_path(self, dataset: str, score: str = ATTENTION) -> str:
-        return fill(SCORES, dataset=dataset, scorer=self.scorer_name(score))
+    def scores_path(self, dataset: str, score: str = ATTENTION, window: int | None = None) -> str:
+        return fill(SCORES, dataset=dataset, scorer=self.scorer_name(score, window))
 
-    def tagging_scores(self, dataset: str, tagging: str) -> str:
-        """The scores a tagged branch (`{tagging}`: `0.6`, `lr-q0.3`) selects its turns by."""
-        return self.scores_path(dataset, parse_tagging(tagging).score)
+    def tagging_scores(self, dataset: str, tagging: str, window: int | None = None) -> str:
+        """The scores a tagged branch (`{tagging}`: `0.6`, `lr-q0.3`; at a model's own `window`) selects its turns
+        by."""
+        return self.scores_path(dataset, parse_tagging(tagging).score, window)
 
     def table3_taggings(self) -> list[dict]:
         """Table 3's rows beyond the paper's betas on the attention score: every tagging of the methods with a
@@ -401,9 +433,13 @@ class Plan:
             for dataset in self.datasets
         ]
 
-    def sft_path(self, dataset: str, method: str) -> str:
-        """The training data of a method: its dataset's vanilla copy or tagged set."""
-        return fill(SFT, dataset=dataset, branch=parse_method(method).data_branch)
+    def sft_path(self, dataset: str, method: str, model: str | None = None) -> str:
+        """The training data of a method: its dataset's vanilla copy or tagged set, the latter tagged from the
+        model's own scoring window when it has one (`indicator-0.6-window4096`)."""
+        parsed = parse_method(method)
+        window = self.own_window(model) if parsed.with_indicator else None
+        branch = parsed.data_branch + (fill(SCORING_WINDOW, window=window) if window else "")
+        return fill(SFT, dataset=dataset, branch=branch)
 
     # fine-tuning
 
@@ -418,31 +454,34 @@ class Plan:
 
     # evaluation
 
-    def task_settings(self, task: str, max_context: int | None = None, qa_prompt_style: str = "default") -> dict:
+    def task_settings(
+        self, task: str, max_context: int | None = None, qa_prompt_style: str = "default", nih_dtype: str | None = None
+    ) -> dict:
         """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes; the
         MT-Bench judge's settings are the `judge` job's (`judge_settings`), so changing the judge never reruns an
-        evaluation."""
+        evaluation. `nih_dtype`: a model's own NIH precision (None: evaluation.nih.dtype)."""
         settings = dict(self.evaluation[task])
         settings.pop("judge", None)
         settings["batch_tokens"] = self.evaluation["batch_tokens"]
         if task == "nih":
             settings["max_context"] = max_context
             settings["prompt_template"] = resolve_template(settings["prompt_template"])
+            settings["dtype"] = nih_dtype or settings["dtype"]
         elif task in QA_TASKS:
             settings["prompt_template"] = self.evaluation["qa_prompts"][qa_prompt_style][task]
-            # an option of the original's procedure only when chosen: the default's params stay as they were
-            for option, default in PROCEDURE_DEFAULTS.items():
-                if settings.get(option) == default:
-                    del settings[option]
+        # an option of the original's procedure only when chosen: the default's params stay as they were
+        for option, default in PROCEDURE_DEFAULTS.items():
+            if settings.get(option) == default:
+                del settings[option]
         return canonical(settings)
 
     def evaluation_settings(self, model: str, dataset: str) -> dict[str, dict]:
-        """Every task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, QA with
-        the dataset's prompt style (paper Tables 5/6)."""
+        """Every task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, in the
+        model's NIH precision, QA with the dataset's prompt style (paper Tables 5/6)."""
         caps = [self.models[model]["nih_max_context"], self.datasets[dataset]["nih_max_context"]]
         max_context = min(cap for cap in caps if cap is not None)
-        style = self.datasets[dataset]["qa_prompt_style"]
-        return {task: self.task_settings(task, max_context, style) for task in self.tasks}
+        style, nih_dtype = self.datasets[dataset]["qa_prompt_style"], self.models[model]["nih_dtype"]
+        return {task: self.task_settings(task, max_context, style, nih_dtype) for task in self.tasks}
 
     def reference_evaluation_settings(self, reference: str) -> dict[str, dict]:
         """Every task as an evaluate-only row is evaluated: NIH up to its own context cap, QA in its prompt style."""
@@ -498,8 +537,11 @@ class Plan:
         return [v for v in self.diagnosis["variants"] if v != "base" or self.pairs[pair]["base"] is not None]
 
     def diagnosis_nih(self, pair: str) -> dict:
-        """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant)."""
-        return self.task_settings("nih", self.pairs[pair]["nih_max_context"])
+        """The evaluation's NIH settings at the pair's context cap (templates and prefixes are set per variant);
+        the Section 2 jobs load the pair's models themselves, in the default precision."""
+        settings = self.task_settings("nih", self.pairs[pair]["nih_max_context"])
+        settings.pop("dtype", None)
+        return settings
 
     def capped_nih(self, pair: str, cap: int | None) -> dict:
         """The pair's NIH settings with its grid's longest context lowered to `cap` (None: as they are)."""
@@ -615,6 +657,33 @@ class Plan:
             ]
         return caps
 
+    def scoring_windows(self) -> list[tuple[str, int]]:
+        """(key, window) of every window the run scores in: scoring.max_length, and each model's own window its
+        indicator branches are scored in."""
+        windows = [("scoring.max_length", self.scoring["max_length"])]
+        planned = self.own_windows()
+        for name in self.models:
+            window = self.own_window(name)
+            if window in planned:
+                windows.append((f"models.{name}.scoring_max_length", window))
+        return windows
+
+    def check_scoring_windows(self) -> None:
+        """Each scoring window fits the seed model's max_position_embeddings, unless scoring.beyond_seed_positions
+        is extrapolate (the original's *_4k sets, presumably scored by its TinyLlama probe in 4096 tokens)."""
+        if self.scoring["beyond_seed_positions"] == "extrapolate":
+            return
+        shape = self.model_shape(self.scorer_model())
+        if shape is None or shape.window is None:
+            return
+        for key, window in self.scoring_windows():
+            if window > shape.window:
+                raise ValueError(
+                    f"config key {key}: the scoring window {window} is longer than the max_position_embeddings "
+                    f"{shape.window} of the seed model ({shape.source}), which never saw positions beyond it. Lower "
+                    f"{key}, or set scoring.beyond_seed_positions: extrapolate to score there all the same"
+                )
+
     def check_nih_windows(self) -> None:
         """The longest NIH context's needle and haystack, with the new tokens, fit each model's window (the job
         checks the whole prompt, its template's tokens too, before generating)."""
@@ -668,6 +737,7 @@ class Plan:
         """Everything a job would find wrong that is known before it runs, each error naming its config key:
         nothing is deleted nor recomputed for a setting that cannot work (README: Start-up checks)."""
         self.check_layers()
+        self.check_scoring_windows()
         self.check_nih_windows()
         self.check_haystack()
         self.check_mtbench_files()

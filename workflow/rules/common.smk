@@ -35,6 +35,7 @@ from ctxaware.plan import (
     SFT,
     SFT_STATS,
     TAGGED_BRANCH,
+    TAGGED_WINDOW_BRANCH,
     Plan,
     fill,
     local_inputs,
@@ -99,6 +100,7 @@ wildcard_constraints:
     tagging=TAGGING_PATTERN,
     task=_choice(ALL_TASKS),
     scorer=_choice(PLAN.scorers()),
+    window=_choice(map(str, PLAN.own_windows())),
     pair=_choice(PAIRS),
     name=_choice(PLAN.imports()),
 
@@ -128,6 +130,10 @@ def score_settings(wildcards):
     return PLAN.score_settings(wildcards.scorer)
 
 
+def scorer_max_length(wildcards):
+    return PLAN.scorer_max_length(wildcards.scorer)
+
+
 def score_code(wildcards):
     return code_digest(PLAN.score_module(wildcards.scorer))
 
@@ -136,12 +142,18 @@ def tagging_scores(wildcards):
     return PLAN.tagging_scores(wildcards.dataset, wildcards.tagging)
 
 
+def tagging_scores_at_window(wildcards):
+    return PLAN.tagging_scores(
+        wildcards.dataset, wildcards.tagging, int(wildcards.window)
+    )
+
+
 def haystack_input():
     return PLAN.haystack_inputs()
 
 
 def sft_input(wildcards):
-    return PLAN.sft_path(wildcards.dataset, wildcards.method)
+    return PLAN.sft_path(wildcards.dataset, wildcards.method, wildcards.model)
 
 
 def recipe_for(wildcards):

@@ -24,7 +24,7 @@ rule score_turns:
     params:
         seed_model=PLAN.scorer_model(),
         score=score_settings,
-        max_length=config["scoring"]["max_length"],
+        max_length=scorer_max_length,
         batch_tokens=config["scoring"]["batch_tokens"],
         shard="{scatteritem}",
         code=score_code,

@@ -31,3 +31,16 @@ rule tag_indicator:
         append_period=config["tagging"]["append_period"],
     script:
         "../scripts/tag_indicator.py"
+
+
+use rule tag_indicator as tag_indicator_at_window with:
+    """As tag_indicator, from the scores of a model's own scoring window (models.<m>.scoring_max_length: the
+    original's *_4k sets for the Llama rows)."""
+    input:
+        data=rules.prepare_dataset.output.parquet,
+        scores=tagging_scores_at_window,
+    output:
+        sft=fill(SFT, branch=TAGGED_WINDOW_BRANCH),
+        stats=fill(SFT_STATS, branch=TAGGED_WINDOW_BRANCH),
+    log:
+        "results/logs/sft/{dataset}/indicator-{tagging}-window{window}.log",
