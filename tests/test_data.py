@@ -594,4 +594,5 @@ def test_paper_config_hub_sources_avoid_loading_scripts():
     assert (
         quac["source"] == "allenai/quac" and quac["revision"] and quac["data_files"]["validation"].endswith(".parquet")
     )
-    assert paper["evaluation"]["drop"] == {"source": "EleutherAI/drop", "metric": "drop_original"}
+    drop = paper["evaluation"]["drop"]
+    assert drop["source"] == "EleutherAI/drop" and drop["metric"] == "drop_original" and "revision" not in drop
