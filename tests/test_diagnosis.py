@@ -203,6 +203,20 @@ def test_steering_generator_unsteered_equals_generator_and_steering_changes_outp
     assert steering.user[1].tolist() == [r == "user" for r in roles]
 
 
+@pytest.mark.parametrize("ending", ["generation_prompt", "lm_eval"])
+def test_steering_generator_takes_each_qa_prompt_ending(tiny, ending):
+    """Steering runs the QA tasks through run_qa, which asks for the task's prompt ending (the original's lm-eval
+    ending in config/paper.yaml): the steered prompt is the plain generator's, its user tokens the content's."""
+    model, tokenizer = tiny
+    query = [{"role": "user", "content": "Context: the fox is brown.\nQuestion: what colour is the fox?"}]
+    ids = SteeringGenerator(model, tokenizer, 4096, None).encode_chat(query, ending=ending)
+    assert ids == Generator(model, tokenizer).encode_chat(query, ending=ending)
+    role_ids, roles = encode_roles(tokenizer, query[0]["content"], True, "", ending)
+    user = [token for token, role in zip(ids, roles, strict=True) if role == "user"]
+    assert role_ids == ids and tokenizer.decode(user).strip() == query[0]["content"]
+    assert tokenizer.decode(ids).endswith("<|assistant|>\n" if ending == "generation_prompt" else "<|assistant|>")
+
+
 @pytest.mark.parametrize("alpha", [0.5, 0.1])
 def test_steering_raises_the_user_attention_at_the_first_answer_token(tiny, alpha):
     """Eq. 1 at the last prompt position: on layer 0 (same input either way) a steered head's user mass u becomes

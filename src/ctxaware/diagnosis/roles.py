@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ctxaware.attention import attention_modules, capture_last
-from ctxaware.chat import free_marks, render, sentinel
+from ctxaware.chat import free_marks, render, render_lm_eval, sentinel
 from ctxaware.diagnosis import ROLES
 from ctxaware.tasks import nih
 
@@ -19,15 +19,24 @@ def prompt_prefix(use_template: bool, response_prefix: str) -> str:
     return response_prefix if use_template else PREFIX_SEPARATOR + response_prefix
 
 
-def encode_roles(tokenizer, content: str, use_template: bool, prefix: str) -> tuple[list[int], list[str]]:
-    """Token ids exactly as Generator.encode_chat builds them for one user message, and each token's role:
-    bos, user (the message content), assistant (the response prefix) or template (role markers, system)."""
+def encode_roles(
+    tokenizer, content: str, use_template: bool, prefix: str, ending: str = "generation_prompt"
+) -> tuple[list[int], list[str]]:
+    """Token ids exactly as Generator.encode_chat builds them for one user message (with the prompt `ending`),
+    and each token's role: bos, user (the message content), assistant (the response prefix) or template (role
+    markers, system)."""
+
+    def rendered(messages: list[dict]) -> str:
+        if ending == "lm_eval":
+            return render_lm_eval(tokenizer, messages)
+        return render(tokenizer, messages, add_generation_prompt=True)
+
     messages = [{"role": "user", "content": content}]
     if use_template:
         # the content's place, not a search for its text, which a header may also hold ("user", "a", "\n")
-        head = render(tokenizer, messages, add_generation_prompt=True)
+        head = rendered(messages)
         marker = sentinel(0, free_marks(head))
-        skeleton = render(tokenizer, [{"role": "user", "content": marker}], add_generation_prompt=True)
+        skeleton = rendered([{"role": "user", "content": marker}])
         user_start = skeleton.find(marker)
         if user_start < 0 or head != skeleton.replace(marker, content):
             raise ValueError("chat template does not copy the message verbatim; cannot locate the user tokens")

@@ -32,12 +32,18 @@ class SteeringGenerator(Generator):
         self.steering = steering
         self.user: dict[tuple[int, ...], list[bool]] = {}
 
-    def encode_chat(self, messages: list[dict], use_template: bool = True, response_prefix: str = "") -> list[int]:
-        ids = super().encode_chat(messages, use_template, response_prefix)
+    def encode_chat(
+        self,
+        messages: list[dict],
+        use_template: bool = True,
+        response_prefix: str = "",
+        ending: str = "generation_prompt",
+    ) -> list[int]:
+        ids = super().encode_chat(messages, use_template, response_prefix, ending)
         users = [m for m in messages if m["role"] == "user"]
         if len(users) != 1 or len(messages) != 1:
             raise ValueError("attention steering handles single-turn prompts only")
-        role_ids, roles = encode_roles(self.tokenizer, users[0]["content"], use_template, response_prefix)
+        role_ids, roles = encode_roles(self.tokenizer, users[0]["content"], use_template, response_prefix, ending)
         if role_ids != ids:
             raise ValueError("role tokenization differs from the generator's; cannot locate user tokens")
         self.user[tuple(ids)] = [r == "user" for r in roles]
