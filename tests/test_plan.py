@@ -112,6 +112,21 @@ def test_recipe_takes_the_datasets_epochs_and_the_methods_training():
     assert recipe["lora"]["target_modules"][2:4] == ["v_proj", "o_proj"] and recipe["learning_rate"] == 0.0002
 
 
+def test_the_indicator_token_reaches_the_recipe_only_when_the_original_kind_is_chosen():
+    # special, the schema's default, stays out of the finetune job's params: a default fine-tune is not rerun
+    default = plan_of()
+    assert default.config["recipes"]["full"]["indicator_token"] == "special"
+    assert "indicator_token" not in default.recipe("small", "sharegpt", "indicator-0.6")
+    added = plan_of(change=lambda c: c["recipes"]["full"].update(indicator_token="added"))
+    recipe = added.recipe("small", "sharegpt", "indicator-0.6")
+    assert recipe["indicator_token"] == "added" and list(recipe) == sorted(recipe)
+    assert {k: v for k, v in recipe.items() if k != "indicator_token"} == default.recipe(
+        "small", "sharegpt", "indicator-0.6"
+    )
+    with pytest.raises(Exception, match="indicator_token|user_defined"):
+        plan_of(change=lambda c: c["recipes"]["full"].update(indicator_token="user_defined"))
+
+
 def test_evaluation_settings_per_fine_tune():
     plan = plan_of()
     settings = plan.evaluation_settings("small", "wizardlm")

@@ -501,3 +501,19 @@ def test_load_model_takes_the_precision_an_imported_model_records(tiny_model_dir
     (imported / MODEL_INFO).write_text(json.dumps({"imported_from": "package:x/y.gguf", "dtype": "bf16"}))
     assert load_model(str(imported))[0].dtype == torch.bfloat16
     assert load_model(str(imported), dtype=torch.float32)[0].dtype == torch.float32  # an explicit precision wins
+
+
+@pytest.mark.parametrize("indicator_token", ["special", "added"])
+def test_the_indicator_token_kind_reaches_the_saved_fine_tune_tokenizer(
+    tiny_model_dir, train_parquet, tmp_path, indicator_token
+):
+    recipe = dict(RECIPE, finetuning="lora", max_steps=1, indicator_token=indicator_token)
+    finetune(tiny_model_dir, train_parquet, str(tmp_path / "m"), str(tmp_path / "c"), recipe, with_indicator=True)
+    # evaluation loads the fine-tune's own tokenizer: the kind of [IND] it was trained with comes with it
+    model, tokenizer = load_model(str(tmp_path / "m"))
+    ind = tokenizer.convert_tokens_to_ids(IND_TOKEN)
+    assert tokenizer.added_tokens_decoder[ind].special == (indicator_token == "special")
+    ids = tokenizer("How often? [IND]", add_special_tokens=False)["input_ids"]
+    assert ids[-1] == ind
+    kept = IND_TOKEN in tokenizer.decode(ids, skip_special_tokens=True)
+    assert kept == (indicator_token == "added")

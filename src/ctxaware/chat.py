@@ -48,13 +48,27 @@ def append_indicator(text: str) -> str:
     return f"{text} {IND_TOKEN}"
 
 
-def prepare_tokenizer(tokenizer, with_indicator: bool = False):
-    """Give any causal-LM tokenizer the Zephyr template, a pad token and (optionally) the [IND] special token."""
+# how [IND] joins the vocabulary (recipes.<r>.indicator_token). special: a special token, as the paper describes it
+# (Section 3.2): matched on the raw text, dropped by decode(skip_special_tokens=True). added: a plain added token, as
+# the original's tokenizer.add_tokens(['[IND]']) (TinyLlama/scripts/run_sft.py l.139-153, scripts/utils.py
+# l.176-187): normalized (a legacy Llama-2 tokenizer.json's normalizer makes it absorb the space before it) and kept
+# by skip_special_tokens
+INDICATOR_TOKENS = ("special", "added")
+DEFAULT_INDICATOR_TOKEN = "special"
+
+
+def prepare_tokenizer(tokenizer, with_indicator: bool = False, indicator_token: str = DEFAULT_INDICATOR_TOKEN):
+    """Give any causal-LM tokenizer the Zephyr template, a pad token and (optionally) the [IND] token, special or
+    a plain added one (INDICATOR_TOKENS)."""
+    if indicator_token not in INDICATOR_TOKENS:
+        raise ValueError(
+            f"config key recipes.<recipe>.indicator_token: {indicator_token!r} is not one of {INDICATOR_TOKENS}"
+        )
     tokenizer.chat_template = ZEPHYR_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if with_indicator and IND_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([IND_TOKEN], special_tokens=True)
+        tokenizer.add_tokens([IND_TOKEN], special_tokens=indicator_token == "special")
     return tokenizer
 
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from ctxaware.chat import DEFAULT_INDICATOR_TOKEN
 from ctxaware.judge import JUDGED_TASKS
 from ctxaware.methods import (
     ATTENTION,
@@ -30,6 +31,10 @@ from ctxaware.methods import (
 )
 from ctxaware.tasks import PROCEDURE_DEFAULTS, QA_TASKS
 from ctxaware.tasks.nih import resolve_template
+
+# recipe options added after the finetune job's params were first recorded: left out of a recipe at their default
+# (the training code reads the same default), so a fine-tune of the default keeps its params and is not rerun
+RECIPE_DEFAULTS = {"indicator_token": DEFAULT_INDICATOR_TOKEN}
 
 # Artifact paths with wildcards: the rules' outputs and the inputs the plan hands their consumers.
 ORGANISM_DIR = "results/organism"
@@ -450,6 +455,10 @@ class Plan:
         epochs = self.datasets[dataset]["epochs"]
         if epochs is not None:
             recipe["epochs"] = epochs
+        # an option of the original's procedure only when chosen: the default's params stay as they were
+        for option, default in RECIPE_DEFAULTS.items():
+            if recipe.get(option) == default:
+                del recipe[option]
         return canonical(training_recipe(recipe, method))
 
     # evaluation

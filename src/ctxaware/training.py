@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ctxaware import IND_TOKEN
-from ctxaware.chat import prepare_tokenizer, with_system
+from ctxaware.chat import DEFAULT_INDICATOR_TOKEN, prepare_tokenizer, with_system
 from ctxaware.modeling import MODEL_INFO, add_token_rows, default_device, load_tokenizer
 
 PRECISIONS = ("auto", "bf16-mixed", "fp32", "bf16")
@@ -193,7 +193,9 @@ def build_trainer(
     # seeded before the adapter exists: LoRA's random init must not depend on what ran earlier in the process
     set_seed(seed)
     device = default_device()
-    tokenizer = prepare_tokenizer(load_tokenizer(base), with_indicator=with_indicator)
+    # the saved tokenizer carries the kind of [IND] token (special or added) to every later load of the fine-tune
+    indicator_token = recipe.get("indicator_token", DEFAULT_INDICATOR_TOKEN)
+    tokenizer = prepare_tokenizer(load_tokenizer(base), with_indicator=with_indicator, indicator_token=indicator_token)
     frame = pd.read_parquet(train_parquet)
     dataset = Dataset.from_list([{"messages": with_system(list(messages))} for messages in frame["messages"]])
 
