@@ -49,12 +49,6 @@ def test_a_real_llama_tokenizer_under_each_indicator_token_kind(kind):
     assert original.encode(text, add_special_tokens=False).ids == ORIGINAL_IDS[kind]
 
 
-def test_the_original_ids_differ_only_by_the_space_token_before_the_indicator():
-    added, special = ORIGINAL_IDS["added"], ORIGINAL_IDS["special"]
-    assert special[: len(PREFIX)] == added[: len(PREFIX)] and special[len(PREFIX)] == 28705  # "▁"
-    assert special[: len(PREFIX)] + special[len(PREFIX) + 1 :] == added
-
-
 @pytest.mark.parametrize("kind", ["special", "added"])
 def test_skip_special_tokens_keeps_the_indicator_only_when_it_is_a_plain_added_token(tiny_model_dir, kind):
     tokenizer = prepare_tokenizer(load_tokenizer(tiny_model_dir), with_indicator=True, indicator_token=kind)
