@@ -9,9 +9,9 @@ random-weight Llama with a byte-level BPE tokenizer (ctxaware.tiny, trained on r
       its tokens, encode_and_trim cuts it), the needle placed, the prompt built and tokenised, and
       `model.generate` runs on that one prompt;
   (b) ctxaware: the haystack read and tokenised once (ctxaware.tasks.nih.build_cases), then the batched engine
-      (ctxaware.generation.Generator: token-budget batches over length-sorted prompts; the prefix the prompts
-      share is prefilled once and each prompt's rest without padding, then greedy decoding of the whole
-      left-padded batch).
+      (ctxaware.generation.Generator: token-budget batches, consecutive in token order when the prompts share
+      long prefixes; a prefix walk prefills every prefix they share once and each prompt's rest without padding,
+      then greedy decoding of the whole left-padded batch).
 
 It asserts that (a) and (b) produce identical outputs and prints prompts/s of each and the ratio b/a.
 
