@@ -123,6 +123,14 @@ def is_hub_id(source: str | None) -> bool:
     )
 
 
+def drop_defaults(settings: dict, defaults: dict) -> None:
+    """Remove each option of the original's procedure that is at its default: it is in a job's params only when
+    chosen, so the params of a default run stay as they were before the option existed (nothing reruns)."""
+    for option, default in defaults.items():
+        if settings.get(option) == default:
+            del settings[option]
+
+
 class Shape(NamedTuple):
     """What the plan checks of a model before any job runs: its layers and its position window (None: unknown),
     and where they were read (named in errors)."""
@@ -455,10 +463,7 @@ class Plan:
         epochs = self.datasets[dataset]["epochs"]
         if epochs is not None:
             recipe["epochs"] = epochs
-        # an option of the original's procedure only when chosen: the default's params stay as they were
-        for option, default in RECIPE_DEFAULTS.items():
-            if recipe.get(option) == default:
-                del recipe[option]
+        drop_defaults(recipe, RECIPE_DEFAULTS)
         return canonical(training_recipe(recipe, method))
 
     # evaluation
@@ -478,10 +483,7 @@ class Plan:
             settings["dtype"] = nih_dtype or settings["dtype"]
         elif task in QA_TASKS:
             settings["prompt_template"] = self.evaluation["qa_prompts"][qa_prompt_style][task]
-        # an option of the original's procedure only when chosen: the default's params stay as they were
-        for option, default in PROCEDURE_DEFAULTS.items():
-            if settings.get(option) == default:
-                del settings[option]
+        drop_defaults(settings, PROCEDURE_DEFAULTS)
         return canonical(settings)
 
     def evaluation_settings(self, model: str, dataset: str) -> dict[str, dict]:
