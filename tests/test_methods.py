@@ -180,3 +180,31 @@ def test_each_kind_and_score_is_one_entry_of_its_table(monkeypatch):
     assert methods.parse_method("indicator-ent-0.3").score == "entropy"
     with pytest.raises(ValueError, match=r"^method 'indicator-ent-top5.0': write it 'indicator-ent-top5' "):
         methods.parse_method("indicator-ent-top5.0")
+
+
+def test_a_correction_of_the_quirk_ablation_rides_on_the_method_name():
+    """`<method>+<correction>`: the method as written, its correction kept apart; wildcard constraints accept only
+    the corrections they are given, and a name is no correction unless it is of VARIANT_NAME."""
+    from ctxaware.methods import METHOD_PATTERN, split_variant, variant_pattern, with_variant
+
+    method = parse_method("qk-lora-indicator-lr-q0.3+no-period")
+    assert (method.variant, method.qk_lora, method.tagging.text, method.data_branch) == (
+        "no-period",
+        True,
+        "lr-q0.3",
+        "indicator-lr-q0.3",
+    )
+    assert parse_method("vanilla").variant is None and not parse_method("vanilla+cut").with_indicator
+    assert split_variant("reference+cut") == ("reference", "cut") and split_variant("vanilla") == ("vanilla", None)
+    assert with_variant("vanilla", None) == "vanilla" and with_variant("vanilla", "cut") == "vanilla+cut"
+    pattern = variant_pattern(METHOD_PATTERN, ["cut", "no-period"])
+    for name in ("vanilla", "vanilla+cut", "indicator-0.6+no-period", "qk-lora+cut"):
+        assert re.fullmatch(pattern, name), name
+    for name in ("vanilla+", "vanilla+other", "indicator-0.6+cut+cut", "indicator-0.60+cut", "+cut"):
+        assert not re.fullmatch(pattern, name), name
+    assert variant_pattern(METHOD_PATTERN, []) == f"(?:{METHOD_PATTERN})"
+    for bad in ("vanilla+Cut", "vanilla+-cut", "vanilla+cut-", "indicator-0.6+a+b"):
+        with pytest.raises(ValueError, match="no correction's name"):
+            parse_method(bad)
+    with pytest.raises(ValueError, match="expected"):
+        parse_method("indicator-x+cut")

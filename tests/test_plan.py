@@ -296,8 +296,8 @@ def test_a_models_own_scoring_window_has_scorings_and_tagged_sets_of_its_own():
     other models, Table 3 and the validity table keep the run's window and its paths."""
     plan = plan_of(change=own_window(4096))
     assert plan.score_sets() == {
-        "small-sharegpt": ("attention", None),
-        "small-sharegpt-window4096": ("attention", 4096),
+        "small-sharegpt": ("attention", None, None),
+        "small-sharegpt-window4096": ("attention", 4096, None),
     }
     assert plan.own_windows() == [4096]
     assert (
@@ -1030,3 +1030,183 @@ def test_the_corrected_overlay_changes_exactly_the_documented_choices_of_the_pub
     section = readme.split("### The published procedure and the project's corrections")[1].split("\n## ")[0]
     rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
     assert {key for row in rows for key in re.findall(r"`([^`]+)`", row)} == set(changed)
+
+
+# The quirk ablation (config ablation, issue 22): each correction alone, as extra branches of the published run
+
+
+def with_ablation(**corrections):
+    return lambda config: config.update(ablation=corrections)
+
+
+def test_a_dataset_correction_adds_its_dataset_trained_by_the_published_models_only():
+    plan = plan_of(
+        change=with_ablation(
+            filtered={"datasets": {"wizardlm": {"refusal_filter": None, "epochs": 3}}},
+            special={"recipes": {"adapters": {"indicator_token": "special"}}},
+        )
+    )
+    added = [run for run in plan.grid() if "+" in run.dataset]
+    # big trains wizardlm only, so it trains the corrected wizardlm too; the corrected model never meets it
+    assert added == [
+        *[("wizardlm+filtered", model, method) for model in ("small", "big") for method in CONFIG["methods"]],
+    ]
+    assert plan.datasets["wizardlm+filtered"]["refusal_filter"] is None
+    assert plan.datasets["wizardlm+filtered"]["source"] == CONFIG["datasets"]["wizardlm"]["source"]
+    assert plan.recipe("small", "wizardlm+filtered", "vanilla")["epochs"] == 3
+    assert plan.recipe("small", "wizardlm", "vanilla")["epochs"] == 2  # the published dataset is untouched
+    assert plan.sft_path("wizardlm+filtered", "indicator-0.6") == "results/sft/wizardlm+filtered/indicator-0.6.parquet"
+    assert plan.tagging_scores("wizardlm+filtered", "0.6") == "results/scores/wizardlm+filtered/small-sharegpt.parquet"
+
+
+def test_a_recipe_correction_adds_a_model_per_model_of_the_recipe_on_the_branches_it_can_change():
+    plan = plan_of(
+        change=with_ablation(
+            special={"recipes": {"adapters": {"indicator_token": "added"}}},
+            full={"recipes": {"adapters": {"finetuning": "lora"}}},
+        )
+    )
+    corrected = [run for run in plan.grid() if "+" in run.model]
+    # [IND]'s token acts only where [IND] is trained; the fine-tuning kind on every branch
+    assert corrected == [
+        ("wizardlm", "big+special", "indicator-0.6"),
+        *[("wizardlm", "big+full", method) for method in CONFIG["methods"]],
+    ]
+    assert plan.recipe("big+special", "wizardlm", "indicator-0.6")["indicator_token"] == "added"
+    assert "indicator_token" not in plan.recipe("big", "wizardlm", "indicator-0.6")
+    assert plan.recipe("big+full", "wizardlm", "vanilla")["finetuning"] == "lora"
+    assert plan.recipe("big", "wizardlm", "vanilla")["finetuning"] == "qlora"
+    assert plan.base_source("big+full") == plan.base_source("big")
+
+
+def test_a_scoring_correction_scores_again_and_trains_only_the_tagged_branches():
+    plan = plan_of(change=with_ablation(eq2={"scoring": {"compat": "original", "layer": 1}}))
+    corrected = [run for run in plan.grid() if "+" in run.method]
+    assert corrected == [
+        (dataset, model, "indicator-0.6+eq2")
+        for dataset, model, method in plan_of().grid()
+        if method == "indicator-0.6"
+    ]
+    assert plan.score_settings("small-sharegpt+eq2") == {
+        "compat": "original",
+        "layer": 1,
+        "method": "attention",
+        "truncation": "none",
+    }
+    assert plan.score_settings("small-sharegpt") == plan_of().score_settings("small-sharegpt")
+    assert plan.sft_path("sharegpt", "indicator-0.6+eq2") == "results/sft/sharegpt/indicator-0.6+eq2.parquet"
+    assert plan.tagging_scores("sharegpt", "0.6+eq2") == "results/scores/sharegpt/small-sharegpt+eq2.parquet"
+    model = "results/models/small/sharegpt/indicator-0.6+eq2"
+    assert plan.model_path("small", "sharegpt", "indicator-0.6+eq2") == model
+    assert plan.tagging_settings("0.6+eq2") == plan.tagging_settings("0.6")
+    # in a model's own window, the correction's scorer has that window too
+    windowed = plan_of(
+        change=lambda c: (
+            own_window(4096)(c),
+            with_ablation(eq2={"scoring": {"compat": "original"}})(c),
+        )
+    )
+    assert windowed.scorer_max_length("small-sharegpt+eq2-window4096") == 4096
+    assert windowed.tagging_scores("sharegpt", "0.6+eq2", 4096) == (
+        "results/scores/sharegpt/small-sharegpt+eq2-window4096.parquet"
+    )
+
+
+def test_a_tagging_correction_tags_again_from_the_published_scores():
+    plan = plan_of(change=with_ablation(period={"tagging": {"append_period": True}}))
+    assert plan.tagging_settings("0.6+period") == {"append_period": True}
+    assert plan.tagging_settings("0.6") == {"append_period": False}
+    assert plan.tagging_scores("sharegpt", "0.6+period") == "results/scores/sharegpt/small-sharegpt.parquet"
+    assert set(plan.scorers()) == set(plan_of().scorers())  # nothing scored again
+    assert plan.sft_path("sharegpt", "indicator-0.6+period") == "results/sft/sharegpt/indicator-0.6+period.parquet"
+
+
+def test_an_evaluation_correction_evaluates_the_published_fine_tunes_again_on_the_tasks_it_changes():
+    plan = plan_of(
+        change=lambda c: (
+            c.update(reference_models={"chat": {"source": "org/chat"}}),
+            with_ablation(cut={"evaluation": {"squad": {"answer_cut": "lm_eval"}}})(c),
+        )
+    )
+    assert plan.corrected_tasks("cut") == ["squad"]
+    rows = {(row["sft_dataset"], row["model"], row["method"]): row["results"] for row in plan.table4_rows()}
+    corrected = rows[("sharegpt", "small", "vanilla+cut")]
+    assert corrected["squad"] == "results/eval/small/sharegpt/vanilla+cut/squad.json"
+    assert corrected["nih"] == rows[("sharegpt", "small", "vanilla")]["nih"]  # the published row's result
+    assert rows[("-", "chat", "reference+cut")]["squad"] == "results/eval/chat/none/reference+cut/squad.json"
+    assert len(rows) == 2 * (len(plan_of().grid()) + 1)  # every row again, the reference's too
+    # no fine-tune of its own: the published branch's, and its settings but the corrected cut
+    assert plan.model_path("small", "sharegpt", "indicator-0.6+cut") == "results/models/small/sharegpt/indicator-0.6"
+    assert plan.corrected_model("chat", "none", "reference+cut") == "org/chat"
+    squad = plan.corrected_settings("small", "sharegpt", "indicator-0.6+cut", "squad")
+    published = plan.evaluation_settings("small", "sharegpt", "indicator-0.6")["squad"]
+    assert squad == {"squad": {**published, "answer_cut": "lm_eval"}}
+    assert plan.with_indicator("indicator-0.6+cut") and not plan.with_indicator("reference+cut")
+    assert all("+cut" not in path for path in plan.nih_heatmaps())  # NIH is the published row's
+    # qa_prompts changes the QA tasks, a shared setting every generated task
+    qa = plan_of(change=with_ablation(prompts={"evaluation": {"qa_prompts": {"default": {"squad": "{context}"}}}}))
+    assert qa.corrected_tasks("prompts") == ["squad", "quac", "drop"]
+    shared = plan_of(change=with_ablation(batch={"evaluation": {"batch_tokens": 64}}))
+    assert shared.corrected_tasks("batch") == shared.generated_tasks()
+
+
+def test_the_published_plan_is_unchanged_by_an_empty_ablation():
+    assert plan_of(change=with_ablation()).table4_rows() == plan_of().table4_rows()
+    assert plan_of().method_pattern() == plan_of().trained_method_pattern()
+
+
+@pytest.mark.parametrize(
+    ("ablation", "named"),
+    [
+        ({"mixed": {"datasets": {"sharegpt": {"epochs": 2}}, "tagging": {"append_period": True}}}, "ablation.mixed"),
+        ({"both": {"scoring": {"layer": 1}, "evaluation": {"batch_tokens": 64}}}, "ablation.both"),
+        ({"seed": {"scoring": {"seed_model": {"name": "x", "path": "y"}}}}, "ablation.seed.scoring.seed_model"),
+        ({"tasks": {"evaluation": {"tasks": ["nih"]}}}, "ablation.tasks.evaluation.tasks"),
+        ({"judge": {"evaluation": {"mtbench": {"max_new_tokens": 9}}}}, "ablation.judge.evaluation.mtbench"),
+        ({"typo": {"datasets": {"sharegtp": {"epochs": 2}}}}, "ablation.typo.datasets.sharegtp"),
+    ],
+)
+def test_a_correction_the_ablation_cannot_run_is_refused_naming_its_key(ablation, named):
+    with pytest.raises(ValueError, match=f"config key {named}"):
+        plan_of(change=lambda c: c.update(ablation=ablation))
+
+
+def test_a_correction_is_never_a_method_of_the_config():
+    with pytest.raises(ValueError, match="config key methods: 'indicator-0.6\\+x'.*ablation"):
+        plan_of(change=lambda c: c.update(methods=["vanilla", "indicator-0.6+x"]))
+
+
+def test_the_paper_ablation_runs_each_correction_of_the_corrected_overlay_alone():
+    """config/paper-ablation.yaml holds config/paper-corrected.yaml's corrections, each key in exactly one
+    correction with the overlay's value; merged into config/paper.yaml each correction's configuration validates,
+    and each correction adds rows."""
+    from snakemake.utils import update_config, validate
+
+    overlay = _leaves(yaml.safe_load((ROOT / "config/paper-corrected.yaml").read_text()))
+    ablation = yaml.safe_load((ROOT / "config/paper-ablation.yaml").read_text())["ablation"]
+    keys = [key for fragment in ablation.values() for key in _leaves(fragment)]
+    assert sorted(keys) == sorted(overlay)  # each once
+    assert {key: value for fragment in ablation.values() for key, value in _leaves(fragment).items()} == overlay
+    config = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    update_config(config, {"ablation": ablation})
+    validate(config, str(SCHEMA))
+    plan = Plan(config)
+    for corrected in plan.ablation_configs().values():
+        validate(corrected, str(SCHEMA))
+    rows = [row for row in plan.table4_rows() if "+" in "".join((row["sft_dataset"], row["model"], row["method"]))]
+    assert {name for row in rows for name in ablation if row["sft_dataset"].endswith("+" + name)} == {
+        "sharegpt-refusal-filter",
+        "wizardlm-official",
+    }
+    assert {name for row in rows for name in ablation if f"+{name}" in row["model"] + row["method"]} == set(
+        ablation
+    ) - {"sharegpt-refusal-filter", "wizardlm-official"}
+
+
+def test_the_seed_models_fine_tune_is_known_so_the_scheduler_runs_it_first():
+    """Rule finetune's priority: the seed model's fine-tune (every scoring waits for it), and only it."""
+    plan = plan_of()
+    seed = [run for run in plan.grid() if plan.is_scorer_fine_tune(run.model, run.dataset, run.method)]
+    assert seed == [("sharegpt", "small", "vanilla")]
+    outside = plan_of(change=lambda c: c["scoring"].update(seed_model={"name": "chat", "path": "org/chat"}))
+    assert not any(outside.is_scorer_fine_tune(run.model, run.dataset, run.method) for run in outside.grid())

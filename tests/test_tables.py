@@ -193,3 +193,50 @@ def test_table4_has_the_evaluate_only_rows_and_the_threshold_ablation_leaves_the
     drawn = threshold_ablation(str(out["csv"]), str(tmp_path / "ablation.png"))
     assert drawn["method"].tolist() == ["vanilla", "indicator-0.6", "vanilla"]
     assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+def test_the_quirk_ablation_table_gives_each_corrected_rows_change_against_its_published_row(tmp_path):
+    """The quirk ablation's rows (`+<correction>` in a coordinate) against the published rows they correct: each
+    column's change, corrected minus published, and the mean per correction; the threshold figure leaves them
+    out."""
+    from ctxaware.figures import threshold_ablation
+    from ctxaware.tables import quirk_ablation
+
+    columns = ["sft_dataset", "model", "method", "nih", "squad", "quac", "drop", "mt_bench"]
+    rows = [
+        ("-", "chat", "reference", 0.5, 0.4, 0.3, 0.2, 6.0),
+        ("-", "chat", "reference+cut", 0.5, 0.45, 0.3, 0.2, 6.0),
+        ("sharegpt", "small", "vanilla", 0.8, 0.6, 0.5, 0.4, 5.0),
+        ("sharegpt", "small", "indicator-0.6", 0.9, 0.7, 0.5, 0.4, 5.5),
+        ("sharegpt", "small", "indicator-0.6+period", 0.85, 0.7, 0.6, 0.4, 5.5),
+        ("sharegpt", "small", "vanilla+cut", 0.8, 0.7, 0.5, 0.4, 5.0),
+        ("sharegpt+filtered", "small", "vanilla", 0.7, 0.6, 0.5, 0.4, 4.0),
+        ("sharegpt", "small+qlora", "indicator-0.6", 0.9, 0.6, 0.5, 0.4, math.nan),
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    table.insert(7, "avg", table[["nih", "squad", "quac", "drop"]].mean(axis=1))
+    table.to_csv(tmp_path / "table4.csv", index=False)
+    out_csv, out_md = tmp_path / "quirk.csv", tmp_path / "quirk.md"
+    corrections = ["cut", "period", "filtered", "qlora"]
+    frame = quirk_ablation(str(tmp_path / "table4.csv"), str(out_csv), str(out_md), corrections)
+    assert frame[["correction", "sft_dataset", "model", "method"]].values.tolist() == [
+        ["cut", "-", "chat", "reference"],
+        ["period", "sharegpt", "small", "indicator-0.6"],
+        ["cut", "sharegpt", "small", "vanilla"],
+        ["filtered", "sharegpt", "small", "vanilla"],
+        ["qlora", "sharegpt", "small", "indicator-0.6"],
+    ]
+    assert frame["squad"].round(4).tolist() == [0.05, 0.0, 0.1, 0.0, -0.1]
+    assert frame["nih"].round(4).tolist() == [0.0, -0.05, 0.0, -0.1, 0.0]
+    assert frame["avg"].round(4).tolist() == [0.0125, 0.0125, 0.025, -0.025, -0.025]
+    assert frame["mt_bench"].tolist()[:4] == [0.0, 0.0, 0.0, -1.0] and math.isnan(frame["mt_bench"].iloc[4])
+    assert pd.read_csv(out_csv).shape == (5, 10)
+    summary = out_md.read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in summary[2:]] == ["cut", "period", "filtered", "qlora"]
+    assert summary[2].split("|")[2].strip() == "2" and "+0.0750" in summary[2]  # two rows, mean squad change
+    drawn = threshold_ablation(str(tmp_path / "table4.csv"), str(tmp_path / "ablation.png"))
+    assert drawn["method"].tolist() == ["vanilla", "indicator-0.6"]
+    # a corrected row without its published row cannot be read against it
+    table[table["method"] != "vanilla"].to_csv(tmp_path / "partial.csv", index=False)
+    with pytest.raises(ValueError, match="no published row"):
+        quirk_ablation(str(tmp_path / "partial.csv"), str(out_csv), str(out_md), ["cut"])

@@ -12,7 +12,15 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-from smk_helpers import configured_plan, copy_workflow, indicator_methods, planned_inputs, planned_jobs, snakemake
+from smk_helpers import (
+    LOCAL_RUN,
+    configured_plan,
+    copy_workflow,
+    indicator_methods,
+    planned_inputs,
+    planned_jobs,
+    snakemake,
+)
 
 from ctxaware.methods import REFERENCE
 from ctxaware.plan import NO_DATASET
@@ -376,6 +384,87 @@ def test_the_corrected_overlay_plans_the_published_procedures_jobs(tmp_path):
     assert sorted(planned_jobs(corrected)) == sorted(planned_jobs(published)) and planned_jobs(published)
 
 
+# what each kind of correction of the quirk ablation may add: rules whose outputs carry `+<correction>`
+ABLATION_RULES = {
+    "evaluation": {"evaluate_correction"},
+    "tagging": {"tag_indicator", "tag_indicator_at_window", "finetune", "evaluate", "judge", "nih_heatmap"},
+    "scoring": {
+        *("score_turns", "gather_scores", "tag_indicator", "tag_indicator_at_window"),
+        *("finetune", "evaluate", "judge", "nih_heatmap"),
+    },
+    "recipes": {"finetune", "evaluate", "judge", "nih_heatmap"},
+    "datasets": {
+        *("prepare_dataset", "vanilla_sft", "score_turns", "gather_scores", "tag_indicator"),
+        *("tag_indicator_at_window", "finetune", "evaluate", "judge", "nih_heatmap"),
+    },
+}
+
+
+def test_the_quirk_ablation_adds_only_each_corrections_branches_to_the_published_plan(tmp_path):
+    """Issue 22: config/paper-ablation.yaml over config/paper.yaml plans every published job on the same path, and
+    beyond them only jobs whose outputs name one correction (`+<correction>`), of the stages that correction
+    changes, and the table of the ablation. Counts from the paper's grid (3 datasets x 3 models x {vanilla,
+    indicator-0.6}, 2 references; TinyLlama on a recipe of its own, both Llamas on llama-lora)."""
+    workdir = copy_workflow(tmp_path / "ablation")
+    published_run = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml").stdout
+    args = ("-n", "--cores", "2", "--configfile", "config/paper.yaml", "config/paper-ablation.yaml")
+    ablation_run = snakemake(workdir, *args).stdout
+    published, ablation = planned_jobs(published_run), planned_jobs(ablation_run)
+    assert set(published) <= set(ablation)
+    corrections = yaml.safe_load((workdir / "config/paper-ablation.yaml").read_text())["ablation"]
+    added = {name: [] for name in corrections}
+    for rule, path in set(ablation) - set(published):
+        if rule == "quirk_ablation":
+            continue
+        names = [name for name in corrections if re.search(rf"\+{re.escape(name)}(?:[/.-]|$)", path)]
+        assert len(names) == 1, (rule, path)
+        added[names[0]].append(rule)
+    assert [rule for rule, _ in set(ablation) - set(published) if rule == "quirk_ablation"] == ["quirk_ablation"]
+    for name, rules in added.items():
+        kinds = [kind for kind in ABLATION_RULES if kind in corrections[name]]
+        assert set(rules) <= set().union(*(ABLATION_RULES[kind] for kind in kinds)), (name, set(rules))
+    counts = {name: {rule: rules.count(rule) for rule in rules} for name, rules in added.items()}
+    # each correction alone: a corrected dataset by the published models (3 x 2 methods), a corrected recipe's
+    # models on the published datasets, [IND]'s options on the tagged branch only; scores and tags: the 9 tagged rows
+    finetunes = {
+        **{"sharegpt-refusal-filter": 6, "wizardlm-official": 6, "special-indicator": 9, "qlora": 12},
+        **{"trainable-indicator": 6, "eq2-tokens": 9, "truncated-unscored": 9, "no-period": 9},
+    }
+    assert {name: c.get("finetune", 0) for name, c in counts.items() if c.get("finetune")} == finetunes
+    for name in finetunes:
+        assert counts[name]["finetune"] == counts[name]["evaluate"] == counts[name]["judge"]
+    # scored again in both windows (TinyLlama's 2047, the Llamas' 4096): per dataset, and per corrected dataset
+    assert counts["eq2-tokens"]["score_turns"] == counts["truncated-unscored"]["score_turns"] == 2 * 3
+    assert counts["sharegpt-refusal-filter"]["score_turns"] == 2 and "score_turns" not in counts["no-period"]
+    # a correction of the evaluation: every row's fine-tune (18) and reference (2) again, on its tasks only
+    corrected_tasks = {"generation-prompt": 3, "sentence-cut": 3, "qa-auto-dtype": 3}
+    corrected_tasks |= {"quac-original-golds": 1, "drop-100-tokens": 1}
+    assert {name: counts[name]["evaluate_correction"] / 20 for name in corrected_tasks} == corrected_tasks
+    inputs = planned_inputs(ablation_run)
+    evaluation = "results/eval/tinyllama/sharegpt/indicator-0.6+sentence-cut/squad.json"
+    assert inputs[evaluation][0] == "results/models/tinyllama/sharegpt/indicator-0.6"  # the published fine-tune
+    assert (
+        "results/sft/sharegpt/indicator-0.6+no-period.parquet"
+        in inputs["results/models/tinyllama/sharegpt/indicator-0.6+no-period"]
+    )
+    # the "." correction tags from the published scores, the scoring correction from its own
+    assert inputs["results/sft/sharegpt/indicator-0.6+no-period.parquet"][1] == (
+        "results/scores/sharegpt/tinyllama-sharegpt.parquet"
+    )
+    assert inputs["results/sft/sharegpt/indicator-0.6+eq2-tokens-window4096.parquet"][1] == (
+        "results/scores/sharegpt/tinyllama-sharegpt+eq2-tokens-window4096.parquet"
+    )
+
+
+def test_a_correction_with_a_bad_value_stops_at_start_up_naming_it(tmp_path):
+    workdir = copy_workflow(tmp_path / "bad-correction")
+    (workdir / "config/bad.yaml").write_text(yaml.safe_dump({"ablation": {"cut": {"scoring": {"compat": "bogus"}}}}))
+    result = snakemake(workdir, "-n", "--configfile", "config/paper.yaml", "config/bad.yaml", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "config key ablation.cut" in output and "'bogus' is not one of" in output, output[-2000:]
+
+
 def test_paper_config_plans_both_scores_when_asked(tmp_path):
     """config/paper.yaml's documented change: the likelihood ratio's top 30% beside the paper's indicator-0.6."""
     workdir = copy_workflow(tmp_path / "paper")
@@ -438,6 +527,69 @@ def test_bad_dataset_row_is_named_and_nothing_computed_is_lost(tmp_path):
     log = (workdir / "results/logs/prepare_dataset/ultrachat.log").read_text()
     assert "bad.jsonl" in log and "row 0" in log and "messages" in log
     assert (workdir / "results/data/sharegpt.parquet").exists()
+
+
+def test_a_correction_of_the_evaluation_runs_on_the_published_fine_tunes_and_moves_only_its_column(
+    embedded_run, tmp_path
+):
+    """Issue 22's quirk ablation, run on a copy of a finished embedded default: a correction of SQuAD's answer cut
+    (lm-eval's ". " instead of the first sentence) evaluates SQuAD again on every published fine-tune and the
+    reference, and nothing else: no published result changes but Table 4 and its figure. Each corrected response
+    is the published one (the same model and prompt), its answer lm-eval's cut of it. The lm-eval cut keeps the
+    first sentence whole or runs past it, so containment can only rise: the ablation table's SQuAD change is at
+    least 0 on every row, its other columns exactly 0 (taken from the published rows), the average a quarter of it.
+    """
+    from ctxaware.metrics import lm_eval_cut
+
+    workdir = tmp_path / "ablation"
+    shutil.copytree(embedded_run, workdir, symlinks=True)
+    correction = {"ablation": {"lm-eval-cut": {"evaluation": {"squad": {"answer_cut": "lm_eval"}}}}}
+    (workdir / "config/cut.yaml").write_text(yaml.safe_dump(correction))
+    args = ("--cores", "2", "--configfile", "config/config.yaml", "config/cut.yaml")
+    jobs = planned_jobs(snakemake(workdir, "-n", *args).stdout)
+    plan = configured_plan(workdir / "config/config.yaml")
+    rows = len(plan.grid()) + len(plan.references)
+    assert sorted(path for rule, path in jobs if rule == "evaluate_correction") == sorted(
+        f"results/eval/{model}/{dataset}/{method}+lm-eval-cut/squad.json"
+        for dataset, model, method in [*plan.reference_runs(), *plan.grid()]
+    )
+    tables = {"table4", "threshold_ablation", "quirk_ablation"}
+    assert {rule for rule, _ in jobs} == {"evaluate_correction", *tables}
+    before = results_digest(workdir)
+    snakemake(workdir, *args)
+    after = results_digest(workdir)
+    redone = ("results/tables/table4.", "results/figures/threshold_ablation.png", "results/logs/")
+    changed = [path for path in before if after[path] != before[path] and not path.startswith(redone)]
+    assert changed == []
+    for dataset, model, method in [*plan.reference_runs(), *plan.grid()]:
+        folder = workdir / "results/eval" / model / dataset
+        published = read_jsonl(folder / method / "squad.generations.jsonl")
+        corrected = read_jsonl(folder / f"{method}+lm-eval-cut" / "squad.generations.jsonl")
+        assert [r["response"] for r in corrected] == [r["response"] for r in published]
+        assert [r["answer"] for r in corrected] == [lm_eval_cut(r["response"]) for r in corrected]
+    ablation = pd.read_csv(workdir / "results/tables/quirk_ablation.csv", keep_default_na=False, na_values=[""])
+    assert len(ablation) == rows and set(ablation["correction"]) == {"lm-eval-cut"}
+    assert (ablation["squad"] >= 0).all()
+    for column in ("nih", "quac", "drop"):
+        assert (ablation[column] == 0).all(), column
+    assert ablation["mt_bench"].fillna(0).eq(0).all()
+    assert ablation["avg"].tolist() == pytest.approx((ablation["squad"] / 4).tolist(), abs=1e-4)  # csv: 4 digits
+    table4 = pd.read_csv(workdir / "results/tables/table4.csv")
+    assert len(table4) == 2 * rows
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_the_seed_models_fine_tune_starts_among_the_first_fine_tunes(embedded_run):
+    """Rule finetune's priority: after pretraining, the scheduler starts the seed model's fine-tune, which every
+    scoring (so every tagged branch) waits for, among the first fine-tunes (one per core), not after the others."""
+    plan = configured_plan(embedded_run / "config/config.yaml")
+    log = sorted((embedded_run / ".snakemake/log").glob("*.snakemake.log"))[0].read_text()  # the complete run's
+    started = re.findall(r"rule finetune:\n(?:.*\n)*?\s+output: (\S+)", log)
+    assert sorted(started) == sorted(plan.model_path(run.model, run.dataset, run.method) for run in plan.grid())
+    assert plan.scorer_model() in started[: int(LOCAL_RUN[LOCAL_RUN.index("--cores") + 1])], started
 
 
 def test_json_outputs_are_finite_numbers(embedded_run):

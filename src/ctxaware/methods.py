@@ -12,6 +12,10 @@ attention score, `indicator-lr-q0.3` the top 30% by the likelihood-ratio score, 
 likelihood-ratio score is above 0.5. The score is part of the name, so branches of both scores coexist in one run
 and Table 4's method column says which score tagged a row.
 
+A name may end in `+<correction>` (`indicator-0.6+no-period`, `vanilla+sentence-cut`): a branch of the quirk
+ablation (config `ablation`, `ctxaware.plan`), the method as the published procedure runs it but with that one
+correction. This module only reads the suffix off (`split_variant`); the plan says which stages it changes.
+
 `vanilla` and `qk-lora` train on the vanilla branch. qk-lora trains LoRA on the query and key projections only (the
 mitigation of the context-parametric inversion work, which leaves value and MLP weights, where facts are
 stored, frozen); without it the model's recipe trains. A number has one spelling (no leading zeros, no
@@ -43,8 +47,29 @@ SCORE_METHODS = {ATTENTION: "", LIKELIHOOD_RATIO: "lr"}
 BETA, QUANTILE = "beta", "quantile"
 THRESHOLD_KINDS = {BETA: "", QUANTILE: "q"}  # kind -> its prefix in names: beta 0.6 is `indicator-0.6`
 
+# `<name>+<correction>`: a branch of the quirk ablation (config ablation); a correction's name is of VARIANT_NAME
+VARIANT_MARK = "+"
+VARIANT_NAME = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"  # what a config may write
 CANONICAL_NUMBER = r"(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?"  # its one spelling
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """`indicator-0.6+no-period` -> (`indicator-0.6`, `no-period`); a name without a correction -> (name, None)."""
+    base, mark, variant = name.partition(VARIANT_MARK)
+    return base, (variant if mark else None)
+
+
+def with_variant(name: str, variant: str | None) -> str:
+    """The name of `name`'s branch under the correction `variant` (None: the published procedure's, `name`)."""
+    return name if variant is None else f"{name}{VARIANT_MARK}{variant}"
+
+
+def variant_pattern(pattern: str, variants) -> str:
+    """A wildcard constraint: `pattern`, optionally followed by `+` and one of `variants`."""
+    names = "|".join(re.escape(variant) for variant in variants)
+    return f"(?:{pattern})" + (f"(?:{re.escape(VARIANT_MARK)}(?:{names}))?" if names else "")
 
 
 def score_prefix(score: str) -> str:
@@ -104,6 +129,7 @@ class Method:
     name: str
     tagging: Tagging | None  # None: the vanilla branch
     qk_lora: bool
+    variant: str | None = None  # the quirk ablation's correction (`+<correction>` in the name); None: published
 
     @property
     def with_indicator(self) -> bool:
@@ -168,6 +194,13 @@ def parse_tagging(text: str) -> Tagging:
 
 
 def parse_method(name: str) -> Method:
+    """The method a name writes; a `+<correction>` suffix (the quirk ablation's) is kept in `variant`."""
+    base, variant = split_variant(name)
+    if variant is not None:
+        if not re.fullmatch(VARIANT_NAME, variant):
+            raise ValueError(f"method {name!r}: {variant!r} is no correction's name ({VARIANT_NAME})")
+        parsed = parse_method(base)
+        return Method(name, parsed.tagging, parsed.qk_lora, variant)
     if not re.fullmatch(_method_pattern(NUMBER), name):
         raise ValueError(f"method {name!r}: expected {GRAMMAR}")
     qk_lora = name.startswith(QK_LORA)
@@ -187,9 +220,16 @@ def parse_method(name: str) -> Method:
 def check_methods(names: list[str]) -> list[Method]:
     """The config's `methods`, each parsed; an error names the config key and the method."""
     try:
-        return [parse_method(name) for name in names]
+        methods = [parse_method(name) for name in names]
     except ValueError as error:
         raise ValueError(f"config key methods: {error}") from None
+    for method in methods:
+        if method.variant is not None:
+            raise ValueError(
+                f"config key methods: {method.name!r}: a correction's branches come from config key ablation, "
+                f"not from methods (write {split_variant(method.name)[0]!r})"
+            )
+    return methods
 
 
 def training_recipe(recipe: dict, method: str) -> dict:

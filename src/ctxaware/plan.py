@@ -9,6 +9,7 @@ compare by value. A rule that needs the config gets one method here (docs/archit
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
@@ -22,14 +23,20 @@ from ctxaware.methods import (
     BETA,
     INDICATOR,
     LIKELIHOOD_RATIO,
+    METHOD_PATTERN,
     REFERENCE,
     SCORE_METHODS,
+    TAGGING_PATTERN,
+    VARIANT_MARK,
     check_methods,
     parse_method,
     parse_tagging,
+    split_variant,
     training_recipe,
+    variant_pattern,
+    with_variant,
 )
-from ctxaware.tasks import PROCEDURE_DEFAULTS, QA_TASKS
+from ctxaware.tasks import PROCEDURE_DEFAULTS, QA_TASKS, TASKS
 from ctxaware.tasks.nih import resolve_template
 
 # recipe options added after the finetune job's params were first recorded: left out of a recipe at their default
@@ -171,6 +178,85 @@ def longest_nih_context(settings: dict, max_context: int) -> int:
     return longest if longest <= buffer else longest - buffer
 
 
+# The quirk ablation (config `ablation`): a correction of these sections adds entries of the grid (a dataset; models,
+# for a recipe's models), one of the others adds methods `<method>+<correction>`
+ENTRY_SECTIONS = ("datasets", "models", "recipes")
+METHOD_SECTIONS = ("scoring", "tagging", "evaluation")
+TRAINING_SECTIONS = ("scoring", "tagging")  # what an indicator branch trains on: its scores and its tags
+# recipe options that act only where [IND] is trained: a correction of them alone adds only tagged branches
+INDICATOR_RECIPE_OPTIONS = {"indicator_token", "indicator_embedding"}
+# settings a correction may not change, and why
+FIXED_IN_ABLATION = {
+    ("scoring", "seed_model"): "sets the run's coordinates or shared jobs, not one branch's procedure",
+    ("scoring", "scores"): "sets the run's coordinates or shared jobs, not one branch's procedure",
+    ("scoring", "shards"): "sets the run's coordinates or shared jobs, not one branch's procedure",
+    ("evaluation", "tasks"): "sets the run's coordinates or shared jobs, not one branch's procedure",
+    ("evaluation", "mtbench"): "MT-Bench is judged (a paid judge): its corrections are not among the ablation's",
+}
+
+
+def merged(base: dict, change: dict) -> dict:
+    """A copy of `base` with `change` merged in, dict into dict, as Snakemake merges a second --configfile."""
+    result = copy.deepcopy(base)
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _has_path(tree: dict, path: tuple) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def expand_ablation(config: dict) -> tuple[dict, dict[str, dict]]:
+    """The config with the quirk ablation's entries added, and {correction: its fragment} of the corrections that
+    add methods. A dataset correction adds `<dataset>+<correction>` (to every model that trains the dataset); a
+    model correction `<model>+<correction>`; a recipe correction the recipe `<recipe>+<correction>` and a model
+    `<model>+<correction>` for each model of that recipe. Errors name the config key."""
+    expanded, variants = copy.deepcopy(config), {}
+    for name, fragment in config["ablation"].items():
+        key = f"config key ablation.{name}"
+        entries = [section for section in ENTRY_SECTIONS if section in fragment]
+        if (entries and len(fragment) > 1) or ("evaluation" in fragment and len(fragment) > 1):
+            raise ValueError(
+                f"{key}: a correction changes one stage: one of {', '.join(ENTRY_SECTIONS)}, scoring and tagging, "
+                f"or evaluation (it has {sorted(fragment)}); split it in two"
+            )
+        for path, reason in FIXED_IN_ABLATION.items():
+            if _has_path(fragment, path):
+                raise ValueError(f"{key}.{'.'.join(path)}: {reason}; change it in the configuration itself")
+        for section, change in fragment.items():
+            if section in METHOD_SECTIONS:
+                continue
+            for entry in change:
+                if entry not in config[section]:
+                    raise ValueError(f"{key}.{section}.{entry}: not in {section} ({sorted(config[section])})")
+                expanded[section][with_variant(entry, name)] = merged(config[section][entry], change[entry])
+            if section == "datasets":
+                for model in expanded["models"].values():
+                    trained = model["datasets"]
+                    if trained is not None:
+                        trained += [with_variant(d, name) for d in change if d in trained]
+            if section == "recipes":
+                for model, settings in config["models"].items():
+                    if settings["recipe"] in change:
+                        variant = {**copy.deepcopy(settings), "recipe": with_variant(settings["recipe"], name)}
+                        if set(change[settings["recipe"]]) <= INDICATOR_RECIPE_OPTIONS:
+                            # options of [IND] alone: the vanilla branch trains as published, so only tagged ones
+                            methods = variant["methods"] or config["methods"]
+                            variant["methods"] = [m for m in methods if parse_method(m).with_indicator]
+                        expanded["models"][with_variant(model, name)] = variant
+        if not entries:
+            variants[name] = fragment
+    return expanded, variants
+
+
 class Run(NamedTuple):
     """One fine-tune: a row of Table 4."""
 
@@ -239,6 +325,10 @@ class Plan:
 
     def __init__(self, config: dict):
         check_references(config)
+        self.published = config  # the configuration as given, without the ablation's entries
+        config, self.variants = expand_ablation(config)
+        # every correction's configuration, whole: each is validated as the configuration is (ablation_configs)
+        self.corrected = {name: merged(self.published, fragment) for name, fragment in config["ablation"].items()}
         self.config = config
         self.datasets, self.models = config["datasets"], config["models"]
         self.references = config["reference_models"]
@@ -256,17 +346,131 @@ class Plan:
     # the grid
 
     def grid(self) -> list[Run]:
-        """Every fine-tune, in the paper's order: datasets, then models, then methods."""
-        return [
+        """Every row of a fine-tune, in the paper's order: datasets, then models, then methods (the ablation's
+        datasets and models after the published ones); then each row again under each method correction that
+        applies to it (`applies`)."""
+        runs = [
             Run(dataset, model, method)
             for dataset, model, method in itertools.product(self.datasets, self.models, self.methods)
             if self.models[model]["datasets"] is None or dataset in self.models[model]["datasets"]
             if self.models[model]["methods"] is None or method in self.models[model]["methods"]
+            # one correction at a time: a corrected dataset is trained by the published models only
+            if dataset in self.published["datasets"] or model in self.published["models"]
+        ]
+        published = [run for run in runs if not self.is_ablation_entry(run)]
+        return runs + [
+            run._replace(method=with_variant(run.method, variant))
+            for variant in self.variants
+            for run in published
+            if self.applies(variant, run.method)
         ]
 
     def reference_runs(self) -> list[Run]:
-        """The evaluate-only rows (config reference_models): named existing models, evaluated as they are."""
-        return [Run(NO_DATASET, name, REFERENCE) for name in self.references]
+        """The evaluate-only rows (config reference_models): named existing models, evaluated as they are; again
+        under each correction of the evaluation."""
+        methods = [REFERENCE] + [
+            with_variant(REFERENCE, variant) for variant in self.variants if "evaluation" in self.variants[variant]
+        ]
+        return [Run(NO_DATASET, name, method) for method in methods for name in self.references]
+
+    # the quirk ablation (config ablation)
+
+    def is_ablation_entry(self, run: Run) -> bool:
+        """A row of a dataset or model the ablation added (`sharegpt+<correction>`)."""
+        return run.dataset not in self.published["datasets"] or run.model not in self.published["models"]
+
+    def applies(self, variant: str, method: str) -> bool:
+        """Whether a method correction makes a branch of its own from `method`: one of the evaluation always, one of
+        the scores or tags only for a method that trains on tagged data (the vanilla branch has none)."""
+        return variant in self.evaluation_variants() or parse_method(method).with_indicator
+
+    def evaluation_variants(self) -> list[str]:
+        """The corrections of the evaluation: they re-evaluate the published fine-tunes (rule evaluate_correction)."""
+        return [name for name, fragment in self.variants.items() if "evaluation" in fragment]
+
+    def training_variants(self) -> list[str]:
+        """The corrections of the scores or the tags: they train branches of their own."""
+        return [name for name in self.variants if name not in self.evaluation_variants()]
+
+    def corrected_tasks(self, variant: str) -> list[str]:
+        """The tasks a correction of the evaluation evaluates again: those it names, the QA tasks for qa_prompts,
+        every generated task for a setting they share (batch_tokens, the backend); its row takes the others'
+        results from the published row."""
+        changed = self.variants[variant]["evaluation"]
+        shared = [key for key in changed if key not in TASKS and key != "qa_prompts"]
+        return [
+            task
+            for task in self.generated_tasks()
+            if task in changed or shared or (task in QA_TASKS and "qa_prompts" in changed)
+        ]
+
+    def result_path(self, run: Run, task: str) -> str:
+        """A row's result of a task: its own, or for a task its correction of the evaluation leaves alone, the
+        published row's."""
+        base, variant = split_variant(run.method)
+        if variant in self.evaluation_variants() and task not in self.corrected_tasks(variant):
+            run = run._replace(method=base)
+        return fill(EVAL_RESULT, **run._asdict(), task=task)
+
+    def trains_on_own_data(self, method: str) -> str | None:
+        """The correction a method's training data carry (its tagged set, its scores): the method's own when it
+        changes them, None when the method trains as the published branch does."""
+        variant = parse_method(method).variant
+        return variant if variant in self.training_variants() else None
+
+    def settings(self, variant: str | None) -> dict:
+        """The configuration a branch runs under: a method correction's, or the run's own (None)."""
+        return self.config if variant is None else self.corrected[variant]
+
+    def ablation_configs(self) -> dict[str, dict]:
+        """{correction: the configuration with that correction alone}: start-up validates each against the schema,
+        so a correction's values are checked as the configuration's are."""
+        return self.corrected
+
+    def method_pattern(self) -> str:
+        """The {method} wildcard's constraint: the grammar's methods, and each under a method correction."""
+        return variant_pattern(METHOD_PATTERN, self.variants)
+
+    def trained_method_pattern(self) -> str:
+        """The methods of a fine-tune evaluated whole (rule evaluate) and judged: under no correction of the
+        evaluation."""
+        return variant_pattern(METHOD_PATTERN, self.training_variants())
+
+    def corrected_evaluation_pattern(self) -> str:
+        """The methods of rule evaluate_correction: a fine-tune's or an evaluate-only row's under a correction of
+        the evaluation."""
+        names = "|".join(map(re.escape, self.evaluation_variants())) or "(?!)"
+        return f"(?:{METHOD_PATTERN}|{re.escape(REFERENCE)})\\{VARIANT_MARK}(?:{names})"
+
+    def tagging_pattern(self) -> str:
+        return variant_pattern(TAGGING_PATTERN, self.training_variants())
+
+    def corrected_model(self, model: str, dataset: str, method: str) -> str:
+        """The model a correction of the evaluation evaluates: the published fine-tune, or the evaluate-only row's
+        model."""
+        if split_variant(method)[0] == REFERENCE:
+            return self.reference_source(model)
+        return self.model_path(model, dataset, method)
+
+    def corrected_settings(self, model: str, dataset: str, method: str, task: str) -> dict[str, dict]:
+        """{task: settings} of one task under a correction of the evaluation (rule evaluate_correction)."""
+        if split_variant(method)[0] == REFERENCE:
+            return {task: self.reference_evaluation_settings(model, method)[task]}
+        return {task: self.evaluation_settings(model, dataset, method)[task]}
+
+    def trained_method(self, method: str) -> str:
+        """The fine-tune a row evaluates: its own, or for a correction of the evaluation the published branch's."""
+        base, variant = split_variant(method)
+        if variant is None or self.trains_on_own_data(method):
+            return method
+        return base
+
+    def with_indicator(self, method: str) -> bool:
+        """Whether a row's queries get [IND]: a tagged method's, never an evaluate-only row's."""
+        return split_variant(method)[0] != REFERENCE and parse_method(method).with_indicator
+
+    def model_path(self, model: str, dataset: str, method: str) -> str:
+        return fill(MODEL, model=model, dataset=dataset, method=self.trained_method(method))
 
     def check_methods_trained(self) -> None:
         """Every method of `methods` is trained by some model: a model's own `methods` list (or `datasets`) can
@@ -285,19 +489,25 @@ class Plan:
         fine-tune's coordinates; each with its evaluation json per task."""
         return [
             {
-                "sft_dataset": NO_SFT_DATASET if run.method == REFERENCE else run.dataset,
+                "sft_dataset": NO_SFT_DATASET if run.dataset == NO_DATASET else run.dataset,
                 "model": run.model,
                 "method": run.method,
-                "results": {task: fill(EVAL_RESULT, **run._asdict(), task=task) for task in self.tasks},
+                "results": {task: self.result_path(run, task) for task in self.tasks},
             }
             for run in [*self.reference_runs(), *self.grid()]
         ]
 
     def eval_results(self) -> list[str]:
-        return [path for row in self.table4_rows() for path in row["results"].values()]
+        return list(dict.fromkeys(path for row in self.table4_rows() for path in row["results"].values()))
 
     def nih_heatmaps(self) -> list[str]:
-        return [fill(NIH_HEATMAP, **run._asdict()) for run in self.grid()] if "nih" in self.tasks else []
+        """A heatmap of each row's own NIH evaluation (not of a row that takes the published row's)."""
+        if "nih" not in self.tasks:
+            return []
+        own = [
+            run for run in self.grid() if self.result_path(run, "nih") == fill(EVAL_RESULT, **run._asdict(), task="nih")
+        ]
+        return [fill(NIH_HEATMAP, **run._asdict()) for run in own]
 
     # data and base models
 
@@ -346,6 +556,10 @@ class Plan:
             return imported_path(seed["path"])
         return fill(MODEL, model=seed["model"], dataset=seed["dataset"], method="vanilla")
 
+    def is_scorer_fine_tune(self, model: str, dataset: str, method: str) -> bool:
+        """Whether a fine-tune is the seed model that scores (the scheduler runs it ahead of the others)."""
+        return fill(MODEL, model=model, dataset=dataset, method=method) == self.scorer_model()
+
     def scorer_inputs(self) -> list[str]:
         """The seed model is an input when the workflow trains it; a directory outside results/ is named in params
         (like a hub id): the output cache can only checksum files, not directories."""
@@ -359,13 +573,18 @@ class Plan:
         used |= {method.score for method in check_methods(self.methods) if method.score}
         return [score for score in SCORE_METHODS if score in used]
 
-    def scorer_name(self, score: str = ATTENTION, window: int | None = None) -> str:
+    def scorer_name(self, score: str = ATTENTION, window: int | None = None, variant: str | None = None) -> str:
         """The `{scorer}` of a score's paths: the seed model's name, then the score's short name (`-lr`), then a
-        model's own window (`-window4096`); the attention score's at scoring.max_length is the seed model's name
-        alone, as in the paper's runs."""
+        correction of the scoring (`+eq2-tokens`), then a model's own window (`-window4096`); the attention score's
+        at scoring.max_length is the seed model's name alone, as in the paper's runs."""
         short = SCORE_METHODS[score]
-        name = f"{self.scorer}-{short}" if short else self.scorer
+        name = with_variant(f"{self.scorer}-{short}" if short else self.scorer, variant)
         return name + fill(SCORING_WINDOW, window=window) if window else name
+
+    def scoring_variant(self, variant: str | None) -> str | None:
+        """The correction a branch's scores carry: `variant` when it corrects the scoring, else None (the published
+        scores serve it)."""
+        return variant if variant is not None and "scoring" in self.variants[variant] else None
 
     def own_window(self, model: str | None) -> int | None:
         """A model's scoring window when it is not scoring.max_length (its indicator branches then have scorings
@@ -373,53 +592,65 @@ class Plan:
         window = self.models[model]["scoring_max_length"] if model else None
         return None if window in (None, self.scoring["max_length"]) else window
 
-    def score_sets(self) -> dict[str, tuple[str, int | None]]:
-        """{scorer name: (score, own window or None)}: every score the run computes in scoring.max_length, and in
-        each model's own window the scores its indicator branches tag by (only those: Table 3, the figures and
-        the validity table read the run's window)."""
-        sets = {self.scorer_name(score): (score, None) for score in self.score_methods()}
+    def score_sets(self) -> dict[str, tuple[str, int | None, str | None]]:
+        """{scorer name: (score, own window or None, correction or None)}: every score the run computes in
+        scoring.max_length, and in each model's own window the scores its indicator branches tag by (only those:
+        Table 3, the figures and the validity table read the run's window); under a correction of the scoring,
+        the scores its branches tag by."""
+        sets = {self.scorer_name(score): (score, None, None) for score in self.score_methods()}
         for run in self.grid():
-            score, window = parse_method(run.method).score, self.own_window(run.model)
-            if score and window:
-                sets.setdefault(self.scorer_name(score, window), (score, window))
+            method = parse_method(run.method)
+            score, window, variant = method.score, self.own_window(run.model), self.scoring_variant(method.variant)
+            if score and (window or variant):
+                sets.setdefault(self.scorer_name(score, window, variant), (score, window, variant))
         return sets
 
     def scorers(self) -> dict[str, str]:
         """{scorer name: score} of every score the run computes."""
-        return {name: score for name, (score, _) in self.score_sets().items()}
+        return {name: score for name, (score, *_) in self.score_sets().items()}
 
     def own_windows(self) -> list[int]:
         """The models' own scoring windows the run scores in (the `{window}` of their scorers and tagged sets)."""
-        return sorted({window for _, window in self.score_sets().values() if window})
+        return sorted({window for _, window, _ in self.score_sets().values() if window})
 
     def scorer_max_length(self, scorer: str) -> int:
         """The window a scorer's jobs score in."""
-        return self.score_sets()[scorer][1] or self.scoring["max_length"]
+        _, window, variant = self.score_sets()[scorer]
+        return window or self.settings(variant)["scoring"]["max_length"]
 
     def score_settings(self, scorer: str) -> dict:
         """What one scorer's jobs compute, and nothing of another's (changing the layer never reruns the
-        likelihood ratio): `method` and its settings, the keyword arguments of its module's `score_file`."""
-        score = self.scorers()[scorer]
+        likelihood ratio): `method` and its settings, the keyword arguments of its module's `score_file`; a
+        correction's scorer computes with the corrected settings."""
+        score, _, variant = self.score_sets()[scorer]
+        scoring = self.settings(variant)["scoring"]
         if score == ATTENTION:
             return {
-                "compat": self.scoring["compat"],
-                "layer": self.scoring["layer"],
+                "compat": scoring["compat"],
+                "layer": scoring["layer"],
                 "method": ATTENTION,
-                "truncation": self.scoring["truncation"],
+                "truncation": scoring["truncation"],
             }
-        return canonical({"method": LIKELIHOOD_RATIO, **self.scoring["likelihood_ratio"]})
+        return canonical({"method": LIKELIHOOD_RATIO, **scoring["likelihood_ratio"]})
 
     def score_module(self, scorer: str) -> str:
         """The module that computes a scorer's scores (its code digest reruns them when it changes)."""
         return "ctxaware.scoring" if self.scorers()[scorer] == ATTENTION else "ctxaware.likelihood_ratio"
 
-    def scores_path(self, dataset: str, score: str = ATTENTION, window: int | None = None) -> str:
-        return fill(SCORES, dataset=dataset, scorer=self.scorer_name(score, window))
+    def scores_path(
+        self, dataset: str, score: str = ATTENTION, window: int | None = None, variant: str | None = None
+    ) -> str:
+        return fill(SCORES, dataset=dataset, scorer=self.scorer_name(score, window, variant))
 
     def tagging_scores(self, dataset: str, tagging: str, window: int | None = None) -> str:
-        """The scores a tagged branch (`{tagging}`: `0.6`, `lr-q0.3`; at a model's own `window`) selects its turns
-        by."""
-        return self.scores_path(dataset, parse_tagging(tagging).score, window)
+        """The scores a tagged branch (`{tagging}`: `0.6`, `lr-q0.3`, `0.6+<correction>`; at a model's own
+        `window`) selects its turns by: its correction's when that corrects the scoring."""
+        base, variant = split_variant(tagging)
+        return self.scores_path(dataset, parse_tagging(base).score, window, self.scoring_variant(variant))
+
+    def tagging_settings(self, tagging: str) -> dict:
+        """config tagging as a tagged branch is tagged: its correction's when it has one."""
+        return canonical(self.settings(split_variant(tagging)[1])["tagging"])
 
     def table3_taggings(self) -> list[dict]:
         """Table 3's rows beyond the paper's betas on the attention score: every tagging of the methods with a
@@ -451,7 +682,8 @@ class Plan:
         model's own scoring window when it has one (`indicator-0.6-window4096`)."""
         parsed = parse_method(method)
         window = self.own_window(model) if parsed.with_indicator else None
-        branch = parsed.data_branch + (fill(SCORING_WINDOW, window=window) if window else "")
+        branch = with_variant(parsed.data_branch, self.trains_on_own_data(method))
+        branch += fill(SCORING_WINDOW, window=window) if window else ""
         return fill(SFT, dataset=dataset, branch=branch)
 
     # fine-tuning
@@ -469,36 +701,46 @@ class Plan:
     # evaluation
 
     def task_settings(
-        self, task: str, max_context: int | None = None, qa_prompt_style: str = "default", nih_dtype: str | None = None
+        self,
+        task: str,
+        max_context: int | None = None,
+        qa_prompt_style: str = "default",
+        nih_dtype: str | None = None,
+        variant: str | None = None,
     ) -> dict:
         """Everything one task's evaluation needs, as plain builtins so --rerun-triggers params sees changes; the
         MT-Bench judge's settings are the `judge` job's (`judge_settings`), so changing the judge never reruns an
-        evaluation. `nih_dtype`: a model's own NIH precision (None: evaluation.nih.dtype)."""
-        settings = dict(self.evaluation[task])
+        evaluation. `nih_dtype`: a model's own NIH precision (None: evaluation.nih.dtype); `variant`: a method
+        correction, whose evaluation settings then apply."""
+        evaluation = self.settings(variant)["evaluation"]
+        settings = dict(evaluation[task])
         settings.pop("judge", None)
-        settings["batch_tokens"] = self.evaluation["batch_tokens"]
+        settings["batch_tokens"] = evaluation["batch_tokens"]
         if task == "nih":
             settings["max_context"] = max_context
             settings["prompt_template"] = resolve_template(settings["prompt_template"])
             settings["dtype"] = nih_dtype or settings["dtype"]
         elif task in QA_TASKS:
-            settings["prompt_template"] = self.evaluation["qa_prompts"][qa_prompt_style][task]
+            settings["prompt_template"] = evaluation["qa_prompts"][qa_prompt_style][task]
         drop_defaults(settings, PROCEDURE_DEFAULTS)
         return canonical(settings)
 
-    def evaluation_settings(self, model: str, dataset: str) -> dict[str, dict]:
+    def evaluation_settings(self, model: str, dataset: str, method: str | None = None) -> dict[str, dict]:
         """Every task as one fine-tune is evaluated: NIH up to the model's and the dataset's context cap, in the
-        model's NIH precision, QA with the dataset's prompt style (paper Tables 5/6)."""
+        model's NIH precision, QA with the dataset's prompt style (paper Tables 5/6); under the method's
+        correction when it has one."""
         caps = [self.models[model]["nih_max_context"], self.datasets[dataset]["nih_max_context"]]
         max_context = min(cap for cap in caps if cap is not None)
         style, nih_dtype = self.datasets[dataset]["qa_prompt_style"], self.models[model]["nih_dtype"]
-        return {task: self.task_settings(task, max_context, style, nih_dtype) for task in self.tasks}
+        variant = split_variant(method)[1] if method else None
+        return {task: self.task_settings(task, max_context, style, nih_dtype, variant) for task in self.tasks}
 
-    def reference_evaluation_settings(self, reference: str) -> dict[str, dict]:
-        """Every task as an evaluate-only row is evaluated: NIH up to its own context cap, QA in its prompt style."""
+    def reference_evaluation_settings(self, reference: str, method: str = REFERENCE) -> dict[str, dict]:
+        """Every task as an evaluate-only row is evaluated: NIH up to its own context cap, QA in its prompt style;
+        under a correction of the evaluation for `reference+<correction>`."""
         settings = self.references[reference]
-        cap, style = settings["nih_max_context"], settings["qa_prompt_style"]
-        return {task: self.task_settings(task, cap, style) for task in self.tasks}
+        cap, style, variant = settings["nih_max_context"], settings["qa_prompt_style"], split_variant(method)[1]
+        return {task: self.task_settings(task, cap, style, variant=variant) for task in self.tasks}
 
     def evaluation_engine(self) -> dict:
         """The generation backend; vLLM settings only when vLLM is chosen, so they never rerun other backends."""
@@ -523,12 +765,12 @@ class Plan:
         judge = self.evaluation["mtbench"]["judge"]
         return local_inputs([judge["model"]] if judge["backend"] == "local" else [])
 
-    def evaluation_files(self, model: str, dataset: str) -> list[str]:
+    def evaluation_files(self, model: str, dataset: str, method: str | None = None) -> list[str]:
         """Local files the evaluations read (editing one reruns them); hub ids are not files."""
-        return settings_files(self.evaluation_settings(model, dataset))
+        return settings_files(self.evaluation_settings(model, dataset, method))
 
-    def reference_evaluation_files(self, reference: str) -> list[str]:
-        return settings_files(self.reference_evaluation_settings(reference))
+    def reference_evaluation_files(self, reference: str, method: str = REFERENCE) -> list[str]:
+        return settings_files(self.reference_evaluation_settings(reference, method))
 
     # Section 2 on (base, instruct) pairs
 

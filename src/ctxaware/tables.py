@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctxaware.methods import ATTENTION, BETA, canonical_number, parse_tagging
+from ctxaware.methods import ATTENTION, BETA, VARIANT_MARK, canonical_number, parse_tagging, split_variant
 from ctxaware.tagging import tagged_ratio
 from ctxaware.tasks import CONTEXT_TASKS, TASKS
 
@@ -53,6 +53,34 @@ def write_table4(rows: list[dict], out_csv: str, out_md: str, out_tex: str, pape
         index=False, float_format="%.4f", na_rep="--", escape=True
     )
     Path(out_tex).write_text(latex)
+    return frame
+
+
+QUIRK_VALUES = [column for column in TABLE4_COLUMNS if column not in KEYS]
+
+
+def quirk_ablation(table4_csv: str, out_csv: str, out_md: str, corrections: list[str]) -> pd.DataFrame:
+    """How much each correction of the quirk ablation (config ablation) moves Table 4: per row it added (a
+    `+<correction>` in its dataset, model or method), its published row's coordinates and each column's change,
+    corrected minus published (csv); the mean change per correction over its rows (md)."""
+    table = pd.read_csv(table4_csv, keep_default_na=False, na_values=[""])
+    marked = table[KEYS].apply(lambda column: column.str.contains(VARIANT_MARK, regex=False))
+    published = table[~marked.any(axis=1)].set_index(KEYS)
+    records = []
+    for _, row in table[marked.any(axis=1)].iterrows():
+        split = {key: split_variant(row[key]) for key in KEYS}
+        correction = next(variant for _, variant in split.values() if variant)
+        coordinates = tuple(base for base, _ in split.values())
+        if coordinates not in published.index:
+            raise ValueError(f"{table4_csv}: row {tuple(row[KEYS])} has no published row {coordinates}")
+        before = published.loc[coordinates]
+        change = {column: row[column] - before[column] for column in QUIRK_VALUES}
+        records.append({"correction": correction, **dict(zip(KEYS, coordinates, strict=True)), **change})
+    frame = pd.DataFrame.from_records(records, columns=["correction", *KEYS, *QUIRK_VALUES])
+    frame.to_csv(out_csv, index=False, float_format="%.4f")
+    means = frame.groupby("correction", sort=False)[QUIRK_VALUES].mean().reindex(corrections)
+    means.insert(0, "rows", frame.groupby("correction", sort=False).size().reindex(corrections).fillna(0).astype(int))
+    Path(out_md).write_text(means.reset_index().to_markdown(index=False, floatfmt="+.4f") + "\n")
     return frame
 
 

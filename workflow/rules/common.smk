@@ -12,7 +12,7 @@ from snakemake.utils import validate
 # the plan, the method grammar and code digests come from the package (no ML libraries are imported here);
 # the checkout's src/ comes first, so this works where only the jobs have the package installed (--sdm conda)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from ctxaware.methods import METHOD_PATTERN, REFERENCE, TAGGING_PATTERN, parse_method
+from ctxaware.methods import REFERENCE
 from ctxaware.plan import (
     CHECKPOINTS,
     DATA,
@@ -39,6 +39,7 @@ from ctxaware.plan import (
     Plan,
     fill,
     local_inputs,
+    settings_files,
 )
 from ctxaware.organism import EVAL_FILES as ORGANISM_EVAL_FILES
 from ctxaware.organism import SFT_FILES as ORGANISM_SFT_FILES
@@ -52,6 +53,12 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_output_cache(workflow.workflow_settings.cache, os.environ)
 # the cross-references and the method grammar are checked here; each error names its config key
 PLAN = Plan(config)
+# each correction of the quirk ablation (config ablation) merged into the configuration, checked as the configuration
+for correction, corrected in PLAN.ablation_configs().items():
+    try:
+        validate(corrected, workflow.source_path("../schemas/config.schema.yaml"))
+    except WorkflowError as error:
+        raise WorkflowError(f"config key ablation.{correction}: {error}") from None
 # what a job would find wrong once it runs (layers, NIH windows, haystack, MT-Bench files), checked before any job
 # starts: an error here deletes nothing (README: Start-up checks)
 PLAN.check_startup()
@@ -96,8 +103,8 @@ def _choice(names):
 wildcard_constraints:
     dataset=_choice(DATASETS),
     model=_choice(MODELS),
-    method=METHOD_PATTERN,
-    tagging=TAGGING_PATTERN,
+    method=PLAN.method_pattern(),
+    tagging=PLAN.tagging_pattern(),
     task=_choice(ALL_TASKS),
     scorer=_choice(PLAN.scorers()),
     window=_choice(map(str, PLAN.own_windows())),
@@ -142,6 +149,10 @@ def tagging_scores(wildcards):
     return PLAN.tagging_scores(wildcards.dataset, wildcards.tagging)
 
 
+def tagging_settings(wildcards):
+    return PLAN.tagging_settings(wildcards.tagging)
+
+
 def tagging_scores_at_window(wildcards):
     return PLAN.tagging_scores(
         wildcards.dataset, wildcards.tagging, int(wildcards.window)
@@ -156,20 +167,48 @@ def sft_input(wildcards):
     return PLAN.sft_path(wildcards.dataset, wildcards.method, wildcards.model)
 
 
+def seed_first(wildcards):
+    return int(PLAN.is_scorer_fine_tune(wildcards.model, wildcards.dataset, wildcards.method))
+
+
 def recipe_for(wildcards):
     return PLAN.recipe(wildcards.model, wildcards.dataset, wildcards.method)
 
 
+def fine_tuned_input(wildcards):
+    return PLAN.model_path(wildcards.model, wildcards.dataset, wildcards.method)
+
+
 def with_indicator(wildcards):
-    return parse_method(wildcards.method).with_indicator
+    return PLAN.with_indicator(wildcards.method)
 
 
 def evaluation_settings(wildcards):
-    return PLAN.evaluation_settings(wildcards.model, wildcards.dataset)
+    return PLAN.evaluation_settings(
+        wildcards.model, wildcards.dataset, wildcards.method
+    )
 
 
 def evaluation_files(wildcards):
-    return PLAN.evaluation_files(wildcards.model, wildcards.dataset)
+    return PLAN.evaluation_files(wildcards.model, wildcards.dataset, wildcards.method)
+
+
+def corrected_model(wildcards):
+    return PLAN.corrected_model(wildcards.model, wildcards.dataset, wildcards.method)
+
+
+def corrected_model_input(wildcards):
+    return local_inputs([corrected_model(wildcards)])
+
+
+def corrected_settings(wildcards):
+    return PLAN.corrected_settings(
+        wildcards.model, wildcards.dataset, wildcards.method, wildcards.task
+    )
+
+
+def corrected_files(wildcards):
+    return settings_files(corrected_settings(wildcards))
 
 
 def judge_files():
@@ -185,11 +224,11 @@ def reference_source(wildcards):
 
 
 def reference_settings(wildcards):
-    return PLAN.reference_evaluation_settings(wildcards.model)
+    return PLAN.reference_evaluation_settings(wildcards.model, wildcards.method)
 
 
 def reference_files(wildcards):
-    return PLAN.reference_evaluation_files(wildcards.model)
+    return PLAN.reference_evaluation_files(wildcards.model, wildcards.method)
 
 
 def pair_inputs(roles):
@@ -232,7 +271,8 @@ def table4_targets():
     """Table 4 and its threshold ablation when the run evaluates any model (config/real.yaml fine-tunes none)."""
     if not PLAN.table4_rows():
         return []
-    return [rules.table4.output, rules.threshold_ablation.output]
+    ablation = [rules.quirk_ablation.output] if config["ablation"] else []
+    return [rules.table4.output, rules.threshold_ablation.output, *ablation]
 
 
 def diagnosis_targets():

@@ -4,7 +4,8 @@ rule evaluate:
     to the `judge` job instead, so a judge that cannot be reached never fails this (GPU) job.
     """
     input:
-        model=rules.finetune.output.model,
+        # the row's fine-tune; a correction of the evaluation reads the published branch's (PLAN.trained_method)
+        model=fine_tuned_input,
         files=evaluation_files,
     output:
         results=expand(EVAL_RESULT, task=GENERATED_TASKS, allow_missing=True),
@@ -14,6 +15,9 @@ rule evaluate:
         "results/logs/evaluate/{model}/{dataset}/{method}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}/{dataset}/{method}.tsv"
+    wildcard_constraints:
+        # a correction of the evaluation evaluates only the tasks it changes (rule evaluate_correction)
+        method=PLAN.trained_method_pattern(),
     conda:
         ENV
     threads: res("evaluate", "cpus_per_task")
@@ -69,6 +73,44 @@ rule evaluate_reference:
         "../scripts/evaluate.py"
 
 
+rule evaluate_correction:
+    """One task of a row of the quirk ablation that corrects the evaluation (config ablation; `<method>+<correction>`,
+    `reference+<correction>`): the published fine-tune (or the evaluate-only row's model) evaluated again under the
+    corrected settings, only on the tasks the correction changes (PLAN.corrected_tasks); Table 4 takes the row's
+    other tasks from the published row.
+    """
+    input:
+        model=corrected_model_input,
+        files=corrected_files,
+    output:
+        results=[EVAL_RESULT],
+        generations=[EVAL_GENERATIONS],
+    log:
+        "results/logs/evaluate/{model}/{dataset}/{method}/{task}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{dataset}/{method}/{task}.tsv"
+    wildcard_constraints:
+        model=_choice([*MODELS, *REFERENCES]),
+        dataset=_choice([*DATASETS, NO_DATASET]),
+        method=PLAN.corrected_evaluation_pattern(),
+        task=_choice(GENERATED_TASKS),
+    conda:
+        ENV
+    threads: res("evaluate", "cpus_per_task")
+    resources:
+        **stage_resources("evaluate"),
+    params:
+        model=corrected_model,
+        settings=corrected_settings,
+        with_indicator=with_indicator,
+        engine=PLAN.evaluation_engine(),
+        generated=lambda wc: [wc.task],
+        judged=[],
+        cache_dir=GENERATION_CACHE,
+    script:
+        "../scripts/evaluate.py"
+
+
 rule judge:
     """MT-Bench's judge on the answers `evaluate` (a fine-tune) or `evaluate_reference` (an evaluate-only row)
     generated: a light (CPU) job, the only one that needs the judge's network and key. Without them it fails
@@ -87,7 +129,7 @@ rule judge:
         # a fine-tune's answers and an evaluate-only row's (results/eval/{reference}/none/reference/)
         model=_choice([*MODELS, *REFERENCES]),
         dataset=_choice([*DATASETS, NO_DATASET]),
-        method=f"{METHOD_PATTERN}|{REFERENCE}",
+        method=f"{PLAN.trained_method_pattern()}|{REFERENCE}",
         task=_choice(JUDGED_TASKS),
     conda:
         ENV

@@ -10,6 +10,8 @@ rule finetune:
     log:
         "results/logs/finetune/{model}/{dataset}/{method}.log",
     cache: True
+    # the seed model's fine-tune first: every scoring, so every tagged branch, waits for it
+    priority: seed_first
     conda:
         ENV
     threads: res("finetune", "cpus_per_task")

@@ -28,7 +28,7 @@ rule tag_indicator:
     resources:
         **stage_resources("light"),
     params:
-        append_period=config["tagging"]["append_period"],
+        append_period=lambda wc: tagging_settings(wc)["append_period"],
     script:
         "../scripts/tag_indicator.py"
 

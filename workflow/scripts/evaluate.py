@@ -11,5 +11,6 @@ with job(snakemake):
         dict(zip(snakemake.params.generated, snakemake.output.generations, strict=True)),
         cache_dir=snakemake.params.cache_dir,
         engine=snakemake.params.engine,
-        out_answers=dict(zip(snakemake.params.judged, snakemake.output.answers, strict=True)),
+        # rule evaluate_correction judges nothing: no answers
+        out_answers=dict(zip(snakemake.params.judged, snakemake.output.get("answers", []), strict=True)),
     )
