@@ -1210,3 +1210,24 @@ def test_the_seed_models_fine_tune_is_known_so_the_scheduler_runs_it_first():
     assert seed == [("sharegpt", "small", "vanilla")]
     outside = plan_of(change=lambda c: c["scoring"].update(seed_model={"name": "chat", "path": "org/chat"}))
     assert not any(outside.is_scorer_fine_tune(run.model, run.dataset, run.method) for run in outside.grid())
+
+
+def test_the_slurm_profile_sends_every_gpu_stage_rule_to_the_gpu_partition():
+    """Each rule whose resources are a GPU stage's (score, finetune, evaluate) has the GPU partition in
+    profiles/slurm; every other rule goes to the default (CPU) partition."""
+    import re
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    rules = {}
+    for path in (ROOT / "workflow/rules").glob("*.smk"):
+        for name, body in re.findall(
+            r"^(?:use )?rule (\w+)(?: as \w+)?[^\n]*:\n((?:[ \n].*\n?)*)", path.read_text(), re.M
+        ):
+            stage = re.search(r'stage_resources\("(\w+)"\)', body)
+            if stage:
+                rules[name] = stage.group(1)
+    assert {"finetune", "evaluate", "evaluate_correction", "judge"} <= set(rules)
+    gpu = {name for name, stage in rules.items() if stage in ("score", "finetune", "evaluate")}
+    assert set(profile["set-resources"]) == gpu
+    partitions = {settings["slurm_partition"] for settings in profile["set-resources"].values()}
+    assert len(partitions) == 1 and partitions != {profile["default-resources"]["slurm_partition"]}

@@ -16,7 +16,8 @@ import yaml
 from loopback import HubServer
 from smk_helpers import configured_plan
 
-from ctxaware.prefetch import hub_repos, unread_model_files
+from ctxaware.plan import Plan
+from ctxaware.prefetch import hub_repos, load_config, unread_model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, QA, CHATS = "org/tiny-llama", "org/qa", "org/chats"
@@ -179,3 +180,16 @@ def test_offline_a_hub_dataset_never_fetched_names_its_key_and_make_prefetch(tmp
         in result.stderr
     )
     assert "make prefetch" in result.stderr
+
+
+def test_the_quirk_ablation_prefetches_its_corrected_dataset_too():
+    """config/paper-ablation.yaml over config/paper.yaml: the corrected WizardLM source is a hub repository of its
+    own, named by its ablation entry's key; a corrected ShareGPT (the filter) reads the published repository."""
+    plan = Plan(load_config([str(ROOT / "config/paper.yaml"), str(ROOT / "config/paper-ablation.yaml")]))
+    repos = {repo.repo_id: repo for repo in hub_repos(plan)}
+    assert repos["WizardLMTeam/WizardLM_evol_instruct_70k"].keys == ("datasets.wizardlm+wizardlm-official.source",)
+    assert repos["ucla-cmllab/vicuna_cleaned"].keys == (
+        "datasets.sharegpt.source",
+        "datasets.sharegpt+sharegpt-refusal-filter.source",
+    )
+    assert len(repos) == len(hub_repos(configured_plan(ROOT / "config/paper.yaml"))) + 1

@@ -20,7 +20,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 GPU_STAGES = {
     "score": ["score_turns", "score_layers"],
     "finetune": ["finetune"],
-    "evaluate": ["evaluate", "evaluate_reference", "nih_template_study", "attention_allocation", "attention_steering"],
+    "evaluate": [
+        *("evaluate", "evaluate_reference", "evaluate_correction", "nih_template_study", "attention_allocation"),
+        *("attention_steering", "real_language_set"),
+    ],
 }
 GPU_RULES = {rule for rules in GPU_STAGES.values() for rule in rules}  # judge is not one: a light CPU job
 LOCAL_RULES = {"all", "vanilla_sft"}
