@@ -6,6 +6,9 @@ rule vanilla_sft:
         sft=fill(SFT, branch="vanilla"),
     log:
         "results/logs/sft/{dataset}/vanilla.log",
+    # ahead of the pretraining (a file copy): the seed model's fine-tune, which every scoring waits for, can then
+    # start the moment the pretraining ends (Snakemake's MILP scheduler would otherwise start the pretraining first)
+    priority: 1
     conda:
         ENV
     shell:
