@@ -168,7 +168,9 @@ def sft_input(wildcards):
 
 
 def seed_first(wildcards):
-    return int(PLAN.is_scorer_fine_tune(wildcards.model, wildcards.dataset, wildcards.method))
+    return int(
+        PLAN.is_scorer_fine_tune(wildcards.model, wildcards.dataset, wildcards.method)
+    )
 
 
 def recipe_for(wildcards):
