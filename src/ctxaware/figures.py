@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ctxaware.methods import ATTENTION, BETA, QUANTILE, REFERENCE, VARIANT_MARK, parse_method  # noqa: E402
-from ctxaware.tables import TASK_COLUMN  # noqa: E402
+from ctxaware.methods import ATTENTION, BETA, QUANTILE, REFERENCE, parse_method  # noqa: E402
+from ctxaware.tables import TASK_COLUMN, ablation_rows  # noqa: E402
 from ctxaware.tagging import tagged_mask  # noqa: E402
 
 
@@ -54,8 +54,7 @@ def threshold_ablation(table4_csv: str, out_png: str) -> pd.DataFrame:
     table = pd.read_csv(table4_csv)
     # evaluate-only rows have no threshold; the quirk ablation's rows (a `+<correction>` in a coordinate) are not
     # the published procedure's points
-    published = ~table[["sft_dataset", "model", "method"]].apply(lambda c: c.str.contains(VARIANT_MARK, regex=False))
-    table = table[(table["method"] != REFERENCE) & published.all(axis=1)].reset_index(drop=True)
+    table = table[(table["method"] != REFERENCE) & ~ablation_rows(table)].reset_index(drop=True)
     methods = [parse_method(m) for m in table["method"]]
     table["threshold"] = [m.threshold.value if m.with_indicator else math.nan for m in methods]
     table["axis"] = [(m.score, m.threshold.kind) if m.with_indicator else None for m in methods]

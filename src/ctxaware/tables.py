@@ -59,15 +59,20 @@ def write_table4(rows: list[dict], out_csv: str, out_md: str, out_tex: str, pape
 QUIRK_VALUES = [column for column in TABLE4_COLUMNS if column not in KEYS]
 
 
+def ablation_rows(table: pd.DataFrame) -> pd.Series:
+    """Which rows of Table 4 are the quirk ablation's: a `+<correction>` in the dataset, model or method."""
+    return table[KEYS].apply(lambda column: column.str.contains(VARIANT_MARK, regex=False)).any(axis=1)
+
+
 def quirk_ablation(table4_csv: str, out_csv: str, out_md: str, corrections: list[str]) -> pd.DataFrame:
     """How much each correction of the quirk ablation (config ablation) moves Table 4: per row it added (a
     `+<correction>` in its dataset, model or method), its published row's coordinates and each column's change,
     corrected minus published (csv); the mean change per correction over its rows (md)."""
     table = pd.read_csv(table4_csv, keep_default_na=False, na_values=[""])
-    marked = table[KEYS].apply(lambda column: column.str.contains(VARIANT_MARK, regex=False))
-    published = table[~marked.any(axis=1)].set_index(KEYS)
+    marked = ablation_rows(table)
+    published = table[~marked].set_index(KEYS)
     records = []
-    for _, row in table[marked.any(axis=1)].iterrows():
+    for _, row in table[marked].iterrows():
         split = {key: split_variant(row[key]) for key in KEYS}
         correction = next(variant for _, variant in split.values() if variant)
         coordinates = tuple(base for base, _ in split.values())
