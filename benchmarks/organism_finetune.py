@@ -4,8 +4,8 @@ PyTorch loop doing the same optimizer steps on the same collated batches, in one
     python benchmarks/organism_finetune.py                 # after `make run`: the run's base and ShareGPT SFT set
     python benchmarks/organism_finetune.py --run DIR       # a finished run of the embedded default elsewhere
     python benchmarks/organism_finetune.py --lm-head-loss fused   # TRL's fused LM head instead of the recipe's
-    python benchmarks/organism_finetune.py --whole-job     # the whole fine-tune, before (fused LM head, a log
-                                                           # entry every step) and as configured, 600 steps each
+    python benchmarks/organism_finetune.py --whole-job     # the whole fine-tune, before (the issue's: 600 steps,
+                                                           # fused LM head, a log entry every step) and as configured
 
 The model is the organism's base (results/models/base/organism) and the data its vanilla ShareGPT branch
 (results/sft/sharegpt/vanilla.parquet), with the embedded default's `organism-full` recipe (config/config.yaml,
@@ -16,8 +16,9 @@ Prints seconds per step of each, their ratio (goal: at most 1.5x), and the train
 One thread each, as a workflow job gets by default (--threads to change).
 
 --whole-job times what the `finetune` job does (ctxaware.training.finetune: set-up, every step of the recipe,
-its checkpoints, the save), each variant in a fresh process: the recipe as the workflow ran it before the
-speed work (TRL's fused LM head, logging_steps 1) and as configured now, and prints their ratio.
+its checkpoints, the save), each variant in a fresh process: the fine-tune as the workflow ran it before the
+speed work (TRL's fused LM head, logging_steps 1, the issue's 600 steps whatever the run's SFT set holds) and as
+configured now, and prints their ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+BEFORE_STEPS = 600  # a fine-tune before the speed work (issue 19): 9,600 conversations, 16 a step, one epoch
 
 
 def organism_recipe(name: str, steps: int | None, lm_head_loss: str | None) -> dict:
@@ -87,7 +89,8 @@ def compare_whole_jobs(args, run: Path) -> None:
     import multiprocessing
 
     configured = organism_recipe(args.recipe, None, args.lm_head_loss)
-    variants = {"before": dict(configured, lm_head_loss="fused", logging_steps=1), "configured": configured}
+    before = dict(configured, lm_head_loss="fused", logging_steps=1, max_steps=BEFORE_STEPS)
+    variants = {"before": before, "configured": configured}
     context, rows = multiprocessing.get_context("spawn"), {}
     for name, recipe in variants.items():
         results = context.Queue()

