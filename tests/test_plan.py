@@ -1212,6 +1212,18 @@ def test_the_seed_models_fine_tune_is_known_so_the_scheduler_runs_it_first():
     assert not any(outside.is_scorer_fine_tune(run.model, run.dataset, run.method) for run in outside.grid())
 
 
+def test_fine_tunes_are_scheduled_seed_first_then_full_then_adapters():
+    """Rule finetune's priority: the seed model's fine-tune, then the full fine-tunes (the longest jobs), then the
+    adapters (QLoRA, and qk-lora's LoRA on a full recipe)."""
+    plan = plan_of()
+    priorities = {run: plan.fine_tune_priority(run.model, run.dataset, run.method) for run in plan.grid()}
+    assert priorities == {
+        run: 2 if run == ("sharegpt", "small", "vanilla") else 0 if run.model == "big" or run.method == "qk-lora" else 1
+        for run in plan.grid()
+    }
+    assert set(priorities.values()) == {0, 1, 2}
+
+
 def test_the_slurm_profile_sends_every_gpu_stage_rule_to_the_gpu_partition():
     """Each rule whose resources are a GPU stage's (score, finetune, evaluate) has the GPU partition in
     profiles/slurm; every other rule goes to the default (CPU) partition."""

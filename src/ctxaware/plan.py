@@ -560,6 +560,14 @@ class Plan:
         """Whether a fine-tune is the seed model that scores (the scheduler runs it ahead of the others)."""
         return fill(MODEL, model=model, dataset=dataset, method=method) == self.scorer_model()
 
+    def fine_tune_priority(self, model: str, dataset: str, method: str) -> int:
+        """Rule finetune's scheduling priority: the seed model's fine-tune first (every scoring waits for it), then
+        the full fine-tunes, the longest jobs, ahead of the adapters' (LoRA, QLoRA, qk-lora) and of the
+        evaluations: a long job started last would run alone at the end of a run on few cores."""
+        if self.is_scorer_fine_tune(model, dataset, method):
+            return 2
+        return int(self.recipe(model, dataset, method)["finetuning"] == "full")
+
     def scorer_inputs(self) -> list[str]:
         """The seed model is an input when the workflow trains it; a directory outside results/ is named in params
         (like a hub id): the output cache can only checksum files, not directories."""

@@ -167,10 +167,8 @@ def sft_input(wildcards):
     return PLAN.sft_path(wildcards.dataset, wildcards.method, wildcards.model)
 
 
-def seed_first(wildcards):
-    return int(
-        PLAN.is_scorer_fine_tune(wildcards.model, wildcards.dataset, wildcards.method)
-    )
+def finetune_priority(wildcards):
+    return PLAN.fine_tune_priority(wildcards.model, wildcards.dataset, wildcards.method)
 
 
 def recipe_for(wildcards):

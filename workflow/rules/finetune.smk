@@ -10,8 +10,8 @@ rule finetune:
     log:
         "results/logs/finetune/{model}/{dataset}/{method}.log",
     cache: True
-    # the seed model's fine-tune first: every scoring, so every tagged branch, waits for it
-    priority: seed_first
+    # the seed model's fine-tune first (every scoring, so every tagged branch, waits for it), then the full ones
+    priority: finetune_priority
     conda:
         ENV
     threads: res("finetune", "cpus_per_task")

@@ -14,8 +14,9 @@ rule score_turns:
     log:
         "results/logs/score_turns/{dataset}/{scorer}/shard-{scatteritem}.log",
     cache: True
-    # scoring feeds tagging, fine-tunes and tables; the Section 2 jobs feed only their own tables
-    priority: 1
+    # scoring feeds tagging and the tagged fine-tunes (above the full fine-tunes, priority 1); the Section 2 jobs
+    # feed only their own tables
+    priority: 2
     conda:
         ENV
     threads: res("score", "cpus_per_task")
@@ -42,6 +43,8 @@ rule gather_scores:
         scores=SCORES,
     log:
         "results/logs/gather_scores/{dataset}/{scorer}.log",
+    # a second's work between the scoring and the tagged fine-tunes (priority as score_turns)
+    priority: 2
     conda:
         ENV
     resources:
@@ -63,7 +66,7 @@ rule score_layers:
     log:
         "results/logs/score_layers/{scorer}.log",
     cache: True
-    # as score_turns
+    # the layer study feeds its own figure only: below the scorings of the tagged branches
     priority: 1
     conda:
         ENV

@@ -26,6 +26,8 @@ rule tag_indicator:
         stats=fill(SFT_STATS, branch=TAGGED_BRANCH),
     log:
         "results/logs/sft/{dataset}/indicator-{tagging}.log",
+    # a second's work that unlocks a full fine-tune: run at once, not after the evaluations queued beside it
+    priority: 2
     conda:
         ENV
     resources:
