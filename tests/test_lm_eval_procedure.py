@@ -161,7 +161,12 @@ def load_tokenizer_stub():
     return type("Tokenizer", (), {"chat_template": ZEPHYR_TEMPLATE})()
 
 
-def test_the_model_loads_once_per_precision_the_tasks_ask_for_each_with_its_own_cache(monkeypatch, tmp_path):
+@pytest.mark.parametrize("device_dtype", [torch.bfloat16, torch.float32])
+def test_the_model_loads_once_per_precision_the_tasks_ask_for_each_with_its_own_cache(
+    monkeypatch, tmp_path, device_dtype
+):
+    """On a GPU (auto is bf16) the fp32 tasks load the model apart; on a CPU auto is fp32, and one load serves all."""
+    monkeypatch.setattr(modeling, "default_dtype", lambda device=None: device_dtype)
     loads, runs = [], []
 
     def load_model(path, dtype=None):
@@ -183,11 +188,13 @@ def test_the_model_loads_once_per_precision_the_tasks_ask_for_each_with_its_own_
     out = {task: str(tmp_path / f"{task}.json") for task in settings}
     gens = {task: str(tmp_path / f"{task}.jsonl") for task in settings}
     results = evaluate_all("model", settings, False, out, gens, cache_dir=str(tmp_path / "cache"))
-    assert loads == [torch.float32, None]
+    cpu = device_dtype == torch.float32
+    assert loads == ([torch.float32] if cpu else [torch.float32, None])
     assert runs == [
         ("squad", torch.float32, "squad-fp32.jsonl"),
+        *([("nih", torch.float32, "nih.jsonl")] if cpu else []),  # the default's cache file as before
         ("drop", torch.float32, "drop-fp32.jsonl"),
-        ("nih", None, "nih.jsonl"),  # the default's cache file as before
+        *([] if cpu else [("nih", None, "nih.jsonl")]),
     ]
     assert list(results) == list(settings)
 
@@ -248,6 +255,7 @@ def test_nih_runs_in_the_models_precision_else_the_tasks_and_auto_stays_out_of_t
         loads.append(dtype)
         return torch.nn.Linear(1, 1).to(dtype or torch.float32), load_tokenizer_stub()
 
+    monkeypatch.setattr(modeling, "default_dtype", lambda device=None: torch.bfloat16)  # auto as on a GPU
     monkeypatch.setattr(evaluation, "load_model", load_model)
     monkeypatch.setattr(evaluation, "evaluate_task", lambda *args, **kwargs: ({"score": 1.0, "n": 1}, []))
     monkeypatch.setattr(evaluation, "load_task_inputs", lambda settings: dict.fromkeys(settings))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from smk_helpers import ROOT
+from smk_helpers import ROOT, configured_plan
 
 import ctxaware
 from ctxaware.plan import (
@@ -1243,3 +1243,10 @@ def test_the_slurm_profile_sends_every_gpu_stage_rule_to_the_gpu_partition():
     assert set(profile["set-resources"]) == gpu
     partitions = {settings["slurm_partition"] for settings in profile["set-resources"].values()}
     assert len(partitions) == 1 and partitions != {profile["default-resources"]["slurm_partition"]}
+
+
+def test_the_published_table4_is_a_list_input_of_one_file_or_none():
+    """A bare string input reached the table4 script as a string, whose first character ("r") was read as the
+    file: config/paper.yaml's only table4 job failed (found by the paper grid's test run)."""
+    assert configured_plan(ROOT / "config/paper.yaml").paper_table4() == ["resources/paper/table4.csv"]
+    assert configured_plan(ROOT / "config/config.yaml").paper_table4() == []

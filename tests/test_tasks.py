@@ -566,3 +566,36 @@ def test_the_window_check_names_the_buffer():
         "with max_new_tokens 29 that is 129, over the model's max_position_embeddings 128. Raise "
         "evaluation.nih.context_buffer or lower the nih_max_context of the model, dataset or diagnosis pair"
     )
+
+
+def test_the_haystack_is_tokenized_once_per_tokenizer_text_and_length(tiny_model_dir):
+    """A job builds its NIH grid many times (Section 2: per template, variant and alpha) with one tokenizer: the
+    haystack's ids and sentence ends are computed once, and again for another tokenizer, text or length."""
+    calls = []
+
+    class Counting:
+        def __init__(self, tokenizer):
+            self.tokenizer = tokenizer
+
+        def __call__(self, text, **kwargs):
+            calls.append(text)
+            return self.tokenizer(text, **kwargs)
+
+        def decode(self, ids):
+            calls.append(tuple(ids))
+            return self.tokenizer.decode(ids)
+
+    base = load_tokenizer(tiny_model_dir)
+    first, second = Counting(base), Counting(base)
+    ids = nih.haystack_ids(first, "The river runs.", 3)
+    assert nih.haystack_ids(first, "The river runs.", 3) is ids and len(calls) == 1
+    assert nih.haystack_ids(second, "The river runs.", 3) == ids and len(calls) == 2  # another tokenizer
+    assert nih.haystack_ids(second, "The town sleeps.", 3) != ids and len(calls) == 3  # another text
+    longer = nih.haystack_ids(second, "The town sleeps.", 40)  # another length: cycled further
+    assert len(longer) >= 40 and len(calls) > 4
+    calls.clear()
+    ends = nih.sentence_end_ids(second, longer)
+    decoded = len(calls)
+    assert nih.sentence_end_ids(second, longer) is ends and len(calls) == decoded
+    assert nih.sentence_end_ids(first, longer) == ends and len(calls) == 2 * decoded  # another tokenizer
+    assert nih.sentence_end_ids(first, list(longer)) == ends and len(calls) == 3 * decoded  # other ids

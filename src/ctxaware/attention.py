@@ -26,7 +26,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-ATTN_NAME = "ctxaware_sdpa"
+# no "sdpa" in the name: transformers refuses any sdpa-named attention for models without sdpa support (Gemma-2:
+# its soft-capping), which steered_attention computes itself
+ATTN_NAME = "ctxaware_steerable"
 COMPAT_MODES = ("none", "original")
 
 

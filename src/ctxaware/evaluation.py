@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ctxaware import modeling
 from ctxaware.chat import ZEPHYR_TEMPLATE, append_indicator
 from ctxaware.generation import Generator
 from ctxaware.judge import JUDGED_TASKS
@@ -226,12 +227,13 @@ def evaluate_all(
 
         import_vllm()  # the missing-package error first
     inputs = load_task_inputs(settings_by_task)
-    by_dtype = defaultdict(list)  # the model loads once per precision the tasks ask for (once by default)
+    by_precision = defaultdict(list)  # the model loads once per precision the tasks ask for (once by default)
     for task, settings in settings_by_task.items():
-        by_dtype[settings.get("dtype", PROCEDURE_DEFAULTS["dtype"])].append(task)
-    for dtype, tasks in by_dtype.items():
-        with generators(model_dir, engine, cache_dir, dtype) as make_generator:
-            for task in tasks:
+        dtype = settings.get("dtype", PROCEDURE_DEFAULTS["dtype"])
+        by_precision[loaded_precision(dtype, engine)].append((task, dtype))
+    for tasks in by_precision.values():
+        with generators(model_dir, engine, cache_dir, tasks[0][1]) as make_generator:
+            for task, dtype in tasks:
                 settings = settings_by_task[task]
                 generator = make_generator(settings["batch_tokens"], generation_cache(cache_dir, task, dtype))
                 summary, records = evaluate_task(task, generator, settings, with_indicator, inputs[task])
@@ -254,6 +256,14 @@ def evaluate_all(
                 _write_jsonl(out_generations[task], records)
                 Path(out_json[task]).write_text(json.dumps(results[task], indent=2, default=str))
     return {task: results[task] for task in settings_by_task}
+
+
+def loaded_precision(dtype: str, engine: dict | None = None):
+    """What a task's dtype loads the model in: on the transformers backend auto is default_dtype (fp32 on a CPU, so
+    an fp32 task shares auto's load there), on vLLM the dtype as named."""
+    if (engine or {}).get("backend", "transformers") != "transformers" or dtype not in DTYPES:
+        return dtype
+    return DTYPES[dtype] or modeling.default_dtype()
 
 
 def generation_cache(cache_dir: str | None, task: str, dtype: str) -> str | None:

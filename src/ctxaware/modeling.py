@@ -6,13 +6,18 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
 from ctxaware import IND_TOKEN
 from ctxaware.chat import TEMPLATE_SYSTEM
 
 MODEL_INFO = "ctxaware_model.json"  # written next to every fine-tune: base model, recipe, adapter or not
+# SentencePiece classes that transformers 5 rebuilds from the vocabulary (a Metaspace pre-tokenizer), ignoring the
+# repository's tokenizer.json: Llama-2's (TinyLlama, Llama-2-7b-hf) then drops the "▁" token after `</s>` and after
+# spaces (15 of llama.cpp's 46 reference inputs differ). The original, on transformers 4, used tokenizer.json as is.
+REBUILT_TOKENIZERS = {"LlamaTokenizer", "LlamaTokenizerFast", "GemmaTokenizer", "GemmaTokenizerFast"}
 
 hf_logging.disable_progress_bar()
 
@@ -35,8 +40,18 @@ def read_model_info(path: str) -> dict | None:
     return json.loads(info.read_text()) if info.exists() else None
 
 
+def _repo_file(path: str, name: str) -> str | None:
+    """A file of a local model or a hub repository (downloaded into the hub cache), None when it has none."""
+    return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+
+
 def load_tokenizer(path: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    settings = _repo_file(path, "tokenizer_config.json")
+    declared = json.loads(Path(settings).read_text()).get("tokenizer_class") if settings else None
+    if declared in REBUILT_TOKENIZERS and _repo_file(path, "tokenizer.json"):
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # the repository's tokenizer.json, as written
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     # an imported model renders conversations without a system message as its template does (imported_models)

@@ -497,6 +497,11 @@ class Plan:
             for run in [*self.reference_runs(), *self.grid()]
         ]
 
+    def paper_table4(self) -> list[str]:
+        """The published Table 4 the rows are shown beside (report.paper_table4), as a list of none or one file: a
+        bare string input would reach the script as a string, and its first character would be read as the file."""
+        return [path] if (path := self.config["report"].get("paper_table4")) else []
+
     def eval_results(self) -> list[str]:
         return list(dict.fromkeys(path for row in self.table4_rows() for path in row["results"].values()))
 

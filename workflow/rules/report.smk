@@ -2,7 +2,7 @@ rule table4:
     """The paper's Table 4: one row per (SFT dataset, model, method)."""
     input:
         results=PLAN.eval_results(),
-        paper=config["report"]["paper_table4"] or [],
+        paper=PLAN.paper_table4(),
     output:
         csv=report(
             "results/tables/table4.csv",

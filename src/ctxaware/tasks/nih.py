@@ -45,15 +45,25 @@ def load_haystack(source: str, key: str = "evaluation.nih.haystack") -> str:
     return "".join(f.read_bytes().decode().replace("\n", " ") for f in files)  # UTF-8
 
 
+# the last haystack tokenized: (tokenizer, text, needed, ids). A job builds its grid once per run (Section 2: per
+# template, variant and alpha, 16 to 60 times) with one tokenizer and one longest length, and tokenizing the whole
+# haystack (49 essays) took 0.5 s a time
+_last_haystack: list = [None, None, None, None]
+
+
 def haystack_ids(tokenizer, text: str, needed: int) -> list[int]:
     """Token ids of the haystack, the text repeated (cycled, as the original re-read its files) until it holds
     at least `needed` tokens."""
+    cached_tokenizer, cached_text, cached_needed, cached_ids = _last_haystack
+    if cached_tokenizer is tokenizer and cached_needed == needed and cached_text == text:
+        return cached_ids
     unit, ids = text, tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError("the NIH haystack is empty")
     while len(ids) < needed:
         text += unit
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    _last_haystack[:] = [tokenizer, unit, needed, ids]
     return ids
 
 
@@ -96,10 +106,17 @@ def grid(min_length: int, max_length: int, n_lengths: int, n_depths: int) -> tup
     return lengths, depths
 
 
+_last_sentence_ends: list = [None, None, set()]  # (tokenizer, ids, their sentence ends): ids are haystack_ids'
+
+
 def sentence_end_ids(tokenizer, ids: list[int]) -> set[int]:
     """Token ids that end a sentence, insertion points for the needle: those that decode to exactly "." (the
     original stepped back until the preceding token decoded to ".")."""
-    return {i for i in set(ids) if tokenizer.decode([i]) == "."}
+    if _last_sentence_ends[0] is tokenizer and _last_sentence_ends[1] is ids:
+        return _last_sentence_ends[2]
+    ends = {i for i in set(ids) if tokenizer.decode([i]) == "."}
+    _last_sentence_ends[:] = [tokenizer, ids, ends]
+    return ends
 
 
 def insert_needle(
