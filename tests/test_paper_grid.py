@@ -330,3 +330,23 @@ def test_each_jobs_recorded_settings_are_the_test_configurations(paper_run):
         "attention_allocation",
         "attention_steering",
     }
+
+
+def test_a_fault_planted_on_the_paper_path_fails_its_job(paper_run):
+    """The first fault this run found, planted again: table4's published-table input as a bare string (the job
+    opened its first character, "r"). Only config/paper.yaml sets report.paper_table4, so only this run reaches it;
+    the job must fail, and the restored rule must write the table again."""
+    rules = paper_run / "workflow/rules/report.smk"
+    fixed = rules.read_text()
+    assert "paper=PLAN.paper_table4()," in fixed
+    args = ("results/tables/table4.csv", "--cores", "1", "--configfile", *TEST, "judge.yaml")
+    try:
+        rules.write_text(fixed.replace("paper=PLAN.paper_table4(),", 'paper=config["report"]["paper_table4"] or [],'))
+        failed = snakemake(paper_run, *args, "--forcerun", "table4", check=False, env=JUDGE_KEY)
+        assert failed.returncode != 0
+        log = (paper_run / "results/logs/table4.log").read_text()
+        assert "No such file or directory: 'r'" in log
+    finally:
+        rules.write_text(fixed)
+    snakemake(paper_run, *args, env=JUDGE_KEY)
+    assert len(pd.read_csv(paper_run / "results/tables/table4.csv")) == 20

@@ -122,7 +122,8 @@ def repos(tmp_path_factory):
     root = tmp_path_factory.mktemp("standin-repos")
     hub_ids = (
         "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", "meta-llama/Meta-Llama-3-8B",
-        "mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-2-9b-it",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "mistralai/Mistral-7B-Instruct-v0.2", "mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-2-9b-it",
     )  # fmt: skip
     return {hub_id: build_model_repo(hub_id, root / hub_id, STANDINS, WHEELS) for hub_id in hub_ids}
 
@@ -230,3 +231,49 @@ def test_message_spans_decode_to_their_content_on_every_standin(repos):
     assert len(misplaced_spans(*spans_by_prefix_length(llama3, messages), llama3, messages)) == 3
     llama2 = prepare_tokenizer(load_tokenizer(str(repos["meta-llama/Llama-2-7b-hf"])))  # where it was written for
     assert misplaced_spans(*spans_by_prefix_length(llama2, messages), llama2, messages) == []
+
+
+MISTRAL_REFERENCE = Path(__file__).parent / "data/mistral_common_reference.json"
+
+
+@pytest.mark.parametrize(
+    "hub_id, version", [("mistralai/Mistral-7B-Instruct-v0.2", "v1"), ("mistralai/Mistral-7B-Instruct-v0.3", "v3")]
+)
+def test_the_mistral_standins_tokenize_and_chat_as_mistral_common(repos, hub_id, version):
+    """Against mistral-common, Mistral's own implementation (its outputs kept in tests/data, made in a scratch
+    folder: installed here it would take over transformers' Mistral tokenizers): llama.cpp's 46 inputs, and a
+    conversation in the hub's chat template against mistral-common's instruct encoding of it (v1 for v0.2's
+    tokenizer, v3 for v0.3's, whose [INST] and [/INST] are control tokens)."""
+    reference = json.loads(MISTRAL_REFERENCE.read_text())
+    tokenizer = load_tokenizer(str(repos[hub_id]))
+    texts, expected = reference["texts"], reference["tokenizers"][version]
+    encoded = [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+    # the hub's non-legacy layout (what its templates' `<s> [INST]` need) prepends no "▁" to a text that opens
+    # with a space, where SentencePiece adds its dummy prefix regardless: exactly those inputs differ
+    differing = [t for t, e, o in zip(texts, expected, encoded, strict=True) if e != o]
+    assert differing == [t for t in texts if t.startswith(" ")] and len(differing) == 15
+    chat = tokenizer.apply_chat_template(reference["conversation"], return_dict=False)
+    assert chat == reference["chat"][version]["tokens"]
+
+
+def test_the_llama31_instruct_template_opens_with_its_system_header(repos):
+    """Llama-3.1's prompt format (Meta's model card, llama-models' prompt_format): every conversation opens with a
+    system header holding the knowledge cutoff and the date, then the system prompt; turns as Llama-3's."""
+    tokenizer = load_tokenizer(str(repos["meta-llama/Llama-3.1-8B-Instruct"]))
+    assert mismatches(tokenizer, references("llama-bpe")) == []  # @lenml's Llama-3.1 tokenizer: Llama-3's vocabulary
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_the_gemma2_standin_tokenizes_as_transformers_tests_assert(repos):
+    """No llama.cpp references of Gemma's vocabulary ship in the sdist: the reference is transformers' own Gemma
+    tests (expected ids of Gemma-1's tokenizer, the vocabulary Gemma-2 keeps), kept in tests/data."""
+    reference = json.loads((Path(__file__).parent / "data/gemma_reference.json").read_text())
+    tokenizer = load_tokenizer(str(repos["google/gemma-2-9b-it"]))
+    assert len(reference["cases"]) == 13
+    assert [c["text"] for c in reference["cases"] if tokenizer(c["text"]).input_ids != c["input_ids"]] == []

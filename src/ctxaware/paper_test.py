@@ -202,8 +202,12 @@ def dataset_repos(seed: int = 0) -> dict[tuple[str, str], dict[str, dict[str, by
 
 
 def build_models(out: Path, standins_dir: Path = STANDINS, wheels_dir: Path = WHEELS) -> None:
-    """Every stand-in model repository under out/<hub id> (built once: a `.built` marker per model)."""
+    """Every stand-in model repository under out/<hub id>, built once per version of the code that builds it (a
+    `.built` marker per model holds its digest)."""
+    from ctxaware.provenance import code_digest
     from ctxaware.standins import PAPER_MODELS, build_model_repo
+
+    digest = code_digest("ctxaware.standins")  # and the modules it imports (the templates)
 
     if not (standins_dir / "npm/node_modules").is_dir():
         raise FileNotFoundError(
@@ -212,9 +216,10 @@ def build_models(out: Path, standins_dir: Path = STANDINS, wheels_dir: Path = WH
         )
     for hub_id in PAPER_MODELS:
         folder = out / hub_id
-        if not (folder / ".built").exists():
+        marker = folder / ".built"
+        if not marker.exists() or marker.read_text() != digest:
             build_model_repo(hub_id, folder, standins_dir, wheels_dir)
-            (folder / ".built").write_text("")
+            marker.write_text(digest)
 
 
 def model_repos(out: Path) -> dict[tuple[str, str], dict[str, dict[str, bytes]]]:

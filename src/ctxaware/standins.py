@@ -131,16 +131,6 @@ LLAMA2_CHAT_TEMPLATE = (
     "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
     "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
 )
-# Mistral-7B-Instruct's `[INST] ... [/INST]` format (the hub's v0.2 tokenizer_config.json; mistral-common's v1-v3
-# instruct tokenizers encode the same tokens for a user/assistant conversation without a system message)
-MISTRAL_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
-)
 # Gemma-2-it's turns (the hub's google/gemma-2-*-it tokenizer_config.json; Gemma's formatting guide)
 GEMMA2_CHAT_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -195,7 +185,7 @@ PAPER_MODELS = {
 
 
 def standin_tokenizer(kind: str, instruct: bool, standins_dir: str | Path, wheels_dir: str | Path | None = None):
-    """(tokenizer, the hub's tokenizer_class, a SentencePiece model file or None) for a tokenizer kind."""
+    """(tokenizer, the hub's tokenizer_class) for a tokenizer kind."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -203,10 +193,15 @@ def standin_tokenizer(kind: str, instruct: bool, standins_dir: str | Path, wheel
     if kind == "llama2":
         tokenizer = llama2_tokenizer(standins_dir / LLAMA2_JS)
         tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE if instruct else None
-        return tokenizer, "LlamaTokenizer", None
+        return tokenizer, "LlamaTokenizer"
     if kind in ("llama3", "llama3_1"):
         models = standins_dir / (LLAMA3_MODELS if kind == "llama3" else LLAMA3_1_MODELS)
-        return llama3_tokenizer(models, chat_template=instruct), "PreTrainedTokenizerFast", None
+        tokenizer = llama3_tokenizer(models, chat_template=instruct)
+        if instruct and kind == "llama3_1":
+            from ctxaware.standin_templates import LLAMA31_CHAT_TEMPLATE
+
+            tokenizer.chat_template = LLAMA31_CHAT_TEMPLATE
+        return tokenizer, "PreTrainedTokenizerFast"
     if kind == "gemma2":
         models = standins_dir / GEMMA2_MODELS
         settings = json.loads((models / "tokenizer_config.json").read_text())
@@ -216,14 +211,64 @@ def standin_tokenizer(kind: str, instruct: bool, standins_dir: str | Path, wheel
             unk_token="<unk>", clean_up_tokenization_spaces=False,
             chat_template=GEMMA2_CHAT_TEMPLATE if instruct else None,
         )  # fmt: skip
-        return tokenizer, settings["tokenizer_class"], None
+        return tokenizer, settings["tokenizer_class"]
     if kind in MISTRAL_WHEEL_MODELS:
         import zipfile
 
+        from ctxaware.standin_templates import MISTRAL_V02_CHAT_TEMPLATE, MISTRAL_V03_CHAT_TEMPLATE
+
         wheel = next(Path(wheels_dir).glob("mistral_common-*.whl"))
-        model = zipfile.ZipFile(wheel).read(MISTRAL_WHEEL_MODELS[kind])
-        return None, "LlamaTokenizer", model
+        tokenizer = sentencepiece_tokenizer(zipfile.ZipFile(wheel).read(MISTRAL_WHEEL_MODELS[kind]))
+        if instruct:
+            tokenizer.chat_template = MISTRAL_V02_CHAT_TEMPLATE if kind == "mistral-v1" else MISTRAL_V03_CHAT_TEMPLATE
+        return tokenizer, "LlamaTokenizer"
     raise ValueError(f"unknown stand-in tokenizer {kind!r}")
+
+
+def sentencepiece_tokenizer(model: bytes):
+    """A SentencePiece BPE model (Mistral's) as a fast tokenizer in the hub's non-legacy layout (tested against
+    mistral-common, Mistral's reference): BPE with byte fallback, BOS added, the control pieces (`<s>`, `</s>`,
+    Mistral v3's `[INST]`, `[/INST]`, ...) special tokens matched on the raw text; spaces as "▁" and one "▁"
+    prepended to the text's start only, unless it opens with a space (Metaspace's "first": the text after a special
+    token gets none, so the hub templates' `<s> [INST]` gives "▁[INST]" as mistral-common does; SentencePiece's
+    dummy prefix would also double a leading space); and SentencePiece's whitespace grouping: a run of "▁" is a
+    piece of its own but for its last "▁", which opens the word after it (without it, the merges transformers
+    extracts from the model turn "  Hello" into "▁▁" "Hello" instead of SentencePiece's "▁" "▁Hello")."""
+    import tempfile
+
+    import sentencepiece
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    with tempfile.NamedTemporaryFile(suffix=".model") as file:
+        file.write(model)
+        file.flush()
+        extracted = SentencePieceExtractor(file.name).extract(None)
+        processor = sentencepiece.SentencePieceProcessor(model_file=file.name)
+    tokenizer = Tokenizer(
+        BPE(extracted["vocab"], extracted["merges"], unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False),
+            pre_tokenizers.Split(Regex(r"▁+(?=▁[^▁\s])|▁?[^▁]+|▁+"), behavior="isolated"),
+        ]
+    )
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    special = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    special = [piece for i, piece in enumerate(special) if processor.is_control(i) or processor.is_unknown(i)]
+    tokenizer.add_special_tokens([AddedToken(piece, special=True, normalized=False) for piece in special])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", processor.bos_id())]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
+    )  # fmt: skip
 
 
 def build_model_repo(hub_id: str, out: str | Path, standins_dir: str | Path, wheels_dir: str | Path) -> Path:
@@ -240,17 +285,7 @@ def build_model_repo(hub_id: str, out: str | Path, standins_dir: str | Path, whe
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)  # no file of an earlier build may shadow this one's
     out.mkdir(parents=True)
-    tokenizer, tokenizer_class, sp_model = standin_tokenizer(
-        spec["tokenizer"], spec["instruct"], standins_dir, wheels_dir
-    )
-    if tokenizer is None:  # a SentencePiece model as the hub ships it, converted by transformers on loading
-        (out / "tokenizer.model").write_bytes(sp_model)
-        settings = {"tokenizer_class": tokenizer_class, "legacy": False, "add_bos_token": True, "add_eos_token": False}
-        (out / "tokenizer_config.json").write_text(json.dumps(settings))
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(out)
-        tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE if spec["instruct"] else None
+    tokenizer, tokenizer_class = standin_tokenizer(spec["tokenizer"], spec["instruct"], standins_dir, wheels_dir)
     with tempfile.TemporaryDirectory() as saved:
         tokenizer.save_pretrained(saved)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
@@ -258,6 +293,9 @@ def build_model_repo(hub_id: str, out: str | Path, standins_dir: str | Path, whe
                 (out / name).write_bytes((Path(saved) / name).read_bytes())
     settings = json.loads((out / "tokenizer_config.json").read_text())
     settings["tokenizer_class"] = tokenizer_class
+    # the hub's SentencePiece settings (Llama-2-7b-hf's file; Mistral-7B-Instruct-v0.2's); load_tokenizer reads the
+    # tokenizer.json as written whatever they say
+    settings |= {"llama2": {"legacy": False}, "mistral-v1": {"legacy": True}}.get(spec["tokenizer"], {})
     (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
 
     heads = 8
