@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -134,42 +135,26 @@ class HubServer:
         self.httpd.server_close()
 
 
-class JudgeServer:
-    """An OpenAI-compatible chat-completions endpoint standing in for the MT-Bench judge: it answers every request
-    with a rating in FastChat's `[[k]]` form, k from 1 to 10 derived from a hash of the request's messages (the same
-    prompt, the same rating), and keeps every request's JSON body and Authorization header in `requests`."""
+class ChatServer:
+    """An OpenAI-compatible chat-completions endpoint: every POST's path, headers and JSON body go to `respond`,
+    whose (HTTP status, body text) is sent back."""
 
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        judge = self
-
+    def __init__(self, respond: Callable[[str, dict, dict], tuple[int, str]]):
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with judge.lock:
-                    judge.requests.append(
-                        {"path": self.path, "authorization": self.headers.get("Authorization"), "body": body}
-                    )
-                digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
-                rating = 1 + digest[0] % 10
-                message = {"role": "assistant", "content": f"A stand-in judgement. Rating: [[{rating}]]"}
-                reply = {
-                    "id": f"judge-{digest.hex()[:12]}", "object": "chat.completion", "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                }  # fmt: skip
-                data = json.dumps(reply).encode()
+                code, text = respond(self.path, dict(self.headers), body)
+                data = text.encode()
                 try:
-                    self.send_response(200)
+                    self.send_response(code)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
-                except OSError:
+                except OSError:  # the client gave up (timeout) and closed the connection
                     pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -180,3 +165,26 @@ class JudgeServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class JudgeServer(ChatServer):
+    """A ChatServer standing in for the MT-Bench judge: it answers every request with a rating in FastChat's `[[k]]`
+    form, k from 1 to 10 derived from a hash of the request's messages (the same prompt, the same rating), and
+    keeps every request's path, JSON body and Authorization header in `requests`."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        super().__init__(self.judge)
+
+    def judge(self, path: str, headers: dict, body: dict) -> tuple[int, str]:
+        with self.lock:
+            self.requests.append({"path": path, "authorization": headers.get("Authorization"), "body": body})
+        digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
+        message = {"role": "assistant", "content": f"A stand-in judgement. Rating: [[{1 + digest[0] % 10}]]"}
+        reply = {
+            "id": f"judge-{digest.hex()[:12]}", "object": "chat.completion", "model": body.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }  # fmt: skip
+        return 200, json.dumps(reply)

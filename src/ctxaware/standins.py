@@ -159,29 +159,37 @@ _LLAMA31_ROPE = {
 # scoring seed, keeps 16 of its 22, so that config/paper.yaml's scoring layer 15 exists
 STANDIN_LAYERS = 4
 SEED_BASE_LAYERS = 16
+
+
+def _pair(base: str, instruct: str, *layout, **extra) -> dict[str, dict]:
+    """A Section 2 pair: the base model and its instruct model, of one layout."""
+    return {base: _spec(*layout, **extra), instruct: _spec(*layout, instruct=True, **extra)}
+
+
 PAPER_MODELS = {
     "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": _spec(
         "llama", "llama2", 22, 32, 4, 2048, 10000.0, standin_layers=SEED_BASE_LAYERS
     ),
-    "meta-llama/Llama-2-7b-hf": _spec("llama", "llama2", 32, 32, 32, 4096, 10000.0),
-    "meta-llama/Llama-2-7b-chat-hf": _spec("llama", "llama2", 32, 32, 32, 4096, 10000.0, instruct=True),
-    "meta-llama/Llama-2-13b-hf": _spec("llama", "llama2", 40, 40, 40, 4096, 10000.0),
-    "meta-llama/Llama-2-13b-chat-hf": _spec("llama", "llama2", 40, 40, 40, 4096, 10000.0, instruct=True),
-    "meta-llama/Meta-Llama-3-8B": _spec("llama", "llama3", 32, 32, 8, 8192, 500000.0),
-    "meta-llama/Meta-Llama-3-8B-Instruct": _spec("llama", "llama3", 32, 32, 8, 8192, 500000.0, instruct=True),
-    "meta-llama/Llama-3.1-8B": _spec("llama", "llama3_1", 32, 32, 8, 131072, 500000.0, rope_scaling=_LLAMA31_ROPE),
-    "meta-llama/Llama-3.1-8B-Instruct": _spec(
-        "llama", "llama3_1", 32, 32, 8, 131072, 500000.0, instruct=True, rope_scaling=_LLAMA31_ROPE
+    **_pair("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", "llama", "llama2", 32, 32, 32, 4096, 1e4),
+    **_pair("meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf", "llama", "llama2", 40, 40, 40, 4096, 1e4),
+    **_pair(
+        "meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct", "llama", "llama3", 32, 32, 8, 8192, 5e5
     ),
-    "mistral-community/Mistral-7B-v0.2": _spec("mistral", "mistral-v1", 32, 32, 8, 32768, 1000000.0),
-    "mistralai/Mistral-7B-Instruct-v0.2": _spec("mistral", "mistral-v1", 32, 32, 8, 32768, 1000000.0, instruct=True),
-    "mistralai/Mistral-7B-v0.3": _spec("mistral", "mistral-v3", 32, 32, 8, 32768, 1000000.0),
-    "mistralai/Mistral-7B-Instruct-v0.3": _spec("mistral", "mistral-v3", 32, 32, 8, 32768, 1000000.0, instruct=True),
-    "google/gemma-2-9b": _spec("gemma2", "gemma2", 42, 16, 8, 8192, 10000.0),
-    "google/gemma-2-9b-it": _spec("gemma2", "gemma2", 42, 16, 8, 8192, 10000.0, instruct=True),
-    "google/gemma-2-27b": _spec("gemma2", "gemma2", 46, 32, 16, 8192, 10000.0),
-    "google/gemma-2-27b-it": _spec("gemma2", "gemma2", 46, 32, 16, 8192, 10000.0, instruct=True),
-}
+    **_pair(
+        "meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct", "llama", "llama3_1", 32, 32, 8, 131072, 5e5,
+        rope_scaling=_LLAMA31_ROPE,
+    ),
+    **_pair(
+        "mistral-community/Mistral-7B-v0.2", "mistralai/Mistral-7B-Instruct-v0.2", "mistral", "mistral-v1",
+        32, 32, 8, 32768, 1e6,
+    ),
+    **_pair(
+        "mistralai/Mistral-7B-v0.3", "mistralai/Mistral-7B-Instruct-v0.3", "mistral", "mistral-v3",
+        32, 32, 8, 32768, 1e6,
+    ),
+    **_pair("google/gemma-2-9b", "google/gemma-2-9b-it", "gemma2", "gemma2", 42, 16, 8, 8192, 1e4),
+    **_pair("google/gemma-2-27b", "google/gemma-2-27b-it", "gemma2", "gemma2", 46, 32, 16, 8192, 1e4),
+}  # fmt: skip
 
 
 def standin_tokenizer(kind: str, instruct: bool, standins_dir: str | Path, wheels_dir: str | Path | None = None):
