@@ -9,24 +9,13 @@ from pathlib import Path
 
 import yaml
 
+from ctxaware.paper_test import WORKFLOW_FILES, copy_workflow  # noqa: F401 (the tests' import)
 from ctxaware.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "resources", "envs", "profiles"]
 # a local run of the embedded default as `make run` does it on 2 cores: the pretraining, alone on the critical
 # path, on both (its weights do not depend on the thread count)
 LOCAL_RUN = ("--cores", "2", "--set-threads", "pretrain_organism=2")
-
-
-def copy_workflow(destination: Path) -> Path:
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name)
-        else:
-            shutil.copy(source, destination / name)
-    return destination
 
 
 def snakemake(

@@ -201,6 +201,18 @@ def dataset_repos(seed: int = 0) -> dict[tuple[str, str], dict[str, dict[str, by
     }
 
 
+def copy_workflow(destination: Path) -> Path:
+    """The workflow's files (WORKFLOW_FILES) copied into `destination`, as a run directory of its own."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, dirs_exist_ok=True)
+        else:
+            shutil.copy(source, destination / name)
+    return destination
+
+
 def build_models(out: Path, standins_dir: Path = STANDINS, wheels_dir: Path = WHEELS) -> None:
     """Every stand-in model repository under out/<hub id>, built once per version of the code that builds it (a
     `.built` marker per model holds its digest)."""
@@ -247,12 +259,7 @@ def run(directory: Path, cores: int, extra: list[str], models_dir: Path) -> int:
         os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(directory / "hf-home"), HF_HUB_OFFLINE="0",
         HF_DATASETS_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", OPENAI_API_KEY=API_KEY,
     )  # fmt: skip
-    for name in WORKFLOW_FILES:  # the workflow as checked out, its relative paths (resources/) inside the run
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, directory / name, dirs_exist_ok=True)
-        else:
-            shutil.copy(source, directory / name)
+    copy_workflow(directory)  # the workflow as checked out, its relative paths (resources/) inside the run
     command = [
         sys.executable, "-m", "snakemake", "--cores", str(cores), "--max-threads", "1",
         "--configfile", "config/paper.yaml", "config/paper-test.yaml", overlay.name, *extra,
