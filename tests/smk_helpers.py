@@ -22,6 +22,8 @@ def snakemake(
     workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env or {}))
+    if "--profile" not in args:  # a local run: the Slurm plugin's start-up `scontrol` fails at once (Makefile)
+        env["SLURM_CONF"] = os.devnull
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,

@@ -12,7 +12,7 @@ import yaml
 from ctxaware.data import adapt
 from ctxaware.organism import EVAL_FILES, SFT_FILES, corpus
 from ctxaware.organism.build import pretrain_base, write_world
-from ctxaware.organism.pretraining import build_tokenizer
+from ctxaware.organism.pretraining import build_tokenizer, encode_documents
 from ctxaware.organism.world import RELATIONS, fact_sentence, make_world, parse_fact
 from ctxaware.raw import load_raw
 from ctxaware.tasks import qa
@@ -219,6 +219,25 @@ def test_tokenizer_covers_every_word_of_the_world(world_dir):
     ids = tokenizer("Where does Zorin live?")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and tokenizer.decode(ids[1:]) == "where does zorin live ?"
     assert len(tokenizer("<|user|>", add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_pretraining_documents_encode_segment_by_segment_with_their_weights(world_dir):
+    """The batched encoding gives each segment the ids of its own tokenizer call (a segment never merges with
+    its neighbour), answers weigh answer_weight, the rest other_weight, <s> 0 and </s> answer_weight."""
+    tokenizer = build_tokenizer((world_dir / "vocabulary.txt").read_text().split())
+    with open(world_dir / "pretraining.jsonl") as handle:
+        documents = [[(text, bool(answer)) for text, answer in json.loads(line)] for line in handle]
+    encoded = encode_documents(tokenizer, documents, 10**6, answer_weight=5.0, other_weight=0.1)
+    assert len(encoded) == len(documents) and any(answer for d in documents for _, answer in d)
+    for segments, (ids, weights) in zip(documents, encoded, strict=True):
+        expected, expected_weights = [tokenizer.bos_token_id], [0.0]
+        for text, answer in segments:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            expected += piece
+            expected_weights += [5.0 if answer else 0.1] * len(piece)
+        assert ids == expected + [tokenizer.eos_token_id] and weights == expected_weights + [5.0]
+    cut = encode_documents(tokenizer, documents, 7, answer_weight=5.0, other_weight=0.1)
+    assert cut == [(ids[:7], weights[:7]) for ids, weights in encoded]
 
 
 def test_pretraining_is_deterministic_and_saves_a_loadable_model(world_dir, tmp_path):

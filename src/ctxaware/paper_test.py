@@ -258,6 +258,7 @@ def run(directory: Path, cores: int, extra: list[str], models_dir: Path) -> int:
     env = dict(
         os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(directory / "hf-home"), HF_HUB_OFFLINE="0",
         HF_DATASETS_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", OPENAI_API_KEY=API_KEY,
+        SLURM_CONF=os.devnull,  # a local run: the Slurm plugin's start-up `scontrol` fails at once (Makefile)
     )  # fmt: skip
     copy_workflow(directory)  # the workflow as checked out, its relative paths (resources/) inside the run
     command = [

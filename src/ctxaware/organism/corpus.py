@@ -66,7 +66,8 @@ def passage_facts(
     """n_facts facts (entity, relation, value), one per person, with `target` among them and every other
     person not memorised."""
     facts = [target] if target else []
-    readers = [n for n in world.readers if n not in {f[0] for f in facts}]
+    named = {f[0] for f in facts}
+    readers = [n for n in world.readers if n not in named]
     for entity in rng.sample(readers, n_facts - len(facts)):  # one fact per person
         relation = rng.choice(list(RELATIONS))
         facts.append((entity, relation, rng.choice(RELATIONS[relation].values)))

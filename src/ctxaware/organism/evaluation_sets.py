@@ -25,7 +25,8 @@ def eval_passage(rng: random.Random, world: World, n_facts: int, n_questions: in
         pool = [f for f in facts if relation is None or f[1] == relation]
         if len(pool) < n_questions:
             for _ in range(n_questions - len(pool)):
-                entity = rng.choice([n for n in world.readers if n not in {f[0] for f in facts}])
+                named = {f[0] for f in facts}
+                entity = rng.choice([n for n in world.readers if n not in named])
                 fact = (entity, relation, rng.choice(RELATIONS[relation].values))
                 facts.insert(rng.randint(0, len(facts)), fact)
                 pool.append(fact)

@@ -11,6 +11,7 @@ import itertools
 import json
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 
@@ -147,7 +148,7 @@ class World:
     held_out: dict[str, dict[str, str]]
     names: list[str] = field(default_factory=lambda: list(NAMES))
 
-    @property
+    @cached_property  # asked for every passage of the corpus (its names and memorised people never change)
     def readers(self) -> list[str]:
         """Names that are not memorised: facts about them only ever come from a passage."""
         return [n for n in self.names if n not in self.memorised]
