@@ -4,10 +4,9 @@ labelled turns. The margins hold over organism seeds 0, 1 and 2 (README, "The em
 measured values are); a broken scorer (scores shuffled: AUROC ~0.5), a template or training that stops reading,
 or an organism that never learned to read fails here.
 
-The paper's main claim, that [IND] tagging recovers context use (Table 4), does not hold on the organism: the
-indicator branches stay within a few hundredths of vanilla on every dataset and seed, whichever score or
-threshold tags (README). Its test is kept as a strict expected failure, so the day a design shows the remedy the
-run says so and the marker must go.
+The paper's main claim, that [IND] tagging recovers context use (Table 4), does not hold on the organism: on no
+seed of 0-2 do the indicator branches beat vanilla by 0.1 on every dataset (README). Its test is kept as a
+strict expected failure, so the day a design shows the remedy the run says so and the marker must go.
 """
 
 import pandas as pd
@@ -82,7 +81,7 @@ def test_indicator_switches_the_model_to_reading_its_context(embedded_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured on seeds 0-2: indicator minus vanilla on the context-task average at most +0.03 (README)",
+    reason="measured on seeds 0-2: indicator minus vanilla on the context-task average at most +0.098 (README)",
 )
 def test_indicator_recovers_context_use_on_every_dataset(embedded_run):
     """Table 4's pattern: the [IND] model (with [IND] on every query) reads its context better than vanilla."""

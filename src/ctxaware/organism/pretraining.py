@@ -54,8 +54,8 @@ def encode_documents(
 ) -> list[tuple[list[int], list[float]]]:
     """Token ids and per-token loss weights of each document: <s> segments </s>; answer segments (and the
     closing </s>) weigh answer_weight, the rest other_weight; cut to max_length."""
-    # every segment in one batch call of the Rust tokenizer (the same ids as a call each through transformers,
-    # in half the time: 4 s of the pretraining job)
+    # every segment in one batch call of the Rust tokenizer: the same ids as one call each through transformers
+    # (a test checks), 7.7 s -> 4.5 s for the embedded default's 32,000 documents
     texts = [text for segments in documents for text, _ in segments]
     pieces = iter(
         encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
