@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ctxaware.paper_test import WORKFLOW_FILES, copy_workflow  # noqa: F401 (the tests' import)
+from ctxaware.paper_test import LOCAL_RUN_ENV, WORKFLOW_FILES, copy_workflow  # noqa: F401 (the tests' import)
 from ctxaware.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +22,8 @@ def snakemake(
     workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env or {}))
-    if "--profile" not in args:  # a local run: the Slurm plugin's start-up `scontrol` fails at once (Makefile)
-        env["SLURM_CONF"] = os.devnull
+    if "--profile" not in args:  # a local run
+        env.update(LOCAL_RUN_ENV)
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,

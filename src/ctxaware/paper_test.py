@@ -31,6 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / ".venv/standins"
 WHEELS = ROOT / ".venv/wheels"
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "envs", "profiles")
+# the environment of a local Snakemake run: the Slurm executor plugin asks `scontrol show config` at every start (10 s
+# timeout, waited in full where the Slurm client is installed and no controller answers); an empty config makes
+# scontrol fail at once (the Makefile's LOCAL_SNAKEMAKE does the same)
+LOCAL_RUN_ENV = {"SLURM_CONF": os.devnull}
 JUDGE_REQUESTS = "judge_requests.jsonl"
 API_KEY = "sk-paper-test"  # what the judge server expects in Authorization (OPENAI_API_KEY, api_key_env)
 # every config key (dotted; `*` any name) in which the test run differs from config/paper.yaml: config/paper-test.yaml
@@ -258,7 +262,7 @@ def run(directory: Path, cores: int, extra: list[str], models_dir: Path) -> int:
     env = dict(
         os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(directory / "hf-home"), HF_HUB_OFFLINE="0",
         HF_DATASETS_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", OPENAI_API_KEY=API_KEY,
-        SLURM_CONF=os.devnull,  # a local run: the Slurm plugin's start-up `scontrol` fails at once (Makefile)
+        **LOCAL_RUN_ENV,
     )  # fmt: skip
     copy_workflow(directory)  # the workflow as checked out, its relative paths (resources/) inside the run
     command = [
