@@ -87,6 +87,7 @@ def recipe_for(method: str, args) -> dict:
         "save_steps": 10**6,
         "logging_steps": 1,
         "lm_head_loss": "fused",
+        "length_groups": 1,
         "indicator_embedding": "trainable",
         "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": ALL_PROJECTIONS},
     }

@@ -153,9 +153,8 @@ def main():
 
     ours, floor = per_step(step_ends), per_step(floor_ends)
     tokens = sum(int(batch["attention_mask"].sum()) for batch in batches) / len(batches)
-    print(
-        f"organism fine-tune: {args.recipe} (lm_head_loss {recipe['lm_head_loss']}), {args.dataset}, {args.steps} steps"
-    )
+    head = f"lm_head_loss {recipe['lm_head_loss']}, length_groups {recipe['length_groups']}"
+    print(f"organism fine-tune: {args.recipe} ({head}), {args.dataset}, {args.steps} steps")
     print(f"  {tokens:.0f} tokens a step, {args.threads} thread(s); set-up (load, tokenize) {setup_s:.1f} s")
     print(f"  {'path':22s} {'ms/step':>8s} {'steps/s':>8s} {'vs floor':>8s}")
     print(f"  {'ctxaware (TRL)':22s} {ours * 1e3:8.1f} {1 / ours:8.2f} {ours / floor:7.2f}x")

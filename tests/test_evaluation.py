@@ -274,6 +274,7 @@ INDICATOR_RECIPE = dict(
     save_steps=1000,
     logging_steps=1,
     lm_head_loss="fused",
+    length_groups=1,
     precision="auto",
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj"]),

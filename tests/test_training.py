@@ -28,6 +28,7 @@ RECIPE = dict(
     save_steps=100,
     logging_steps=1,
     lm_head_loss="fused",
+    length_groups=1,
     indicator_embedding="trainable",
     lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
     qk_lora=dict(target_modules=["q_proj", "k_proj"], learning_rate=None),
@@ -517,3 +518,87 @@ def test_the_indicator_token_kind_reaches_the_saved_fine_tune_tokenizer(
     assert ids[-1] == ind
     kept = IND_TOKEN in tokenizer.decode(ids, skip_special_tokens=True)
     assert kept == (indicator_token == "added")
+
+
+def test_length_groups_split_the_sorted_rows_with_the_least_padding():
+    """Every row in exactly one group, groups contiguous in length order, and the padded area (rows x longest
+    row per group) the least over every split into at most that many groups (brute force)."""
+    import itertools
+
+    from ctxaware.training import length_groups
+
+    lengths = [37, 5, 90, 12, 88, 14, 41, 6, 73, 9]
+    ranked = sorted(lengths)
+
+    def area(groups):
+        return sum(len(rows) * max(lengths[row] for row in rows) for rows in groups)
+
+    for max_groups in (1, 2, 3, 4):
+        groups = length_groups(lengths, max_groups)
+        assert sorted(row for rows in groups for row in rows) == list(range(len(lengths)))
+        assert len(groups) <= max_groups
+        assert [lengths[row] for rows in groups for row in rows] == ranked
+        best = min(
+            sum((end - start) * ranked[end - 1] for start, end in zip((0, *cuts), (*cuts, len(ranked)), strict=True))
+            for k in range(max_groups)
+            for cuts in itertools.combinations(range(1, len(ranked)), k)
+        )
+        assert area(groups) == best
+    assert area(length_groups(lengths, 3)) < area(length_groups(lengths, 1))
+    assert length_groups([4], 3) == [[0]]
+
+
+@pytest.fixture
+def mixed_length_parquet(tmp_path):
+    """Conversations of 2-40 passage words: batches with much padding."""
+    conversations = [
+        {
+            "id": str(i),
+            "messages": [
+                {"role": "user", "content": "Read: " + "the fox jumps " * (1 + (7 * i) % 13) + "How often?"},
+                {"role": "assistant", "content": f"{i} times, " + "again " * (i % 3)},
+            ],
+        }
+        for i in range(16)
+    ]
+    path = tmp_path / "mixed.parquet"
+    pd.DataFrame(conversations).to_parquet(path)
+    return str(path)
+
+
+def test_length_groups_give_the_batchs_loss_and_gradient(tiny_model_dir, mixed_length_parquet, tmp_path):
+    """One right-padded batch of mixed lengths through the backbone in groups, each cut to its longest row: the
+    loss and every gradient of the whole batch at once (float rounding), with less padding computed; a
+    left-padded batch is left whole (cutting it would drop real tokens)."""
+    from ctxaware.training import labelled_positions_loss, length_groups
+
+    recipe = dict(RECIPE, finetuning="full", loss="assistant", lm_head_loss="labelled", per_device_batch_size=16)
+    recipe.update(global_batch_size=16)
+    trainer, _, _ = build_trainer(tiny_model_dir, mixed_length_parquet, str(tmp_path / "c"), recipe, False)
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    assert min(lengths) < max(lengths) / 2  # much padding: the groups cut it
+    assert sum(len(r) * max(lengths[i] for i in r) for r in length_groups(lengths, 3)) < 0.8 * 16 * max(lengths)
+
+    def loss_and_gradients(inputs, max_groups):
+        model.zero_grad(set_to_none=True)
+        loss = labelled_positions_loss(model, dict(inputs), max_groups=max_groups)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    whole, whole_grads = loss_and_gradients(batch, 1)
+    grouped, grouped_grads = loss_and_gradients(batch, 3)
+    torch.testing.assert_close(grouped, whole)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(labelled_positions_loss(model, dict(batch), 7, max_groups=3), whole * labelled / 7)
+    assert grouped_grads.keys() == whole_grads.keys()
+    for name, gradient in whole_grads.items():
+        torch.testing.assert_close(grouped_grads[name], gradient, rtol=1e-4, atol=1e-6)
+
+    # left padding: the same batch shifted right within its width; groups would cut real tokens, so none are made
+    shift = [int(max(lengths) - n) for n in lengths]
+    left = {key: torch.stack([row.roll(s) for row, s in zip(batch[key], shift, strict=True)]) for key in batch}
+    left_whole, _ = loss_and_gradients(left, 1)
+    left_grouped, _ = loss_and_gradients(left, 3)
+    assert torch.equal(left_grouped, left_whole)
