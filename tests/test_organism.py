@@ -47,7 +47,6 @@ SMALL = {
         "num_heads": 2,
         "num_kv_heads": 2,
         "max_position_embeddings": 512,
-        "processes": 1,
     },
     "sft": {"conversations": 300, "max_turns": 3, "mixture": {}},
     "evaluation": {
@@ -286,66 +285,26 @@ def test_conflicts_come_as_passages_and_as_needles_and_follow_ups_bring_no_passa
     assert not any(t.context_dependent for t in follow_ups)
 
 
-@pytest.mark.parametrize(("processes", "thread_counts"), [(1, (1, 2)), (2, (2, 4))])
-def test_pretraining_gives_the_same_bits_whatever_the_thread_count(world_dir, tmp_path, processes, thread_counts):
+def test_pretraining_gives_the_same_bits_whatever_the_thread_count(world_dir, tmp_path):
     """The pretraining job takes 2 threads where the run has them, a Slurm job of the light stage 1: at the
     embedded default's model shape (hidden 64, intermediate 256, 4 layers and heads) the weights are the same
-    bits either way, so a local run and a cluster run pretrain the same base; in one process and in the
-    default's two (which share the job's threads)."""
+    bits either way, so a local run and a cluster run pretrain the same base."""
     from safetensors.torch import load_file
 
     from ctxaware.organism.build import pretrain_base
 
     default_shape = {"hidden_size": 64, "intermediate_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4}
     settings = _settings()
-    settings["pretraining"].update(default_shape, processes=processes)
+    settings["pretraining"].update(default_shape)
     threads = torch.get_num_threads()
     weights = {}
     try:
-        for count in thread_counts:
+        for count in (1, 2):
             torch.set_num_threads(count)
             pretrain_base(str(world_dir), str(tmp_path / str(count)), settings)
             weights[count] = load_file(str(tmp_path / str(count) / "model.safetensors"))
     finally:
         torch.set_num_threads(threads)
-    first, second = (weights[count] for count in thread_counts)
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[name], second[name]) for name in first)
-    assert first["model.embed_tokens.weight"].shape[1] == 64
-
-
-def test_data_parallel_pretraining_takes_the_same_steps(world_dir, tmp_path):
-    """processes > 1: each process runs its share of every batch's documents and their gradients are summed, so
-    the losses and weights are those of one process to float rounding, run after run the same bits; with
-    batches of 2 and 3 processes the third never has a document and still takes every step."""
-    from safetensors.torch import load_file
-
-    from ctxaware.organism.build import pretrain_base
-
-    logs, weights = {}, {}
-    for name, processes in (("one", 1), ("three", 3), ("three-again", 3)):
-        settings = _settings()
-        settings["pretraining"].update(batch_size=2, processes=processes)
-        logs[name] = pretrain_base(str(world_dir), str(tmp_path / name), settings)
-        weights[name] = load_file(str(tmp_path / name / "model.safetensors"))
-    assert logs["one"]["steps"] == logs["three"]["steps"] == 12 and logs["three"]["processes"] == 3
-    assert all(torch.equal(weights["three"][name], weights["three-again"][name]) for name in weights["three"])
-    for name, tensor in weights["one"].items():
-        torch.testing.assert_close(weights["three"][name], tensor, rtol=1e-4, atol=1e-5)
-    one, three = ([entry["loss"] for entry in pretrain_log(tmp_path / run)] for run in ("one", "three"))
-    assert len(one) == 1 and three == pytest.approx(one, rel=1e-5)
-
-
-def pretrain_log(model_dir) -> list[dict]:
-    return json.loads((model_dir / "pretrain_log.json").read_text())["history"]
-
-
-def test_a_failing_pretraining_process_fails_the_pretraining(world_dir, tmp_path):
-    """A process that fails (here AdamW refusing a negative rate) stops the others and fails the job, naming it."""
-    from ctxaware.organism.build import pretrain_base
-
-    settings = _settings()
-    settings["pretraining"].update(processes=2, learning_rate=-1.0)
-    with pytest.raises(RuntimeError, match="pretraining process [01] of 2 failed"):
-        pretrain_base(str(world_dir), str(tmp_path / "failed"), settings)
-    assert not (tmp_path / "failed" / "model.safetensors").exists()
+    assert weights[1].keys() == weights[2].keys()
+    assert all(torch.equal(weights[1][name], weights[2][name]) for name in weights[1])
+    assert weights[1]["model.embed_tokens.weight"].shape[1] == 64

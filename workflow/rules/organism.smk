@@ -44,9 +44,8 @@ rule pretrain_organism:
     conda:
         ENV
     # a CPU job (it never asks a cluster for a GPU), the light stage's threads. It runs alone on the critical path:
-    # `make run` gives it every core (--set-threads pretrain_organism=N), as the tests' local runs do, which its
-    # data-parallel processes (organism.pretraining.processes) share; its weights are the same bits whatever the
-    # thread count (test_organism)
+    # `make run` gives it every core (--set-threads pretrain_organism=N: 2 threads, 1.4x), as the tests' local
+    # runs do; its weights are the same bits whatever the thread count (test_organism)
     threads: res("light", "cpus_per_task")
     resources:
         **stage_resources("light"),

@@ -8,9 +8,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -133,65 +130,16 @@ def pretrain(
     """Train a small Llama from scratch on the documents (one pass, weighted next-token loss) and save it with
     its tokenizer. settings: model shape (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
     max_position_embeddings) and training (batch_size, learning_rate, warmup_steps, max_length,
-    answer_weight, other_weight, processes).
-
-    processes > 1: data-parallel on the CPU, each process (gloo) taking every processes-th document of each batch
-    and the intra-op threads of this one shared among them. The same loss and steps, summed across processes (the
-    weights to float rounding, and the same bits on any thread count); a step's small matrices use two threads
-    poorly (1.5x one), two processes nearly fully."""
-    started = time.time()
+    answer_weight, other_weight)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = LlamaForCausalLM(model_config(tokenizer, settings))
+    model.train()
     data = encode_documents(
         tokenizer, documents, settings["max_length"], settings["answer_weight"], settings["other_weight"]
     )
-    batches = length_batches([len(ids) for ids, _ in data], settings["batch_size"], random.Random(seed))
-    config = model_config(tokenizer, settings)
-    processes = settings["processes"]
-    if processes == 1:
-        model, history = train_shard(config, data, batches, settings, seed, log_every=log_every)
-        model.save_pretrained(out_dir)
-    else:
-        history = _train_in_processes(out_dir, config, data, batches, settings, seed, log_every)
-    tokenizer.save_pretrained(out_dir)
-    log = {
-        "parameters": _parameter_count(config),
-        "vocab_size": len(tokenizer),
-        "documents": len(data),
-        "tokens": sum(len(ids) for ids, _ in data),
-        "steps": len(batches),
-        "processes": processes,
-        "train_runtime_s": round(time.time() - started, 1),
-        "settings": settings,
-        "seed": seed,
-        "history": history,
-    }
-    (Path(out_dir) / "pretrain_log.json").write_text(json.dumps(log, indent=1))
-    return log
-
-
-def _parameter_count(config: LlamaConfig) -> int:
-    with torch.device("meta"):  # no weights made, no random numbers drawn
-        return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
-
-
-def train_shard(
-    config: LlamaConfig,
-    data: list[tuple[list[int], list[float]]],
-    batches: list[list[int]],
-    settings: dict,
-    seed: int,
-    rank: int = 0,
-    processes: int = 1,
-    log_every: int = 100,
-):
-    """The pretraining loop in process `rank` of `processes` (1: the whole batch here): the trained model (eval
-    mode) and the loss history. Each process builds the same initial model from the seed, runs its documents of
-    each batch, and adds its gradients to the others' (torch.distributed, initialised by the caller) before the
-    same clipping and AdamW step."""
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.train()
-    parameters = list(model.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0)
+    batches = length_batches([len(ids) for ids, _ in data], settings["batch_size"], rng)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0)
     total, warmup = len(batches), settings["warmup_steps"]
 
     def rate(step: int) -> float:  # linear warm-up, cosine down to a tenth
@@ -201,35 +149,24 @@ def train_shard(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-    pad_id = config.pad_token_id
     history, started, running = [], time.time(), 0.0
     for step, batch in enumerate(batches):
         width = max(len(data[i][0]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         weights = torch.zeros((len(batch), width))
         for row, index in enumerate(batch):
             tokens, token_weights = data[index]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             weights[row, : len(tokens)] = torch.tensor(token_weights)
-        # the whole batch's weight, in every process: the processes' losses add up to the batch's loss
-        denominator = weights[:, 1:].sum().clamp_min(1e-8)
-        mine = list(range(rank, len(batch), processes))
-        if mine:
-            cut = max(len(data[batch[row]][0]) for row in mine)
-            ids, weights = ids[mine, :cut], weights[mine, :cut]
-            # right padding: real tokens never see the pads that follow them, whose weight is 0
-            logits = model(input_ids=ids).logits[:, :-1]
-            losses = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-            ).view(len(mine), cut - 1)
-            loss = (losses * weights[:, 1:]).sum() / denominator
-            loss.backward()
-            loss = loss.detach()
-        else:  # fewer documents than processes: this one adds nothing
-            loss = torch.zeros(())
-        if processes > 1:
-            loss = _add_across_processes(parameters, loss)
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        # right padding: real tokens never see the pads that follow them, whose weight is 0
+        logits = model(input_ids=ids).logits[:, :-1]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+        ).view(len(batch), width - 1)
+        target_weights = weights[:, 1:]
+        loss = (losses * target_weights).sum() / target_weights.sum().clamp_min(1e-8)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -237,97 +174,24 @@ def train_shard(
         if (step + 1) % log_every == 0 or step + 1 == total:
             n = (step % log_every) + 1
             history.append({"step": step + 1, "loss": running / n, "elapsed_s": round(time.time() - started, 1)})
-            if rank == 0:
-                print(
-                    f"step {step + 1}/{total}: weighted loss {running / n:.4f} ({time.time() - started:.0f} s)",
-                    flush=True,
-                )
+            print(
+                f"step {step + 1}/{total}: weighted loss {running / n:.4f} ({time.time() - started:.0f} s)", flush=True
+            )
             running = 0.0
     model.eval()
-    return model, history
-
-
-def _add_across_processes(parameters: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
-    """Every process's gradients (zero where it ran no document) and loss summed into each, in one all-reduce."""
-    import torch.distributed as dist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1)])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in parameters:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
-    return flat[-1]
-
-
-def _train_in_processes(out_dir, config, data, batches, settings, seed, log_every) -> list[dict]:
-    """train_shard in settings["processes"] processes of `python -m ctxaware.organism.pretraining` (as torchrun
-    would start them, but with a file rendezvous: no port to collide with another job's), sharing this process's
-    threads; the first saves the model. Returns its loss history. A process that fails stops the others."""
-    processes = settings["processes"]
-    threads = max(1, torch.get_num_threads() // processes)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with tempfile.TemporaryDirectory() as scratch:
-        spec = Path(scratch) / "shards.pt"
-        lengths = [len(ids) for ids, _ in data]  # the documents as two flat tensors: saved and loaded in a blink
-        flat_ids = torch.tensor([token for ids, _ in data for token in ids], dtype=torch.int32)
-        flat_weights = torch.tensor([weight for _, weights in data for weight in weights])
-        torch.save(
-            {"config": config.to_dict(), "lengths": lengths, "ids": flat_ids, "weights": flat_weights,
-             "batches": batches, "settings": settings, "seed": seed,
-             "log_every": log_every, "out_dir": out_dir, "rendezvous": f"file://{scratch}/rendezvous",
-             "threads": threads, "processes": processes},
-            spec,
-        )  # fmt: skip
-        command = [sys.executable, "-m", "ctxaware.organism.pretraining", str(spec)]
-        output = {"stdout": _stream(sys.stdout), "stderr": _stream(sys.stderr)}
-        workers = [subprocess.Popen([*command, str(rank)], env=environment, **output) for rank in range(processes)]
-        try:
-            while any(worker.poll() is None for worker in workers):
-                failed = [rank for rank, worker in enumerate(workers) if worker.returncode not in (None, 0)]
-                if failed:
-                    raise RuntimeError(f"pretraining process {failed[0]} of {processes} failed (see the log above)")
-                time.sleep(0.2)
-            failed = [rank for rank, worker in enumerate(workers) if worker.returncode != 0]
-            if failed:
-                raise RuntimeError(f"pretraining process {failed[0]} of {processes} failed (see the log above)")
-        finally:
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.kill()
-                    worker.wait()
-        return json.loads((Path(scratch) / "history.json").read_text())
-
-
-def _stream(stream):
-    """A file object's descriptor for a child process to write to (a job's log), else None (inherit)."""
-    try:
-        stream.flush()
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def _shard_main(spec_path: str, rank: int) -> None:
-    import torch.distributed as dist
-
-    spec = torch.load(spec_path, weights_only=False)
-    torch.set_num_threads(spec["threads"])
-    pieces = zip(spec["ids"].split(spec["lengths"]), spec["weights"].split(spec["lengths"]), strict=True)
-    data = [(ids.tolist(), weights.tolist()) for ids, weights in pieces]
-    dist.init_process_group("gloo", init_method=spec["rendezvous"], rank=rank, world_size=spec["processes"])
-    try:
-        model, history = train_shard(
-            LlamaConfig.from_dict(spec["config"]), data, spec["batches"], spec["settings"], spec["seed"],
-            rank=rank, processes=spec["processes"], log_every=spec["log_every"],
-        )  # fmt: skip
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:
-        model.save_pretrained(spec["out_dir"])
-        (Path(spec_path).parent / "history.json").write_text(json.dumps(history))
-
-
-if __name__ == "__main__":  # one data-parallel process started by _train_in_processes
-    _shard_main(sys.argv[1], int(sys.argv[2]))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    log = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "documents": len(data),
+        "tokens": sum(len(ids) for ids, _ in data),
+        "steps": total,
+        "train_runtime_s": round(time.time() - started, 1),
+        "settings": settings,
+        "seed": seed,
+        "history": history,
+    }
+    (Path(out_dir) / "pretrain_log.json").write_text(json.dumps(log, indent=1))
+    return log
