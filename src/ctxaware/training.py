@@ -197,8 +197,8 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None, max_gr
         labelled = targets != -100
         logits = causal_lm.get_output_embeddings()(hidden[labelled]).float()
         total = total + torch.nn.functional.cross_entropy(logits, targets[labelled], reduction="sum")
-        labelled_count += int(labelled.sum())
-    return total / (max(labelled_count, 1) if num_items_in_batch is None else num_items_in_batch)
+        labelled_count = labelled_count + labelled.sum()  # a tensor: no device sync per step on a GPU
+    return total / (labelled_count.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
 
 
 def _model_loss_trainer(sft_trainer, labelled_only: bool, max_groups: int = 1):
